@@ -1,0 +1,63 @@
+# husk's stable entry points; README.md documents each. Scripts under scripts/ do the work.
+SHELL := /bin/bash
+CARGO ?= cargo
+GUEST_TARGET := x86_64-unknown-linux-gnu
+GUEST_BIN := target/$(GUEST_TARGET)/release
+IMAGES := target/images
+HOSTBIN := target/release
+BENCH ?=
+CMD ?=
+TIMEOUT ?= 600
+
+.PHONY: help deps build guest kernel image testhost lint unit e2e test bench demo clean
+
+help:
+	@echo "make demo      set up everything and boot a husk guest (the main job)"
+	@echo "make test      everything CI runs: lint, unit tests, end-to-end tests"
+	@echo "make e2e       end-to-end tests only (in the nested test host where needed)"
+	@echo "make kernel    build (or find cached) the guest kernel; prints the vmlinux path"
+	@echo "make image     build the guest images; prints their paths and sizes"
+	@echo "make testhost CMD='...'   run a command with hardware KVM (natively or nested)"
+	@echo "make lint      rustfmt and clippy"
+	@echo "make bench [BENCH=name]   benchmarks; results in target/bench/results.jsonl"
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+# Guest binaries are static: the guest has no libc.
+guest: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(GUEST_TARGET) -p husk-test-init
+
+kernel: deps
+	@guest-kernel/build.sh
+
+image: build guest
+	@mkdir -p $(IMAGES)
+	@$(HOSTBIN)/husk-image --init $(GUEST_BIN)/husk-test-init --output $(IMAGES)/test-init.cpio.gz
+
+testhost: build
+	@$(HOSTBIN)/husk-testhost --timeout $(TIMEOUT) -- $(CMD)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: deps kernel
+	$(CARGO) test --workspace
+
+e2e: build image kernel
+	@scripts/e2e.sh
+
+test: lint unit e2e
+
+bench: build image kernel
+	@scripts/bench.sh $(BENCH)
+
+demo: build image kernel
+	@scripts/demo.sh
+
+clean:
+	$(CARGO) clean

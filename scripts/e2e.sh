@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs husk's end-to-end tests (the #[ignore]d tests of the husk-tests crate) where hardware KVM
+# exists: natively on a VT-x/AMD-V host, otherwise in one nested test host for the whole suite.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/guest-env.sh"
+cd "$repo"
+
+mapfile -t bins < <(cargo test -p husk-tests --tests --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["executable"])')
+[ ${#bins[@]} -gt 0 ] || { echo "e2e: no test binaries were built" >&2; exit 1; }
+
+echo "e2e: ${#bins[@]} test binaries; kernel $HUSK_KERNEL"
+"$TESTHOST" --timeout "${HUSK_E2E_TIMEOUT:-2400}" -- "
+  set -e
+  for b in ${bins[*]}; do
+    echo \"== e2e: \$(basename \$b)\"
+    \$b --ignored --test-threads=1
+  done"

@@ -1,0 +1,86 @@
+//! `husk-test-init`: the init of husk's boot tests and benchmarks.
+//!
+//! Runs as PID 1 in a guest. It mounts /proc, /sys and /dev, prints one marker line that the host
+//! side waits for, and reboots (the guest runs with `reboot=k`, so the VMM sees the reset and
+//! exits). Built statically (`+crt-static`): the guest has no libc.
+//!
+//! Marker: `HUSK-TEST-INIT ready kernel=<release> cpus=<online> uptime_ms=<ms>`.
+
+use std::ffi::CString;
+use std::io::Write;
+
+fn mount(source: &str, target: &str, fstype: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (Ok(s), Ok(t), Ok(f)) = (
+        CString::new(source),
+        CString::new(target),
+        CString::new(fstype),
+    ) else {
+        return;
+    };
+    // SAFETY: all three pointers are valid NUL-terminated strings that outlive the call; a null
+    // data pointer is allowed for these filesystems.
+    let rc = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            eprintln!("husk-test-init: mount {fstype} on {target}: {err}");
+        }
+    }
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn uptime_ms() -> u64 {
+    let text = read_trimmed("/proc/uptime");
+    let secs: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    (secs * 1000.0) as u64
+}
+
+/// Number of online CPUs from /sys/devices/system/cpu/online (e.g. "0-1" → 2).
+fn online_cpus() -> usize {
+    let text = read_trimmed("/sys/devices/system/cpu/online");
+    text.split(',')
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => match (a.parse::<usize>(), b.parse::<usize>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => usize::from(range.parse::<usize>().is_ok()),
+        })
+        .sum()
+}
+
+fn main() {
+    mount("proc", "/proc", "proc");
+    mount("sysfs", "/sys", "sysfs");
+    mount("devtmpfs", "/dev", "devtmpfs");
+
+    let marker = format!(
+        "HUSK-TEST-INIT ready kernel={} cpus={} uptime_ms={}\n",
+        read_trimmed("/proc/sys/kernel/osrelease"),
+        online_cpus(),
+        uptime_ms()
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(marker.as_bytes());
+    let _ = out.flush();
+
+    // SAFETY: sync(2) has no arguments or preconditions.
+    unsafe { libc::sync() };
+    // SAFETY: reboot(2) with a valid command; as PID 1 we hold CAP_SYS_BOOT. It only returns on
+    // failure, in which case we fall through and exit (which panics the kernel: also an end).
+    unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_RESTART) };
+    eprintln!(
+        "husk-test-init: reboot failed: {}",
+        std::io::Error::last_os_error()
+    );
+}

@@ -1,0 +1,161 @@
+//! Benchmark statistics and the results file (`target/bench/results.jsonl`, one JSON object a line).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// One measured metric, husk against its anchor, as `make bench` records it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    /// Benchmark name (`boot-qemu`, `vmm`, ...).
+    pub bench: String,
+    /// Metric name (`boot_ms`, ...).
+    pub metric: String,
+    /// Unit of `husk` and `anchor_value`.
+    pub unit: String,
+    /// husk's value; `None` where the benchmark measures only the anchor.
+    pub husk: Option<f64>,
+    /// What husk is compared against (`qemu-microvm`, `runc`).
+    pub anchor: String,
+    /// The anchor's value.
+    pub anchor_value: Option<f64>,
+    /// husk / anchor, when both exist.
+    pub ratio: Option<f64>,
+    /// Runs behind each value.
+    pub runs: usize,
+    /// `native` or `nested` (inside the test host, at emulation speed).
+    pub host: String,
+}
+
+impl Record {
+    /// Fills in `ratio` from the two values.
+    pub fn with_ratio(mut self) -> Self {
+        self.ratio = match (self.husk, self.anchor_value) {
+            (Some(h), Some(a)) if a > 0.0 => Some(h / a),
+            _ => None,
+        };
+        self
+    }
+}
+
+/// The median of `values` (mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+/// `native` or `nested`, as seen from inside the run.
+pub fn host_label() -> &'static str {
+    if std::env::var_os("HUSK_IN_TESTHOST").is_some() {
+        "nested"
+    } else {
+        "native"
+    }
+}
+
+/// Appends records to the results file, creating it and its directory.
+pub fn append(path: &Path, records: &[Record]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    for r in records {
+        writeln!(
+            f,
+            "{}",
+            serde_json::to_string(r).map_err(std::io::Error::other)?
+        )?;
+    }
+    Ok(())
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
+}
+
+/// A plain-text table of records.
+pub fn table(records: &[Record]) -> String {
+    let mut out = format!(
+        "{:<12} {:<18} {:>10} {:>14} {:>12} {:>7} {:>5} {}\n",
+        "bench", "metric", "husk", "anchor", "anchor value", "ratio", "runs", "host"
+    );
+    for r in records {
+        out.push_str(&format!(
+            "{:<12} {:<18} {:>10} {:>14} {:>12} {:>7} {:>5} {}\n",
+            r.bench,
+            format!("{} ({})", r.metric, r.unit),
+            cell(r.husk),
+            r.anchor,
+            cell(r.anchor_value),
+            r.ratio
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into()),
+            r.runs,
+            r.host
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+    }
+
+    #[test]
+    fn records_append_as_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bench/results.jsonl");
+        let r = Record {
+            bench: "vmm".into(),
+            metric: "boot_ms".into(),
+            unit: "ms".into(),
+            husk: Some(50.0),
+            anchor: "qemu-microvm".into(),
+            anchor_value: Some(200.0),
+            ratio: None,
+            runs: 5,
+            host: "nested".into(),
+        }
+        .with_ratio();
+        append(&path, &[r.clone()]).unwrap();
+        append(&path, &[r]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(v["ratio"], 0.25);
+        for key in [
+            "bench",
+            "metric",
+            "unit",
+            "husk",
+            "anchor",
+            "anchor_value",
+            "ratio",
+            "runs",
+            "host",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing");
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Booting a guest and watching its serial console for a marker line.
+//!
+//! [`qemu_microvm`] builds the command for QEMU's `microvm` machine, the reference VMM husk is
+//! compared against; [`watch_boot`] runs any VMM command whose serial console is its stdout and
+//! times the marker.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::process::{kill_and_reap, kill_with_parent, shell_code};
+
+/// The marker line husk-test-init prints once it runs.
+pub const TEST_INIT_MARKER: &str = "HUSK-TEST-INIT ready";
+
+/// A guest to boot.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    /// ELF vmlinux (with a PVH note, which QEMU needs for ELF kernels).
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initramfs: PathBuf,
+    /// Extra kernel command line.
+    pub cmdline: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// RAM in MiB.
+    pub memory_mib: u32,
+}
+
+/// QEMU `-M microvm` with KVM, serial console on stdout, and the guest's reboot ending QEMU.
+///
+/// The guest gets `reboot=t` (triple fault): microvm has no i8042, so `reboot=k` would spin.
+pub fn qemu_microvm(spec: &GuestSpec) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-M",
+        "microvm,x-option-roms=off,rtc=off",
+        "-enable-kvm",
+        "-cpu",
+        "host",
+    ])
+    .args([
+        "-smp",
+        &spec.vcpus.to_string(),
+        "-m",
+        &spec.memory_mib.to_string(),
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ])
+    .arg("-kernel")
+    .arg(&spec.kernel)
+    .arg("-initrd")
+    .arg(&spec.initramfs)
+    .arg("-append")
+    .arg(format!("console=ttyS0 reboot=t panic=-1 {}", spec.cmdline).trim_end());
+    cmd
+}
+
+/// What a watched boot produced.
+#[derive(Debug, Clone)]
+pub struct BootResult {
+    /// Time from spawning the VMM until the marker line was read, if it was.
+    pub to_marker: Option<Duration>,
+    /// The marker line itself.
+    pub marker_line: Option<String>,
+    /// The VMM's exit code (128 + N for signal N); `None` when it was killed at the deadline.
+    pub exit_code: Option<i32>,
+    /// Everything the console printed.
+    pub console: String,
+}
+
+/// Spawns `cmd` (its stdout is the guest console), records when `marker` appears, and waits for
+/// the VMM to exit; kills it at `timeout`.
+pub fn watch_boot(
+    mut cmd: Command,
+    marker: &str,
+    timeout: Duration,
+) -> std::io::Result<BootResult> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    kill_with_parent(&mut cmd);
+    let start = Instant::now();
+    let mut child = cmd.spawn()?;
+    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    let mut readers = Vec::new();
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+    for stream in [stdout, stderr].into_iter().flatten() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send((line, Instant::now())).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(tx);
+
+    let deadline = start + timeout;
+    let mut result = BootResult {
+        to_marker: None,
+        marker_line: None,
+        exit_code: None,
+        console: String::new(),
+    };
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok((line, at)) => {
+                if result.to_marker.is_none() && line.contains(marker) {
+                    result.to_marker = Some(at - start);
+                    result.marker_line = Some(line.trim().to_string());
+                }
+                result.console.push_str(&line);
+                result.console.push('\n');
+            }
+            // Both streams closed: the VMM has exited (or closed them); reap it below.
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                kill_and_reap(&mut child, false);
+                for r in readers {
+                    let _ = r.join();
+                }
+                return Ok(result);
+            }
+        }
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match crate::process::wait_until(&mut child, Instant::now() + remaining)? {
+        Some(status) => result.exit_code = Some(shell_code(status)),
+        None => kill_and_reap(&mut child, false),
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_time_and_exit_code_are_reported() {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo booting; echo 'x HUSK-TEST-INIT ready kernel=k' ; echo bye >&2; exit 3",
+        ]);
+        let r = watch_boot(cmd, TEST_INIT_MARKER, Duration::from_secs(10)).unwrap();
+        assert!(r.to_marker.is_some());
+        assert_eq!(
+            r.marker_line.as_deref(),
+            Some("x HUSK-TEST-INIT ready kernel=k")
+        );
+        assert_eq!(r.exit_code, Some(3));
+        assert!(r.console.contains("bye"));
+    }
+
+    #[test]
+    fn a_hung_vmm_is_killed_at_the_deadline() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let started = Instant::now();
+        let r = watch_boot(cmd, TEST_INIT_MARKER, Duration::from_millis(300)).unwrap();
+        assert!(r.to_marker.is_none() && r.exit_code.is_none());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn qemu_command_carries_the_guest() {
+        let spec = GuestSpec {
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            cmdline: "quiet".into(),
+            vcpus: 2,
+            memory_mib: 128,
+        };
+        let args: Vec<String> = qemu_microvm(&spec)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-smp 2 -m 128"), "{joined}");
+        assert!(joined.contains("-kernel /k -initrd /i"), "{joined}");
+        assert!(
+            args.last().unwrap().ends_with("reboot=t panic=-1 quiet"),
+            "{joined}"
+        );
+    }
+}

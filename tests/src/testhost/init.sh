@@ -1,0 +1,72 @@
+#!/bin/busybox sh
+# /init of the husk test host: a QEMU TCG guest with Debian's stock kernel, whose kvm_amd module
+# turns the emulated AMD SVM into a real /dev/kvm. It loads the modules, builds a root from the
+# host's root filesystem (9p, read-only) under a tmpfs overlay, mounts the writable shares, runs
+# the command and powers off. Parameters come from the kernel command line:
+#   husk.rundir=DIR   the run directory (shared writable): cmd.sh in, stdout/stderr/exit out
+#   husk.rw=A,B       further host directories shared writable at the same paths (tags rw1, rw2, ...)
+/bin/busybox mkdir -p /bin /sbin /proc /sys /dev
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+die() {
+  echo "husk-testhost-init: error: $*"
+  [ -n "$rundir" ] && [ -d "/newroot$rundir" ] && echo "$*" > "/newroot$rundir/init-error"
+  sync
+  poweroff -f
+}
+
+kver=$(uname -r)
+while read -r m; do
+  insmod "/lib/modules/$kver/$m" || die "insmod $m failed"
+done < /etc/modules.load
+
+rundir=
+rw=
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    husk.rundir=*) rundir=${arg#*=} ;;
+    husk.rw=*) rw=${arg#*=} ;;
+  esac
+done
+[ -n "$rundir" ] || die "no husk.rundir= on the kernel command line"
+
+p9="trans=virtio,version=9p2000.L,msize=512000"
+mkdir -p /mnt/lower /mnt/rw /newroot
+mount -t 9p -o "$p9,ro,cache=loose" hostroot /mnt/lower || die "mounting the host root over 9p failed"
+mount -t tmpfs -o mode=0755 tmpfs /mnt/rw
+mkdir -p /mnt/rw/upper /mnt/rw/work
+mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /newroot \
+  || die "overlay root failed"
+
+mount -t proc proc /newroot/proc
+mount -t sysfs sysfs /newroot/sys
+mount -t devtmpfs devtmpfs /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
+mount -t tmpfs tmpfs /newroot/dev/shm
+mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || die "cgroup2 mount failed"
+# Plain tmpfs (not overlay) where runtimes put their own overlay mounts and state.
+for d in /run /tmp /var/lib/containerd /var/lib/husk /var/cache/husk-run; do
+  mkdir -p "/newroot$d"
+  mount -t tmpfs -o mode=0755 tmpfs "/newroot$d"
+done
+chmod 1777 /newroot/tmp
+
+i=0
+for dir in "$rundir" $(echo "$rw" | tr ',' ' '); do
+  mkdir -p "/newroot$dir"
+  mount -t 9p -o "$p9,cache=mmap" "rw$i" "/newroot$dir" || die "mounting writable share $dir failed"
+  i=$((i + 1))
+done
+
+hostname husk-testhost
+ip link set lo up
+echo ready > "/newroot$rundir/ready"
+chroot /newroot /bin/sh "$rundir/cmd.sh" > "/newroot$rundir/stdout" 2> "/newroot$rundir/stderr" < /dev/null
+echo $? > "/newroot$rundir/exit"
+sync
+poweroff -f

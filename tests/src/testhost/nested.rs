@@ -1,0 +1,248 @@
+//! Nested mode: boot the test host under QEMU TCG and run the command inside it.
+//!
+//! The run directory (a fresh temporary directory, shared writable) carries the command in
+//! (`cmd.sh`) and its results out (`stdout`, `stderr`, `exit`, and `ready` once the test host
+//! can run commands). The harness streams stdout/stderr as they grow, so long runs show progress.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{io_err, Assets, Mode, Outcome, RunSpec, TestHostError, INTERRUPTED};
+use crate::process::{kill_and_reap, kill_with_parent, wait_until};
+
+/// Environment variables carried into the test host, besides those the spec names.
+fn carried_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k == "PATH"
+                || k == "HOME"
+                || k == "TERM"
+                || k.starts_with("HUSK_")
+                || k.starts_with("RUST_")
+        })
+        .filter(|(k, _)| k != "HUSK_TESTHOST")
+        .collect()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The script the test host runs: environment, working directory, then the command.
+fn command_script(spec: &RunSpec) -> String {
+    let mut script = String::from("#!/bin/sh\n");
+    for (k, v) in carried_env().into_iter().chain(spec.env.iter().cloned()) {
+        if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            script.push_str(&format!("export {k}={}\n", shell_quote(&v)));
+        }
+    }
+    script.push_str("export HUSK_IN_TESTHOST=1\n");
+    script.push_str(&format!(
+        "cd {} || exit 125\n",
+        shell_quote(&spec.cwd.to_string_lossy())
+    ));
+    script.push_str(&spec.command);
+    script.push('\n');
+    script
+}
+
+/// Follows a file that another machine appends to, copying new bytes to `out`.
+struct Follower {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl Follower {
+    fn pump(&mut self, out: &mut dyn Write) {
+        let Ok(mut f) = fs::File::open(&self.path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        if let Ok(n) = f.read_to_end(&mut buf) {
+            self.offset += n as u64;
+            let _ = out.write_all(&buf);
+            let _ = out.flush();
+        }
+    }
+}
+
+fn qemu_command(spec: &RunSpec, assets: &Assets, rundir: &Path, rw: &[PathBuf]) -> Command {
+    let mut cmdline = format!(
+        "console=ttyS0 quiet loglevel=3 panic=-1 husk.rundir={}",
+        rundir.display()
+    );
+    if !rw.is_empty() {
+        let list: Vec<_> = rw
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        cmdline.push_str(&format!(" husk.rw={}", list.join(",")));
+    }
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", "max"])
+        .args([
+            "-smp",
+            &spec.cpus.to_string(),
+            "-m",
+            &spec.memory_mib.to_string(),
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", rundir.join("console.log").display()))
+        .arg("-kernel")
+        .arg(&assets.kernel)
+        .arg("-initrd")
+        .arg(&assets.initramfs)
+        .args(["-append", &cmdline])
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]);
+    for (i, dir) in std::iter::once(rundir)
+        .chain(rw.iter().map(PathBuf::as_path))
+        .enumerate()
+    {
+        cmd.arg("-virtfs").arg(format!(
+            "local,path={},mount_tag=rw{i},security_model=none,multidevs=remap",
+            dir.display()
+        ));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn console_tail(rundir: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(rundir.join("console.log")).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostError> {
+    let rundir = tempfile::Builder::new()
+        .prefix("husk-testhost.")
+        .tempdir()
+        .map_err(io_err("creating the run directory"))?;
+    let dir = rundir.path();
+    fs::write(dir.join("cmd.sh"), command_script(spec)).map_err(io_err("writing cmd.sh"))?;
+    let mut rw = Vec::new();
+    for d in &spec.rw_dirs {
+        fs::create_dir_all(d).map_err(io_err(format!("creating {}", d.display())))?;
+        rw.push(fs::canonicalize(d).map_err(io_err(format!("resolving {}", d.display())))?);
+    }
+
+    let mut qemu = qemu_command(spec, assets, dir, &rw);
+    kill_with_parent(&mut qemu);
+    let started = Instant::now();
+    let mut child = qemu.spawn().map_err(io_err(
+        "starting qemu-system-x86_64 (install qemu-system-x86)",
+    ))?;
+    let deadline = started + spec.timeout;
+    let mut out = Follower {
+        path: dir.join("stdout"),
+        offset: 0,
+    };
+    let mut err = Follower {
+        path: dir.join("stderr"),
+        offset: 0,
+    };
+    let mut ready_secs = None;
+
+    let status = loop {
+        let step = (Instant::now() + Duration::from_millis(100)).min(deadline);
+        let exited = wait_until(&mut child, step).map_err(io_err("waiting for QEMU"))?;
+        if ready_secs.is_none() && dir.join("ready").exists() {
+            let secs = started.elapsed().as_secs_f64();
+            ready_secs = Some(secs);
+            eprintln!(
+                "husk-testhost: test host ({}) ready in {secs:.1}s",
+                assets.release
+            );
+        }
+        out.pump(&mut std::io::stdout());
+        err.pump(&mut std::io::stderr());
+        if let Some(status) = exited {
+            break status;
+        }
+        let stopped = format!("; QEMU (pid {}) stopped", child.id());
+        let stop = if INTERRUPTED.load(Ordering::SeqCst) {
+            Some(TestHostError::Interrupted(stopped))
+        } else if Instant::now() >= deadline {
+            Some(TestHostError::Timeout(spec.timeout, stopped))
+        } else {
+            None
+        };
+        if let Some(e) = stop {
+            kill_and_reap(&mut child, false);
+            if spec.verbose {
+                eprintln!("--- test host console ---\n{}", console_tail(dir, 200));
+            }
+            return Err(e);
+        }
+    };
+    if spec.verbose {
+        eprintln!("--- test host console ---\n{}", console_tail(dir, 200));
+    }
+    let code = fs::read_to_string(dir.join("exit"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    match code {
+        Some(code) => Ok(Outcome {
+            code,
+            mode: Mode::Nested,
+            ready_secs,
+        }),
+        None => {
+            let mut qemu_err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut qemu_err);
+            }
+            let init_err = fs::read_to_string(dir.join("init-error")).unwrap_or_default();
+            Err(TestHostError::NoExitCode {
+                status: format!("{status}"),
+                console: format!("{}\n{init_err}{qemu_err}", console_tail(dir, 40)),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_quotes_and_changes_directory() {
+        let spec = RunSpec {
+            command: "echo hi".into(),
+            cwd: "/work/it's".into(),
+            env: vec![
+                ("A".into(), "x y'z".into()),
+                ("BAD-NAME".into(), "v".into()),
+            ],
+            rw_dirs: vec![],
+            timeout: Duration::from_secs(1),
+            memory_mib: 1024,
+            cpus: 1,
+            verbose: false,
+        };
+        let s = command_script(&spec);
+        assert!(s.contains(r"export A='x y'\''z'"), "{s}");
+        assert!(!s.contains("BAD-NAME"), "{s}");
+        assert!(s.contains(r"cd '/work/it'\''s' || exit 125"), "{s}");
+        assert!(s.ends_with("echo hi\n"), "{s}");
+    }
+}
