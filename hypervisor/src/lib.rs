@@ -1,11 +1,28 @@
-//! husk's virtual machine monitor, as a library: the `husk-vmm` binary is a thin edge over it.
+//! husk's virtual machine monitor, as a library; the `husk-vmm` binary is a thin edge over it.
 //!
-//! The machine model (KVM, guest memory, boot, devices) arrives in the VMM issue; this crate
-//! currently offers only the configuration loading both sides share.
+//! One process runs one micro-VM: KVM with the in-kernel irqchip and PIT, guest RAM in a memfd,
+//! direct boot of an ELF vmlinux or bzImage, one thread per vCPU, an 8250 serial console and an
+//! i8042 whose reset line ends the VM. The main thread runs one epoll loop for everything else.
+//!
+//! - [`arch`]: x86_64 layout, boot structures (zero page, e820, MP table, GDT), vCPU state.
+//! - [`memory`], [`vm`]: guest RAM and the KVM VM.
+//! - [`bus`], [`devices`]: port/MMIO dispatch and the devices behind it.
+//! - [`vcpu`]: vCPU threads, their gate (run, park, stop) and the stop signal.
+//! - [`vmm`]: building and running a VM from a [`VmConfig`]; [`control`]: the control socket.
+
+pub mod arch;
+pub mod bus;
+pub mod control;
+pub mod devices;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+pub mod vm_state;
+pub mod vmm;
 
 use std::path::Path;
 
-use husk_protocol::{VmConfig, VmConfigError};
+pub use husk_protocol::{VmConfig, VmConfigError, VmmExit};
 
 /// Errors of loading a VM configuration file.
 #[derive(Debug, thiserror::Error)]

@@ -82,6 +82,35 @@ pub fn append(path: &Path, records: &[Record]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Memory of a process from /proc/<pid>/smaps, in KiB: (PSS outside guest RAM, RSS of guest RAM).
+/// Guest RAM is every mapping at least `guest_ram_kib` large, which works for any VMM.
+pub fn vmm_memory_kib(pid: u32, guest_ram_kib: u64) -> std::io::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    Ok(parse_smaps(&text, guest_ram_kib))
+}
+
+/// The arithmetic of [`vmm_memory_kib`] on smaps text.
+pub fn parse_smaps(text: &str, guest_ram_kib: u64) -> (u64, u64) {
+    let (mut overhead, mut guest) = (0u64, 0u64);
+    let mut in_guest = false;
+    let field = |line: &str| {
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for line in text.lines() {
+        if line.starts_with("Size:") {
+            in_guest = field(line) >= guest_ram_kib;
+        } else if line.starts_with("Pss:") && !in_guest {
+            overhead += field(line);
+        } else if line.starts_with("Rss:") && in_guest {
+            guest += field(line);
+        }
+    }
+    (overhead, guest)
+}
+
 fn cell(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
 }
@@ -123,6 +152,25 @@ mod tests {
     }
 
     #[test]
+    fn smaps_split_guest_ram_from_overhead() {
+        let text = "\
+00400000-00500000 r-xp 00000000 08:01 1 /usr/bin/vmm
+Size:               1024 kB
+Rss:                 900 kB
+Pss:                 450 kB
+7f0000000000-7f0010000000 rw-s 00000000 00:01 2 /memfd:husk-guest-ram (deleted)
+Size:             262144 kB
+Rss:               20000 kB
+Pss:               20000 kB
+7f0010000000-7f0010100000 rw-p 00000000 00:00 0
+Size:               1024 kB
+Rss:                 100 kB
+Pss:                 100 kB
+";
+        assert_eq!(parse_smaps(text, 256 * 1024), (550, 20000));
+    }
+
+    #[test]
     fn records_append_as_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bench/results.jsonl");
@@ -138,7 +186,7 @@ mod tests {
             host: "nested".into(),
         }
         .with_ratio();
-        append(&path, &[r.clone()]).unwrap();
+        append(&path, std::slice::from_ref(&r)).unwrap();
         append(&path, &[r]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);

@@ -16,6 +16,8 @@ pub struct E2eEnv {
     pub kernel: PathBuf,
     /// The test-init initramfs (`HUSK_TEST_IMAGE`, from `make image`).
     pub test_image: PathBuf,
+    /// The `husk-vmm` binary (`HUSK_VMM`, from `make build`).
+    pub vmm: PathBuf,
 }
 
 fn path_var(name: &str, made_by: &str) -> PathBuf {
@@ -42,5 +44,6 @@ pub fn require() -> E2eEnv {
     E2eEnv {
         kernel: path_var("HUSK_KERNEL", "made by `make kernel`"),
         test_image: path_var("HUSK_TEST_IMAGE", "made by `make image`"),
+        vmm: path_var("HUSK_VMM", "made by `make build`"),
     }
 }

@@ -5,7 +5,7 @@
 //! times the marker.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -64,6 +64,130 @@ pub fn qemu_microvm(spec: &GuestSpec) -> Command {
     .arg("-append")
     .arg(format!("console=ttyS0 reboot=t panic=-1 {}", spec.cmdline).trim_end());
     cmd
+}
+
+/// `husk-vmm` for the same guest: writes its VM configuration into `dir` and returns the
+/// command. The serial console goes to the VMM's stdout, like QEMU's `-serial stdio`.
+pub fn husk_vmm(
+    vmm: &Path,
+    spec: &GuestSpec,
+    dir: &Path,
+    control_socket: Option<&Path>,
+) -> std::io::Result<Command> {
+    let config = serde_json::json!({
+        "kernel": spec.kernel,
+        "initramfs": spec.initramfs,
+        "extra_cmdline": spec.cmdline,
+        "vcpus": spec.vcpus,
+        "memory_mib": spec.memory_mib,
+        "serial_log": "/proc/self/fd/1",
+        "control_socket": control_socket,
+    });
+    let path = dir.join("vm.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    let mut cmd = Command::new(vmm);
+    cmd.arg("--config").arg(path);
+    Ok(cmd)
+}
+
+/// A VMM process whose console is read line by line, for tests that act while the guest runs.
+#[derive(Debug)]
+pub struct RunningVm {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    /// Everything read so far.
+    pub console: String,
+}
+
+impl RunningVm {
+    /// Spawns `cmd` with its stdout and stderr captured.
+    pub fn spawn(mut cmd: Command) -> std::io::Result<Self> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        kill_with_parent(&mut cmd);
+        let mut child = cmd.spawn()?;
+        let (tx, lines) = mpsc::channel();
+        let streams: Vec<Box<dyn std::io::Read + Send>> = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for stream in streams {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(RunningVm {
+            child,
+            lines,
+            console: String::new(),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads console lines until one contains `needle`; returns it, or `None` at the deadline or
+    /// when the output ends.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok()?;
+            self.console.push_str(&line);
+            self.console.push('\n');
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Sends `signal` to the VMM.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child, which has not been reaped (we own the Child).
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Waits for the VMM to exit (shell-style code), killing it at the deadline (`None`).
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let status = crate::process::wait_until(&mut self.child, Instant::now() + timeout)
+            .ok()
+            .flatten();
+        if status.is_none() {
+            kill_and_reap(&mut self.child, false);
+        }
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.console.push_str(&line);
+            self.console.push('\n');
+        }
+        status.map(shell_code)
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            kill_and_reap(&mut self.child, false);
+        }
+    }
 }
 
 /// What a watched boot produced.

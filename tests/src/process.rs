@@ -7,16 +7,16 @@ use std::time::{Duration, Instant};
 
 /// Makes the child receive SIGKILL when the harness dies, so no QEMU outlives it.
 pub fn kill_with_parent(cmd: &mut Command) {
-    // SAFETY: the closure runs between fork and exec and calls only prctl(2), which is
-    // async-signal-safe; it touches no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let hook = || {
+        // SAFETY: prctl(2) with PR_SET_PDEATHSIG takes a signal number and touches no memory.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and calls only prctl(2), which is
+    // async-signal-safe; it allocates nothing and touches no memory shared with the parent.
+    unsafe { cmd.pre_exec(hook) };
 }
 
 /// Puts the child in a process group of its own, so a timeout can kill everything it started.

@@ -1,9 +1,13 @@
 //! `husk-vmm`: runs one micro-VM described by a JSON configuration.
+//!
+//! Exit codes (husk_protocol::VmmExit): 0 the guest shut down, 1 VMM error, 2 usage,
+//! 128+N stopped cleanly on signal N (or a control-socket shutdown, reported as SIGTERM).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use husk_hypervisor::VmmExit;
 
 /// Run one husk micro-VM (one per pod), as configured by the shim.
 #[derive(Debug, Parser)]
@@ -15,15 +19,30 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match husk_hypervisor::load_config(&args.config) {
-        Ok(_) => {
-            eprintln!("husk-vmm: error: booting a VM is not built yet (the VMM issue)");
-            ExitCode::from(2)
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            let code = if e.use_stderr() {
+                VmmExit::Usage.code()
+            } else {
+                0
+            };
+            return ExitCode::from(code as u8);
         }
+    };
+    let exit = match husk_hypervisor::load_config(&args.config) {
         Err(e) => {
             eprintln!("husk-vmm: error: {e}");
-            ExitCode::FAILURE
+            VmmExit::Error
         }
-    }
+        Ok(config) => match husk_hypervisor::vmm::run(config) {
+            Ok(exit) => exit,
+            Err(e) => {
+                eprintln!("husk-vmm: error: {e}");
+                VmmExit::Error
+            }
+        },
+    };
+    ExitCode::from(exit.code().clamp(0, 255) as u8)
 }

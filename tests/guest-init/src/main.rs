@@ -5,6 +5,9 @@
 //! exits). Built statically (`+crt-static`): the guest has no libc.
 //!
 //! Marker: `HUSK-TEST-INIT ready kernel=<release> cpus=<online> uptime_ms=<ms>`.
+//!
+//! `husk.test=hold` on the kernel command line keeps the guest running after the marker (for
+//! tests that stop the VM from outside) instead of rebooting.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -73,6 +76,15 @@ fn main() {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(marker.as_bytes());
     let _ = out.flush();
+
+    if read_trimmed("/proc/cmdline")
+        .split_whitespace()
+        .any(|a| a == "husk.test=hold")
+    {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
 
     // SAFETY: sync(2) has no arguments or preconditions.
     unsafe { libc::sync() };

@@ -8,12 +8,16 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use husk_tests::bench::{self, Record};
-use husk_tests::microvm::{qemu_microvm, watch_boot, GuestSpec, TEST_INIT_MARKER};
+use husk_tests::microvm::{
+    husk_vmm, qemu_microvm, watch_boot, GuestSpec, RunningVm, TEST_INIT_MARKER,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Bench {
     /// QEMU microvm booting the husk kernel to the test init's marker.
     BootQemu,
+    /// husk-vmm against QEMU microvm: boot time and VMM memory overhead.
+    Vmm,
 }
 
 /// Run husk's benchmarks and record the results.
@@ -34,18 +38,120 @@ struct Args {
     /// Test-init initramfs (defaults to $HUSK_TEST_IMAGE).
     #[arg(long, env = "HUSK_TEST_IMAGE")]
     test_image: PathBuf,
+    /// husk-vmm (defaults to $HUSK_VMM).
+    #[arg(long, env = "HUSK_VMM")]
+    vmm: PathBuf,
 }
 
-fn boot_ms(spec: &GuestSpec) -> anyhow::Result<f64> {
-    let r = watch_boot(
-        qemu_microvm(spec),
-        TEST_INIT_MARKER,
-        Duration::from_secs(180),
-    )?;
+const GUEST_MIB: u32 = 256;
+
+fn guest(args: &Args, cmdline: &str) -> GuestSpec {
+    GuestSpec {
+        kernel: args.kernel.clone(),
+        initramfs: args.test_image.clone(),
+        cmdline: cmdline.into(),
+        vcpus: 1,
+        memory_mib: GUEST_MIB,
+    }
+}
+
+fn record(
+    bench: &str,
+    metric: &str,
+    unit: &str,
+    husk: Option<f64>,
+    anchor: Option<f64>,
+    runs: usize,
+) -> Record {
+    Record {
+        bench: bench.into(),
+        metric: metric.into(),
+        unit: unit.into(),
+        husk,
+        anchor: "qemu-microvm".into(),
+        anchor_value: anchor,
+        ratio: None,
+        runs,
+        host: bench::host_label().into(),
+    }
+    .with_ratio()
+}
+
+/// Memory of a VMM holding an idle guest: (PSS outside guest RAM, guest RAM touched), MiB.
+fn idle_memory(cmd: std::process::Command) -> anyhow::Result<(f64, f64)> {
+    let mut vm = RunningVm::spawn(cmd)?;
+    if vm
+        .wait_for(TEST_INIT_MARKER, Duration::from_secs(180))
+        .is_none()
+    {
+        bail!(
+            "the guest did not reach its marker; console:\n{}",
+            vm.console
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (overhead, guest) = bench::vmm_memory_kib(vm.pid(), u64::from(GUEST_MIB) * 1024)?;
+    vm.signal(libc::SIGTERM);
+    vm.wait(Duration::from_secs(30));
+    Ok((overhead as f64 / 1024.0, guest as f64 / 1024.0))
+}
+
+fn vmm(args: &Args) -> anyhow::Result<Vec<Record>> {
+    let dir = tempfile::tempdir()?;
+    let husk = |cmdline: &str| husk_vmm(&args.vmm, &guest(args, cmdline), dir.path(), None);
+    boot_ms(husk("quiet")?).context("husk-vmm warm-up boot")?;
+    boot_ms(qemu_microvm(&guest(args, "quiet"))).context("QEMU warm-up boot")?;
+    let (mut h, mut q) = (Vec::new(), Vec::new());
+    // Interleaved, so drift in the machine's load hits both alike.
+    for i in 0..args.runs {
+        h.push(boot_ms(husk("quiet")?).with_context(|| format!("husk-vmm boot {}", i + 1))?);
+        q.push(
+            boot_ms(qemu_microvm(&guest(args, "quiet")))
+                .with_context(|| format!("QEMU boot {}", i + 1))?,
+        );
+        eprintln!(
+            "husk-bench: vmm run {}: husk {:.0} ms, qemu {:.0} ms",
+            i + 1,
+            h[i],
+            q[i]
+        );
+    }
+    let (h_pss, h_guest) = idle_memory(husk("quiet husk.test=hold")?)?;
+    let (q_pss, q_guest) = idle_memory(qemu_microvm(&guest(args, "quiet husk.test=hold")))?;
+    Ok(vec![
+        record(
+            "vmm",
+            "boot_ms",
+            "ms",
+            bench::median(&h),
+            bench::median(&q),
+            args.runs,
+        ),
+        record(
+            "vmm",
+            "overhead_pss_mib",
+            "MiB",
+            Some(h_pss),
+            Some(q_pss),
+            1,
+        ),
+        record(
+            "vmm",
+            "guest_touched_mib",
+            "MiB",
+            Some(h_guest),
+            Some(q_guest),
+            1,
+        ),
+    ])
+}
+
+fn boot_ms(cmd: std::process::Command) -> anyhow::Result<f64> {
+    let r = watch_boot(cmd, TEST_INIT_MARKER, Duration::from_secs(180))?;
     match (r.to_marker, r.exit_code) {
         (Some(t), Some(0)) => Ok(t.as_secs_f64() * 1000.0),
         _ => bail!(
-            "QEMU boot did not reach the marker and exit cleanly (exit {:?}); console:\n{}",
+            "the boot did not reach the marker and exit cleanly (exit {:?}); console:\n{}",
             r.exit_code,
             r.console
         ),
@@ -53,31 +159,22 @@ fn boot_ms(spec: &GuestSpec) -> anyhow::Result<f64> {
 }
 
 fn boot_qemu(args: &Args) -> anyhow::Result<Vec<Record>> {
-    let spec = GuestSpec {
-        kernel: args.kernel.clone(),
-        initramfs: args.test_image.clone(),
-        cmdline: "quiet".into(),
-        vcpus: 1,
-        memory_mib: 256,
-    };
-    boot_ms(&spec).context("warm-up boot")?;
+    let spec = guest(args, "quiet");
+    boot_ms(qemu_microvm(&spec)).context("warm-up boot")?;
     let mut samples = Vec::new();
     for i in 0..args.runs {
-        let ms = boot_ms(&spec).with_context(|| format!("boot {}", i + 1))?;
+        let ms = boot_ms(qemu_microvm(&spec)).with_context(|| format!("boot {}", i + 1))?;
         eprintln!("husk-bench: boot-qemu run {}: {ms:.0} ms", i + 1);
         samples.push(ms);
     }
-    Ok(vec![Record {
-        bench: "boot-qemu".into(),
-        metric: "boot_ms".into(),
-        unit: "ms".into(),
-        husk: None,
-        anchor: "qemu-microvm".into(),
-        anchor_value: bench::median(&samples),
-        ratio: None,
-        runs: samples.len(),
-        host: bench::host_label().into(),
-    }])
+    Ok(vec![record(
+        "boot-qemu",
+        "boot_ms",
+        "ms",
+        None,
+        bench::median(&samples),
+        samples.len(),
+    )])
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -93,6 +190,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     for b in benches {
         records.extend(match b {
             Bench::BootQemu => boot_qemu(&args)?,
+            Bench::Vmm => vmm(&args)?,
         });
     }
     print!("{}", bench::table(&records));

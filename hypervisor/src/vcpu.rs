@@ -1,0 +1,311 @@
+//! vCPU threads: run KVM_RUN, dispatch port and MMIO exits to the buses, and stop or park
+//! when the main loop asks.
+//!
+//! The main loop talks to vCPU threads through a [`RunGate`] and wakes a thread out of KVM_RUN
+//! with a real-time signal whose handler does nothing: the interrupted ioctl returns EINTR and
+//! the thread re-checks the gate. A kick can land just before the thread enters KVM_RUN, so
+//! kicks repeat until the wanted state is observed.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::bus::Bus;
+
+/// Why the VM must stop, as the first vCPU or device to notice reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest shut down or rebooted (i8042 reset, triple fault, PSCI-style system event).
+    GuestShutdown(String),
+    /// Something failed: a KVM error or an exit the VMM cannot handle.
+    Fault(String),
+}
+
+/// Collects the first stop reason and wakes the main loop through an eventfd.
+#[derive(Debug)]
+pub struct StopSignal {
+    first: Mutex<Option<StopReason>>,
+    evt: EventFd,
+}
+
+impl StopSignal {
+    /// A signal whose eventfd the main loop polls.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(StopSignal {
+            first: Mutex::new(None),
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Records `reason` unless another came first, and wakes the main loop.
+    pub fn raise(&self, reason: StopReason) {
+        let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(reason);
+        let _ = self.evt.write(1);
+    }
+
+    /// The recorded reason, if any.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.first.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The eventfd to poll.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    paused: bool,
+    stop: bool,
+    parked: usize,
+}
+
+/// What vCPU threads check between runs: keep running, park, or exit.
+#[derive(Debug, Default)]
+pub struct RunGate {
+    gate: Mutex<Gate>,
+    cv: Condvar,
+}
+
+impl RunGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks while paused; returns false once the VM is stopping.
+    fn wait_runnable(&self) -> bool {
+        let mut g = self.lock();
+        if g.paused && !g.stop {
+            g.parked += 1;
+            while g.paused && !g.stop {
+                g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            g.parked -= 1;
+        }
+        !g.stop
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        self.cv.notify_all();
+    }
+
+    fn set_stop(&self) {
+        self.lock().stop = true;
+        self.cv.notify_all();
+    }
+
+    fn parked(&self) -> usize {
+        self.lock().parked
+    }
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op handler of the kick signal (once per process, before vCPUs start).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(SIGRTMIN(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+struct VcpuThread {
+    id: u8,
+    fd: VcpuFd,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    gate: Arc<RunGate>,
+    stop: Arc<StopSignal>,
+}
+
+impl VcpuThread {
+    fn run(mut self) {
+        while self.gate.wait_runnable() {
+            if let Some(reason) = self.step() {
+                self.stop.raise(reason);
+                return;
+            }
+        }
+    }
+
+    /// One KVM_RUN; `Some` when the VM must stop.
+    fn step(&mut self) -> Option<StopReason> {
+        let id = self.id;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !self.pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.pio.write(u64::from(port), data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !self.mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.mmio.write(addr, data);
+                None
+            }
+            Ok(VcpuExit::Shutdown) => Some(StopReason::GuestShutdown(format!(
+                "vCPU {id}: triple fault (reboot)"
+            ))),
+            Ok(VcpuExit::Hlt) => Some(StopReason::GuestShutdown(format!("vCPU {id}: halted"))),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Some(StopReason::GuestShutdown(format!(
+                "vCPU {id}: system event {kind}"
+            ))),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Some(StopReason::Fault(format!(
+                "vCPU {id}: KVM entry failed (hardware reason {reason:#x}, cpu {cpu})"
+            ))),
+            Ok(VcpuExit::InternalError) => {
+                Some(StopReason::Fault(format!("vCPU {id}: KVM internal error")))
+            }
+            Ok(other) => Some(StopReason::Fault(format!(
+                "vCPU {id}: unexpected exit {other:?}"
+            ))),
+            // A kick: go back to the gate.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) => Some(StopReason::Fault(format!("vCPU {id}: KVM_RUN failed: {e}"))),
+        }
+    }
+}
+
+/// The running vCPU threads.
+#[derive(Debug)]
+pub struct Vcpus {
+    threads: Vec<JoinHandle<()>>,
+    gate: Arc<RunGate>,
+}
+
+/// vCPUs did not reach the asked-for state in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} of {1} vCPUs did not {2} within {3:?}")]
+pub struct KickTimeout(usize, usize, &'static str, Duration);
+
+impl Vcpus {
+    /// Starts one thread per configured vCPU.
+    pub fn start(
+        fds: Vec<VcpuFd>,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        stop: Arc<StopSignal>,
+    ) -> std::io::Result<Self> {
+        let gate = Arc::new(RunGate::default());
+        let mut threads = Vec::with_capacity(fds.len());
+        for (id, fd) in fds.into_iter().enumerate() {
+            let t = VcpuThread {
+                id: id as u8,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                gate: gate.clone(),
+                stop: stop.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("vcpu{id}"))
+                    .spawn(move || t.run())?,
+            );
+        }
+        Ok(Vcpus { threads, gate })
+    }
+
+    fn kick_until(&self, done: impl Fn() -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            for t in self.threads.iter().filter(|t| !t.is_finished()) {
+                let _ = t.kill(SIGRTMIN());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Parks every vCPU; returns once all are parked.
+    pub fn pause(&self, timeout: Duration) -> Result<(), KickTimeout> {
+        self.gate.set_paused(true);
+        let live = || self.threads.iter().filter(|t| !t.is_finished()).count();
+        if self.kick_until(|| self.gate.parked() >= live(), timeout) {
+            Ok(())
+        } else {
+            Err(KickTimeout(
+                live() - self.gate.parked(),
+                self.threads.len(),
+                "pause",
+                timeout,
+            ))
+        }
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.gate.set_paused(false);
+    }
+
+    /// Stops every vCPU thread and joins those that finished within `timeout`.
+    pub fn stop(self, timeout: Duration) -> Result<(), KickTimeout> {
+        self.gate.set_stop();
+        let finished = self.kick_until(|| self.threads.iter().all(|t| t.is_finished()), timeout);
+        let total = self.threads.len();
+        let mut left = 0;
+        for t in self.threads {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                left += 1;
+            }
+        }
+        if finished {
+            Ok(())
+        } else {
+            Err(KickTimeout(left, total, "stop", timeout))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_stop_reason_wins() {
+        let s = StopSignal::new().unwrap();
+        s.raise(StopReason::GuestShutdown("reset".into()));
+        s.raise(StopReason::Fault("later".into()));
+        assert_eq!(s.reason(), Some(StopReason::GuestShutdown("reset".into())));
+        assert_eq!(s.eventfd().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn the_gate_parks_until_resumed_and_releases_on_stop() {
+        let gate = Arc::new(RunGate::default());
+        gate.set_paused(true);
+        let g = gate.clone();
+        let t = std::thread::spawn(move || g.wait_runnable());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gate.parked() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(gate.parked(), 1);
+        gate.set_paused(false);
+        assert!(t.join().unwrap(), "resumed: keep running");
+        gate.set_paused(true);
+        gate.set_stop();
+        assert!(!gate.wait_runnable(), "stopped while paused: exit");
+    }
+}

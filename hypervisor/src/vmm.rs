@@ -1,0 +1,369 @@
+//! Builds a VM from its configuration, runs it, and stops it: the whole life of a `husk-vmm`
+//! process. The main thread owns one epoll loop for everything that is not a vCPU: the stop
+//! eventfd (vCPU exits and the i8042 reset), termination signals, and control requests.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use husk_protocol::{ControlRequest, VmConfig, VmmExit};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Cap;
+use linux_loader::cmdline::Cmdline;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::cpuid::HostCaps;
+use crate::arch::layout::{CMDLINE_MAX_SIZE, SERIAL_IRQ};
+use crate::arch::{boot, vcpu_state};
+use crate::bus::Bus;
+use crate::control::{self, Pending};
+use crate::devices::legacy::{
+    RateLimitedWriter, SerialConsole, I8042, I8042_BASE, I8042_LEN, SERIAL_BASE, SERIAL_LEN,
+};
+use crate::vcpu::{install_kick_handler, StopReason, StopSignal, Vcpus};
+use crate::vm::{Vm, VmError};
+use crate::vm_state::VmState;
+
+/// The command line every guest gets before the configuration's extra part. No PCI, ACPI or
+/// modules exist in the husk kernel, so none of their switches are needed.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 8250.nr_uarts=1";
+
+/// Console output allowed in one burst, then per second (guest-controlled, so bounded).
+const SERIAL_BURST: u64 = 1 << 20;
+const SERIAL_RATE: u64 = 256 << 10;
+
+const TOKEN_STOP: u64 = 1;
+const TOKEN_SIGNAL: u64 = 2;
+const TOKEN_CONTROL: u64 = 3;
+
+/// Errors that end the VMM before or while the VM runs.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// KVM or memory setup.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Kernel, initramfs or boot structures.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// vCPU register setup.
+    #[error(transparent)]
+    Vcpu(#[from] vcpu_state::VcpuSetupError),
+    /// Anything else, naming the step.
+    #[error("{0}: {1}")]
+    Setup(&'static str, String),
+}
+
+fn setup<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> VmmError {
+    move |e| VmmError::Setup(step, e.to_string())
+}
+
+/// Blocks the termination signals in this thread (and every thread it starts) and returns a
+/// signalfd that reports them.
+fn termination_signalfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before any use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: `set` is initialised and `sig` a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: -1 asks for a new descriptor; `set` is initialised.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: signalfd returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn read_signal(fd: &OwnedFd) -> Option<i32> {
+    // SAFETY: signalfd_siginfo is plain data, fully written by a successful read.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reading at most `size` bytes into `info`, which is exactly that large.
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    };
+    (n == size as isize).then_some(info.ssi_signo as i32)
+}
+
+fn console_writer(config: &VmConfig) -> Result<Box<dyn Write + Send>, VmmError> {
+    let sink: Box<dyn Write + Send> = match &config.serial_log {
+        Some(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    VmmError::Setup("opening the serial log", format!("{}: {e}", path.display()))
+                })?,
+        ),
+        None => Box::new(std::io::sink()),
+    };
+    Ok(Box::new(RateLimitedWriter::new(
+        sink,
+        SERIAL_BURST,
+        SERIAL_RATE,
+    )))
+}
+
+/// The full kernel command line for `config`.
+pub fn kernel_cmdline(config: &VmConfig) -> Result<Cmdline, VmmError> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(setup("kernel command line"))?;
+    cmdline
+        .insert_str(BASE_CMDLINE)
+        .map_err(setup("kernel command line"))?;
+    if !config.extra_cmdline.trim().is_empty() {
+        cmdline
+            .insert_str(config.extra_cmdline.trim())
+            .map_err(setup("kernel command line (extra_cmdline)"))?;
+    }
+    Ok(cmdline)
+}
+
+/// A VM that is built and ready to start.
+pub struct Machine {
+    config: VmConfig,
+    vm: Vm,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    stop: Arc<StopSignal>,
+    signals: OwnedFd,
+    entry: vm_memory::GuestAddress,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Machine {
+    /// Builds the VM: memory, interrupt controllers, legacy devices, kernel and boot structures.
+    pub fn build(config: VmConfig) -> Result<Self, VmmError> {
+        let signals = termination_signalfd().map_err(setup("blocking termination signals"))?;
+        let vm = Vm::create(config.memory_mib)?;
+        let stop = Arc::new(StopSignal::new().map_err(setup("creating the stop eventfd"))?);
+
+        let mut pio = Bus::default();
+        let serial_irq =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the serial irqfd"))?;
+        vm.fd
+            .register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(setup("registering the serial interrupt"))?;
+        let serial = SerialConsole::new(serial_irq, console_writer(&config)?);
+        pio.insert(SERIAL_BASE, SERIAL_LEN, Arc::new(Mutex::new(serial)))
+            .map_err(setup("placing the serial port"))?;
+        let reset = stop
+            .eventfd()
+            .try_clone()
+            .map_err(setup("cloning the stop eventfd"))?;
+        pio.insert(
+            I8042_BASE,
+            I8042_LEN,
+            Arc::new(Mutex::new(I8042::new(reset))),
+        )
+        .map_err(setup("placing the i8042"))?;
+
+        let kernel = boot::load_kernel(&vm.memory, &config.kernel)?;
+        let initramfs = match &config.initramfs {
+            Some(path) => Some(boot::load_initramfs(&vm.memory, path, kernel.end)?),
+            None => None,
+        };
+        let cmdline = kernel_cmdline(&config)?;
+        boot::write_boot_structures(&vm.memory, &cmdline, &kernel, initramfs, config.vcpus)?;
+
+        Ok(Machine {
+            config,
+            vm,
+            pio: Arc::new(pio),
+            mmio: Arc::new(Bus::default()),
+            stop,
+            signals,
+            entry: kernel.entry,
+        })
+    }
+
+    /// Runs the VM until the guest shuts down, a fault, a signal or a shutdown request.
+    pub fn run(self) -> Result<VmmExit, VmmError> {
+        let count = self.config.vcpus;
+        let cpuid = self
+            .vm
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(setup("reading supported CPUID"))?;
+        let caps = HostCaps {
+            tsc_deadline: self.vm.kvm.check_extension(Cap::TscDeadlineTimer),
+        };
+        let mut fds = Vec::with_capacity(usize::from(count));
+        for id in 0..count {
+            let fd = self
+                .vm
+                .fd
+                .create_vcpu(u64::from(id))
+                .map_err(setup("creating a vCPU"))?;
+            vcpu_state::configure(&fd, &cpuid, caps, id, count, self.entry)?;
+            fds.push(fd);
+        }
+
+        let epoll = Epoll::new().map_err(setup("creating epoll"))?;
+        let add = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(self.stop.eventfd().as_raw_fd(), TOKEN_STOP)
+            .map_err(setup("polling the stop eventfd"))?;
+        add(self.signals.as_raw_fd(), TOKEN_SIGNAL).map_err(setup("polling signals"))?;
+
+        let control_wake =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the control eventfd"))?;
+        let mut control = None;
+        if let Some(path) = &self.config.control_socket {
+            let listener = control::bind(path).map_err(setup("binding the control socket"))?;
+            let wake = control_wake
+                .try_clone()
+                .map_err(setup("cloning the control eventfd"))?;
+            let (guard, requests) = control::serve(listener, path, wake)
+                .map_err(setup("serving the control socket"))?;
+            add(control_wake.as_raw_fd(), TOKEN_CONTROL)
+                .map_err(setup("polling the control socket"))?;
+            control = Some((guard, requests));
+        }
+
+        install_kick_handler().map_err(setup("installing the vCPU kick handler"))?;
+        let vcpus = Vcpus::start(fds, self.pio.clone(), self.mmio.clone(), self.stop.clone())
+            .map_err(setup("starting vCPU threads"))?;
+        let mut state = VmState::Created
+            .transition(VmState::Running)
+            .map_err(setup("starting"))?;
+
+        let mut events = vec![EpollEvent::default(); 8];
+        let exit = 'run: loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break 'run Err(VmmError::Setup("waiting for events", e.to_string())),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    TOKEN_STOP => {
+                        let _ = self.stop.eventfd().read();
+                        match self.stop.reason() {
+                            Some(StopReason::Fault(why)) => {
+                                eprintln!("husk-vmm: error: {why}");
+                                break 'run Ok(VmmExit::Error);
+                            }
+                            Some(StopReason::GuestShutdown(why)) => {
+                                eprintln!("husk-vmm: guest shut down ({why})");
+                                break 'run Ok(VmmExit::GuestShutdown);
+                            }
+                            // Only the i8042 writes the eventfd without a reason: the reset line.
+                            None => {
+                                eprintln!("husk-vmm: guest shut down (i8042 reset)");
+                                break 'run Ok(VmmExit::GuestShutdown);
+                            }
+                        }
+                    }
+                    TOKEN_SIGNAL => {
+                        if let Some(sig) = read_signal(&self.signals) {
+                            eprintln!("husk-vmm: stopping on signal {sig}");
+                            break 'run Ok(VmmExit::Signal(sig));
+                        }
+                    }
+                    TOKEN_CONTROL => {
+                        let _ = control_wake.read();
+                        let Some((_, requests)) = &control else {
+                            continue;
+                        };
+                        while let Ok(Pending { request, reply }) = requests.try_recv() {
+                            let (answer, shutdown) = answer_control(request, &mut state, &vcpus);
+                            let _ = reply.send(answer);
+                            if shutdown {
+                                eprintln!("husk-vmm: stopping on a shutdown request");
+                                break 'run Ok(VmmExit::Signal(libc::SIGTERM));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        };
+        // Whatever ended the run, the vCPUs stop and the control socket goes away.
+        if let Err(e) = vcpus.stop(Duration::from_secs(1)) {
+            eprintln!("husk-vmm: warning: {e}; exiting anyway");
+        }
+        drop(control);
+        exit
+    }
+}
+
+fn answer_control(request: ControlRequest, state: &mut VmState, vcpus: &Vcpus) -> (String, bool) {
+    let target = match request {
+        ControlRequest::Ping => return (format!("ok {state}"), false),
+        ControlRequest::Shutdown => return ("ok stopping".into(), true),
+        ControlRequest::Pause => VmState::Paused,
+        ControlRequest::Resume => VmState::Running,
+    };
+    let next = match state.transition(target) {
+        Ok(next) => next,
+        Err(e) => return (format!("error {e}"), false),
+    };
+    if target == VmState::Paused {
+        if let Err(e) = vcpus.pause(Duration::from_secs(2)) {
+            vcpus.resume();
+            return (format!("error {e}"), false);
+        }
+    } else {
+        vcpus.resume();
+    }
+    *state = next;
+    (format!("ok {state}"), false)
+}
+
+/// Builds and runs the VM described by `config`.
+pub fn run(config: VmConfig) -> Result<VmmExit, VmmError> {
+    Machine::build(config)?.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_cmdline_follows_the_base() {
+        let mut config =
+            VmConfig::from_json(r#"{"kernel":"/k","extra_cmdline":" quiet husk.x=1 "}"#).unwrap();
+        let line = kernel_cmdline(&config)
+            .unwrap()
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert_eq!(line, format!("{BASE_CMDLINE} quiet husk.x=1"));
+        config.extra_cmdline.clear();
+        let line = kernel_cmdline(&config)
+            .unwrap()
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert_eq!(line, BASE_CMDLINE);
+    }
+}

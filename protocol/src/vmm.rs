@@ -1,0 +1,111 @@
+//! The contract between the shim and a `husk-vmm` process: its exit codes and the line
+//! protocol of its control socket.
+
+/// How a `husk-vmm` process ended, as its exit code says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmExit {
+    /// The guest shut itself down (reboot, power-off, triple fault). Exit code 0.
+    GuestShutdown,
+    /// The VMM failed (bad configuration, KVM error, a device or vCPU fault). Exit code 1.
+    Error,
+    /// Bad command-line usage. Exit code 2.
+    Usage,
+    /// Stopped cleanly on signal N (SIGTERM, SIGINT). Exit code 128 + N.
+    Signal(i32),
+}
+
+impl VmmExit {
+    /// The process exit code.
+    pub fn code(self) -> i32 {
+        match self {
+            VmmExit::GuestShutdown => 0,
+            VmmExit::Error => 1,
+            VmmExit::Usage => 2,
+            VmmExit::Signal(n) => 128 + n,
+        }
+    }
+
+    /// Reads an exit code back (a process killed outright, with no code, is `Signal`).
+    pub fn from_code(code: i32) -> Self {
+        match code {
+            0 => VmmExit::GuestShutdown,
+            2 => VmmExit::Usage,
+            c if c > 128 => VmmExit::Signal(c - 128),
+            _ => VmmExit::Error,
+        }
+    }
+}
+
+/// A request on the control socket: one line, one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRequest {
+    /// Is the VMM alive? Answers with the VM state.
+    Ping,
+    /// Stop running the vCPUs (the guest's clock stops too).
+    Pause,
+    /// Run the vCPUs again.
+    Resume,
+    /// Stop the VM now and exit (as on SIGTERM).
+    Shutdown,
+}
+
+impl ControlRequest {
+    /// Parses one request line (without its newline).
+    pub fn parse(line: &str) -> Result<Self, String> {
+        match line.trim() {
+            "ping" => Ok(ControlRequest::Ping),
+            "pause" => Ok(ControlRequest::Pause),
+            "resume" => Ok(ControlRequest::Resume),
+            "shutdown" => Ok(ControlRequest::Shutdown),
+            other => Err(format!(
+                "unknown control request {other:?} (ping, pause, resume, shutdown)"
+            )),
+        }
+    }
+
+    /// The request's line, newline included.
+    pub fn line(self) -> &'static str {
+        match self {
+            ControlRequest::Ping => "ping\n",
+            ControlRequest::Pause => "pause\n",
+            ControlRequest::Resume => "resume\n",
+            ControlRequest::Shutdown => "shutdown\n",
+        }
+    }
+}
+
+/// Longest request line the VMM reads before giving up on a connection.
+pub const MAX_CONTROL_LINE: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_round_trip() {
+        for e in [
+            VmmExit::GuestShutdown,
+            VmmExit::Error,
+            VmmExit::Usage,
+            VmmExit::Signal(15),
+        ] {
+            assert_eq!(VmmExit::from_code(e.code()), e);
+        }
+        assert_eq!(VmmExit::Signal(15).code(), 143);
+    }
+
+    #[test]
+    fn requests_round_trip_and_unknown_ones_are_named() {
+        for r in [
+            ControlRequest::Ping,
+            ControlRequest::Pause,
+            ControlRequest::Resume,
+            ControlRequest::Shutdown,
+        ] {
+            assert_eq!(ControlRequest::parse(r.line()), Ok(r));
+        }
+        assert!(ControlRequest::parse("reboot")
+            .unwrap_err()
+            .contains("\"reboot\""));
+    }
+}

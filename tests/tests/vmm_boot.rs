@@ -1,0 +1,145 @@
+//! husk-vmm boots the husk guest kernel and ends the way the shim needs to tell apart:
+//! guest shutdown (0), signal (128+N, nothing left behind), control-socket requests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use husk_tests::e2e;
+use husk_tests::microvm::{husk_vmm, watch_boot, GuestSpec, RunningVm, TEST_INIT_MARKER};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn spec(env: &e2e::E2eEnv, vcpus: u32, cmdline: &str) -> GuestSpec {
+    GuestSpec {
+        kernel: env.kernel.clone(),
+        initramfs: env.test_image.clone(),
+        cmdline: cmdline.into(),
+        vcpus,
+        memory_mib: 256,
+    }
+}
+
+fn control(socket: &Path, request: &str) -> String {
+    let mut s =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.write_all(request.as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run with `make e2e` (uses the nested test host where needed)"]
+fn boots_two_vcpus_to_init_and_exits_zero_on_guest_reboot() {
+    let env = e2e::require();
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = husk_vmm(&env.vmm, &spec(&env, 2, ""), dir.path(), None).unwrap();
+    let r = watch_boot(cmd, TEST_INIT_MARKER, BOOT_TIMEOUT).unwrap();
+    let line = r
+        .marker_line
+        .unwrap_or_else(|| panic!("no init marker; console:\n{}", r.console));
+    assert!(
+        line.contains("kernel=6.1.") && line.contains("cpus=2"),
+        "{line}"
+    );
+    assert!(
+        r.console.contains("found SMP MP-table"),
+        "the MP table was not used:\n{}",
+        r.console
+    );
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "guest reboot must end husk-vmm with 0:\n{}",
+        r.console
+    );
+    assert!(r.console.contains("guest shut down"), "{}", r.console);
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run with `make e2e` (uses the nested test host where needed)"]
+fn sigterm_stops_a_running_vm_and_removes_its_socket() {
+    let env = e2e::require();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ctl.sock");
+    let cmd = husk_vmm(
+        &env.vmm,
+        &spec(&env, 1, "husk.test=hold"),
+        dir.path(),
+        Some(&socket),
+    )
+    .unwrap();
+    let mut vm = RunningVm::spawn(cmd).unwrap();
+    assert!(
+        vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT).is_some(),
+        "no marker:\n{}",
+        vm.console
+    );
+    assert!(socket.exists());
+    vm.signal(libc::SIGTERM);
+    assert_eq!(
+        vm.wait(Duration::from_secs(30)),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        vm.console
+    );
+    assert!(!socket.exists(), "control socket left behind");
+    assert!(
+        vm.console.contains("stopping on signal 15"),
+        "{}",
+        vm.console
+    );
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run with `make e2e` (uses the nested test host where needed)"]
+fn control_socket_pings_pauses_resumes_and_shuts_down() {
+    let env = e2e::require();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ctl.sock");
+    let cmd = husk_vmm(
+        &env.vmm,
+        &spec(&env, 2, "husk.test=hold"),
+        dir.path(),
+        Some(&socket),
+    )
+    .unwrap();
+    let mut vm = RunningVm::spawn(cmd).unwrap();
+    assert!(
+        vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT).is_some(),
+        "no marker:\n{}",
+        vm.console
+    );
+    assert_eq!(control(&socket, "ping\n"), "ok running");
+    assert_eq!(control(&socket, "pause\n"), "ok paused");
+    assert_eq!(
+        control(&socket, "pause\n"),
+        "error the VM is paused and cannot become paused"
+    );
+    assert_eq!(control(&socket, "ping\n"), "ok paused");
+    assert_eq!(control(&socket, "resume\n"), "ok running");
+    assert!(control(&socket, "reboot\n").starts_with("error unknown control request \"reboot\""));
+    assert_eq!(control(&socket, "shutdown\n"), "ok stopping");
+    assert_eq!(
+        vm.wait(Duration::from_secs(30)),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        vm.console
+    );
+    assert!(!socket.exists(), "control socket left behind");
+}
+
+#[test]
+#[ignore = "needs hardware KVM: run with `make e2e` (uses the nested test host where needed)"]
+fn a_missing_kernel_is_named_and_is_a_vmm_error() {
+    let env = e2e::require();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(&env, 1, "");
+    s.kernel = dir.path().join("no-such-vmlinux");
+    let cmd = husk_vmm(&env.vmm, &s, dir.path(), None).unwrap();
+    let r = watch_boot(cmd, TEST_INIT_MARKER, Duration::from_secs(30)).unwrap();
+    assert_eq!(r.exit_code, Some(1), "{}", r.console);
+    assert!(r.console.contains("no-such-vmlinux"), "{}", r.console);
+}
