@@ -49,12 +49,12 @@ mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || die "cgroup2 mount failed"
-# Plain tmpfs (not overlay) where runtimes put their own overlay mounts and state.
-for d in /run /tmp /var/lib/containerd /var/lib/husk /var/cache/husk-run; do
+# Plain tmpfs (not overlay) where runtimes put their own overlay mounts and state. The host's
+# /tmp stays visible (through the overlay): work trees and run directories may live there.
+for d in /run /var/lib/containerd /var/lib/husk; do
   mkdir -p "/newroot$d"
   mount -t tmpfs -o mode=0755 tmpfs "/newroot$d"
 done
-chmod 1777 /newroot/tmp
 
 i=0
 for dir in "$rundir" $(echo "$rw" | tr ',' ' '); do

@@ -132,7 +132,29 @@ fn console_tail(rundir: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Directories the test host covers with a fresh tmpfs (see init.sh): host paths below them are
+/// not visible inside.
+const HIDDEN: &[&str] = &["/run", "/var/lib/containerd", "/var/lib/husk"];
+
+/// Refuses a working or writable directory that the test host would hide.
+fn check_visible(path: &Path) -> Result<(), TestHostError> {
+    match HIDDEN.iter().find(|h| path.starts_with(h)) {
+        Some(h) => Err(TestHostError::Io {
+            what: format!(
+                "{} is under {h}, which the test host replaces with an empty tmpfs",
+                path.display()
+            ),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostError> {
+    check_visible(&spec.cwd)?;
+    for d in &spec.rw_dirs {
+        check_visible(d)?;
+    }
     let rundir = tempfile::Builder::new()
         .prefix("husk-testhost.")
         .tempdir()
@@ -223,6 +245,19 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hidden_directories_are_refused_by_name() {
+        let err = check_visible(Path::new("/run/containerd/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/run/containerd/x") && err.contains("tmpfs"),
+            "{err}"
+        );
+        assert!(check_visible(Path::new("/tmp/clone")).is_ok());
+        assert!(check_visible(Path::new("/runner/work")).is_ok());
+    }
 
     #[test]
     fn script_quotes_and_changes_directory() {
