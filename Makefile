@@ -8,6 +8,8 @@ HOSTBIN := target/release
 BENCH ?=
 CMD ?=
 TIMEOUT ?= 600
+# The command reaches the recipe through the environment, so quotes, pipes and ';' in it survive.
+export CMD
 
 .PHONY: help deps build guest kernel image testhost lint unit e2e test bench demo clean
 
@@ -39,7 +41,7 @@ image: build guest
 	@$(HOSTBIN)/husk-image --init $(GUEST_BIN)/husk-test-init --output $(IMAGES)/test-init.cpio.gz
 
 testhost: build
-	@$(HOSTBIN)/husk-testhost --timeout $(TIMEOUT) -- $(CMD)
+	@$(HOSTBIN)/husk-testhost --timeout $(TIMEOUT) -- "$$CMD"
 
 lint:
 	$(CARGO) fmt --all -- --check
