@@ -182,7 +182,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         bail!("--runs must be at least 1");
     }
     let benches = if args.benches.is_empty() {
-        vec![Bench::BootQemu]
+        vec![Bench::BootQemu, Bench::Vmm]
     } else {
         args.benches.clone()
     };
