@@ -346,24 +346,17 @@ pub fn run(config: VmConfig) -> Result<VmmExit, VmmError> {
 mod tests {
     use super::*;
 
+    fn line(config: &VmConfig) -> String {
+        let cmdline = kernel_cmdline(config).unwrap();
+        cmdline.as_cstring().unwrap().into_string().unwrap()
+    }
+
     #[test]
     fn extra_cmdline_follows_the_base() {
-        let mut config =
-            VmConfig::from_json(r#"{"kernel":"/k","extra_cmdline":" quiet husk.x=1 "}"#).unwrap();
-        let line = kernel_cmdline(&config)
-            .unwrap()
-            .as_cstring()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        assert_eq!(line, format!("{BASE_CMDLINE} quiet husk.x=1"));
+        let json = r#"{"kernel":"/k","extra_cmdline":" quiet husk.x=1 "}"#;
+        let mut config = VmConfig::from_json(json).unwrap();
+        assert_eq!(line(&config), format!("{BASE_CMDLINE} quiet husk.x=1"));
         config.extra_cmdline.clear();
-        let line = kernel_cmdline(&config)
-            .unwrap()
-            .as_cstring()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        assert_eq!(line, BASE_CMDLINE);
+        assert_eq!(line(&config), BASE_CMDLINE);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use husk_tests::e2e;
@@ -19,6 +19,23 @@ fn spec(env: &e2e::E2eEnv, vcpus: u32, cmdline: &str) -> GuestSpec {
         vcpus,
         memory_mib: 256,
     }
+}
+
+/// Boots a guest that stays up (`husk.test=hold`) with a control socket in `dir`.
+fn boot_held(env: &e2e::E2eEnv, vcpus: u32, dir: &Path) -> (RunningVm, PathBuf) {
+    let socket = dir.join("ctl.sock");
+    let cmd = husk_vmm(
+        &env.vmm,
+        &spec(env, vcpus, "husk.test=hold"),
+        dir,
+        Some(&socket),
+    )
+    .unwrap();
+    let mut vm = RunningVm::spawn(cmd).unwrap();
+    let marker = vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT);
+    assert!(marker.is_some(), "no marker:\n{}", vm.console);
+    assert!(socket.exists(), "no control socket at {}", socket.display());
+    (vm, socket)
 }
 
 fn control(socket: &Path, request: &str) -> String {
@@ -63,21 +80,7 @@ fn boots_two_vcpus_to_init_and_exits_zero_on_guest_reboot() {
 fn sigterm_stops_a_running_vm_and_removes_its_socket() {
     let env = e2e::require();
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("ctl.sock");
-    let cmd = husk_vmm(
-        &env.vmm,
-        &spec(&env, 1, "husk.test=hold"),
-        dir.path(),
-        Some(&socket),
-    )
-    .unwrap();
-    let mut vm = RunningVm::spawn(cmd).unwrap();
-    assert!(
-        vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT).is_some(),
-        "no marker:\n{}",
-        vm.console
-    );
-    assert!(socket.exists());
+    let (mut vm, socket) = boot_held(&env, 1, dir.path());
     vm.signal(libc::SIGTERM);
     assert_eq!(
         vm.wait(Duration::from_secs(30)),
@@ -98,20 +101,7 @@ fn sigterm_stops_a_running_vm_and_removes_its_socket() {
 fn control_socket_pings_pauses_resumes_and_shuts_down() {
     let env = e2e::require();
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("ctl.sock");
-    let cmd = husk_vmm(
-        &env.vmm,
-        &spec(&env, 2, "husk.test=hold"),
-        dir.path(),
-        Some(&socket),
-    )
-    .unwrap();
-    let mut vm = RunningVm::spawn(cmd).unwrap();
-    assert!(
-        vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT).is_some(),
-        "no marker:\n{}",
-        vm.console
-    );
+    let (mut vm, socket) = boot_held(&env, 2, dir.path());
     assert_eq!(control(&socket, "ping\n"), "ok running");
     assert_eq!(control(&socket, "pause\n"), "ok paused");
     assert_eq!(

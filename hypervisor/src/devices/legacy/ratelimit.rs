@@ -83,25 +83,12 @@ impl Write for RateLimitedWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::devices::legacy::SharedBuf;
     use std::time::Duration;
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn excess_is_dropped_counted_and_reported_after_refill() {
-        let out = Shared::default();
+        let out = SharedBuf::default();
         let mut w = RateLimitedWriter::new(Box::new(out.clone()), 10, 100);
         let t0 = w.last;
         w.write_at(b"0123456789abcdef", t0);

@@ -64,24 +64,11 @@ impl BusDevice for SerialConsole {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::devices::legacy::SharedBuf;
 
     #[test]
     fn bytes_written_to_thr_reach_the_output() {
-        let out = Shared::default();
+        let out = SharedBuf::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let mut uart = SerialConsole::new(irq, Box::new(out.clone()));
         for b in b"hi\n" {
