@@ -15,7 +15,7 @@ for line in sys.stdin:
 [ ${#bins[@]} -gt 0 ] || { echo "e2e: no test binaries were built" >&2; exit 1; }
 
 echo "e2e: ${#bins[@]} test binaries; kernel $HUSK_KERNEL"
-"$TESTHOST" --timeout "${HUSK_E2E_TIMEOUT:-2400}" -- "
+"$TESTHOST" --timeout "${HUSK_E2E_TIMEOUT:-1200}" -- "
   set -e
   for b in ${bins[*]}; do
     echo \"== e2e: \$(basename \$b)\"

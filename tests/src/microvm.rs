@@ -172,7 +172,7 @@ impl RunningVm {
             .ok()
             .flatten();
         if status.is_none() {
-            kill_and_reap(&mut self.child, false);
+            let _ = kill_and_reap(&mut self.child, false);
         }
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
             self.console.push_str(&line);
@@ -185,7 +185,7 @@ impl RunningVm {
 impl Drop for RunningVm {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            kill_and_reap(&mut self.child, false);
+            let _ = kill_and_reap(&mut self.child, false);
         }
     }
 }
@@ -259,9 +259,11 @@ pub fn watch_boot(
             // Both streams closed: the VMM has exited (or closed them); reap it below.
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                kill_and_reap(&mut child, false);
-                for r in readers {
-                    let _ = r.join();
+                // Readers of a process that would not die stay blocked: leave them detached.
+                if kill_and_reap(&mut child, false) {
+                    for r in readers {
+                        let _ = r.join();
+                    }
                 }
                 return Ok(result);
             }
@@ -270,7 +272,9 @@ pub fn watch_boot(
     let remaining = deadline.saturating_duration_since(Instant::now());
     match crate::process::wait_until(&mut child, Instant::now() + remaining)? {
         Some(status) => result.exit_code = Some(shell_code(status)),
-        None => kill_and_reap(&mut child, false),
+        None => {
+            kill_and_reap(&mut child, false);
+        }
     }
     for r in readers {
         let _ = r.join();

@@ -37,13 +37,23 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Optio
     }
 }
 
-/// Kills the child's process group (or the child alone) with SIGKILL and reaps it.
-pub fn kill_and_reap(child: &mut Child, group: bool) {
+/// How long a SIGKILLed child may take to be reaped before the harness gives up on it. A process
+/// stuck in an uninterruptible KVM call (seen with nested KVM under TCG) never finishes exiting;
+/// the harness must report that instead of hanging.
+pub const REAP_GRACE: Duration = Duration::from_secs(10);
+
+/// Kills the child's process group (or the child alone) with SIGKILL and reaps it within
+/// [`REAP_GRACE`]; returns false when the child would not die.
+pub fn kill_and_reap(child: &mut Child, group: bool) -> bool {
     let pid = child.id() as libc::pid_t;
     // SAFETY: kill(2) with a pid we spawned and have not reaped yet (so it cannot have been
     // reused); a negative pid addresses its process group.
     unsafe { libc::kill(if group { -pid } else { pid }, libc::SIGKILL) };
-    let _ = child.wait();
+    let reaped = matches!(wait_until(child, Instant::now() + REAP_GRACE), Ok(Some(_)));
+    if !reaped {
+        eprintln!("husk-tests: pid {pid} did not exit within {REAP_GRACE:?} of SIGKILL (stuck in the kernel?)");
+    }
+    reaped
 }
 
 /// The exit code a shell would report: the code, or 128 + signal number.

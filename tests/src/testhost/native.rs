@@ -27,11 +27,11 @@ pub(super) fn run(spec: &RunSpec) -> Result<Outcome, TestHostError> {
             });
         }
         if INTERRUPTED.load(Ordering::SeqCst) {
-            kill_and_reap(&mut child, true);
+            let _ = kill_and_reap(&mut child, true);
             return Err(TestHostError::Interrupted(String::new()));
         }
         if Instant::now() >= deadline {
-            kill_and_reap(&mut child, true);
+            let _ = kill_and_reap(&mut child, true);
             return Err(TestHostError::Timeout(spec.timeout, String::new()));
         }
     }

@@ -209,7 +209,7 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
             None
         };
         if let Some(e) = stop {
-            kill_and_reap(&mut child, false);
+            let _ = kill_and_reap(&mut child, false);
             if spec.verbose {
                 eprintln!("--- test host console ---\n{}", console_tail(dir, 200));
             }
