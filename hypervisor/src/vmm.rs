@@ -60,6 +60,19 @@ fn setup<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> VmmError
     move |e| VmmError::Setup(step, e.to_string())
 }
 
+/// A device line (the i8042 reset) that means "the guest shut down".
+#[derive(Debug)]
+struct ShutdownTrigger(Arc<StopSignal>, &'static str);
+
+impl vm_superio::Trigger for ShutdownTrigger {
+    type E = std::convert::Infallible;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.0.raise(StopReason::GuestShutdown(self.1.to_string()));
+        Ok(())
+    }
+}
+
 /// Blocks the termination signals in this thread (and every thread it starts) and returns a
 /// signalfd that reports them.
 fn termination_signalfd() -> std::io::Result<OwnedFd> {
@@ -168,10 +181,7 @@ impl Machine {
         let serial = SerialConsole::new(serial_irq, console_writer(&config)?);
         pio.insert(SERIAL_BASE, SERIAL_LEN, Arc::new(Mutex::new(serial)))
             .map_err(setup("placing the serial port"))?;
-        let reset = stop
-            .eventfd()
-            .try_clone()
-            .map_err(setup("cloning the stop eventfd"))?;
+        let reset = ShutdownTrigger(stop.clone(), "i8042 reset");
         pio.insert(
             I8042_BASE,
             I8042_LEN,
@@ -274,11 +284,8 @@ impl Machine {
                                 eprintln!("husk-vmm: guest shut down ({why})");
                                 break 'run Ok(VmmExit::GuestShutdown);
                             }
-                            // Only the i8042 writes the eventfd without a reason: the reset line.
-                            None => {
-                                eprintln!("husk-vmm: guest shut down (i8042 reset)");
-                                break 'run Ok(VmmExit::GuestShutdown);
-                            }
+                            // Every writer records a reason first; nothing to do without one.
+                            None => {}
                         }
                     }
                     TOKEN_SIGNAL => {

@@ -11,7 +11,16 @@ use flate2::{Compression as Level, GzBuilder};
 use crate::cpio::{mode, CpioWriter, Header};
 
 /// Directories every husk guest init expects to exist before it mounts anything.
-const BASE_DIRS: &[&str] = &["dev", "proc", "sys", "run", "tmp", "etc", "mnt", "root"];
+const BASE_DIRS: &[(&str, u32)] = &[
+    ("dev", 0o755),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("run", 0o755),
+    ("tmp", 0o1777),
+    ("etc", 0o755),
+    ("mnt", 0o755),
+    ("root", 0o700),
+];
 
 /// How the archive is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,10 +90,9 @@ impl ImageTree {
     pub fn for_init(init: &Path) -> Result<Self, ImageError> {
         check_init(init)?;
         let mut tree = ImageTree::default();
-        for dir in BASE_DIRS {
-            tree.insert(dir, Entry::Dir { perm: 0o755 })?;
+        for (dir, perm) in BASE_DIRS {
+            tree.insert(dir, Entry::Dir { perm: *perm })?;
         }
-        tree.insert("tmp", Entry::Dir { perm: 0o1777 })?;
         // The kernel opens /dev/console for init's stdio before init can mount devtmpfs.
         tree.insert(
             "dev/console",

@@ -94,7 +94,8 @@ pub fn husk_vmm(
 #[derive(Debug)]
 pub struct RunningVm {
     child: std::process::Child,
-    lines: mpsc::Receiver<String>,
+    started: Instant,
+    lines: mpsc::Receiver<(String, Instant)>,
     /// Everything read so far.
     pub console: String,
 }
@@ -106,6 +107,7 @@ impl RunningVm {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         kill_with_parent(&mut cmd);
+        let started = Instant::now();
         let mut child = cmd.spawn()?;
         let (tx, lines) = mpsc::channel();
         let streams: Vec<Box<dyn std::io::Read + Send>> = [
@@ -125,7 +127,7 @@ impl RunningVm {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
+                    if tx.send((line, Instant::now())).is_err() {
                         break;
                     }
                 }
@@ -133,6 +135,7 @@ impl RunningVm {
         }
         Ok(RunningVm {
             child,
+            started,
             lines,
             console: String::new(),
         })
@@ -146,16 +149,23 @@ impl RunningVm {
     /// Reads console lines until one contains `needle`; returns it, or `None` at the deadline or
     /// when the output ends.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        self.wait_for_timed(needle, timeout).map(|(line, _)| line)
+    }
+
+    /// Like [`RunningVm::wait_for`], with the time from spawning until the line was read.
+    pub fn wait_for_timed(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Option<(String, Duration)> {
         let deadline = Instant::now() + timeout;
         loop {
-            let line = self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .ok()?;
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let (line, at) = self.lines.recv_timeout(wait).ok()?;
             self.console.push_str(&line);
             self.console.push('\n');
             if line.contains(needle) {
-                return Some(line);
+                return Some((line, at - self.started));
             }
         }
     }
@@ -174,7 +184,7 @@ impl RunningVm {
         if status.is_none() {
             let _ = kill_and_reap(&mut self.child, false);
         }
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+        while let Ok((line, _)) = self.lines.recv_timeout(Duration::from_millis(200)) {
             self.console.push_str(&line);
             self.console.push('\n');
         }
@@ -205,81 +215,17 @@ pub struct BootResult {
 
 /// Spawns `cmd` (its stdout is the guest console), records when `marker` appears, and waits for
 /// the VMM to exit; kills it at `timeout`.
-pub fn watch_boot(
-    mut cmd: Command,
-    marker: &str,
-    timeout: Duration,
-) -> std::io::Result<BootResult> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    kill_with_parent(&mut cmd);
-    let start = Instant::now();
-    let mut child = cmd.spawn()?;
-    let (tx, rx) = mpsc::channel::<(String, Instant)>();
-    let mut readers = Vec::new();
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-    for stream in [stdout, stderr].into_iter().flatten() {
-        let tx = tx.clone();
-        readers.push(std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send((line, Instant::now())).is_err() {
-                    break;
-                }
-            }
-        }));
-    }
-    drop(tx);
-
-    let deadline = start + timeout;
-    let mut result = BootResult {
-        to_marker: None,
-        marker_line: None,
-        exit_code: None,
-        console: String::new(),
-    };
-    loop {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok((line, at)) => {
-                if result.to_marker.is_none() && line.contains(marker) {
-                    result.to_marker = Some(at - start);
-                    result.marker_line = Some(line.trim().to_string());
-                }
-                result.console.push_str(&line);
-                result.console.push('\n');
-            }
-            // Both streams closed: the VMM has exited (or closed them); reap it below.
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Readers of a process that would not die stay blocked: leave them detached.
-                if kill_and_reap(&mut child, false) {
-                    for r in readers {
-                        let _ = r.join();
-                    }
-                }
-                return Ok(result);
-            }
-        }
-    }
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    match crate::process::wait_until(&mut child, Instant::now() + remaining)? {
-        Some(status) => result.exit_code = Some(shell_code(status)),
-        None => {
-            kill_and_reap(&mut child, false);
-        }
-    }
-    for r in readers {
-        let _ = r.join();
-    }
-    Ok(result)
+pub fn watch_boot(cmd: Command, marker: &str, timeout: Duration) -> std::io::Result<BootResult> {
+    let deadline = Instant::now() + timeout;
+    let mut vm = RunningVm::spawn(cmd)?;
+    let found = vm.wait_for_timed(marker, timeout);
+    let exit_code = vm.wait(deadline.saturating_duration_since(Instant::now()));
+    Ok(BootResult {
+        to_marker: found.as_ref().map(|(_, at)| *at),
+        marker_line: found.map(|(line, _)| line.trim().to_string()),
+        exit_code,
+        console: std::mem::take(&mut vm.console),
+    })
 }
 
 #[cfg(test)]

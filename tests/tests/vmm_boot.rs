@@ -38,6 +38,13 @@ fn boot_held(env: &e2e::E2eEnv, vcpus: u32, dir: &Path) -> (RunningVm, PathBuf) 
     (vm, socket)
 }
 
+/// The VMM exits with 128 + SIGTERM and leaves no control socket behind.
+fn assert_stopped_by_sigterm(vm: &mut RunningVm, socket: &Path) {
+    let code = vm.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{}", vm.console);
+    assert!(!socket.exists(), "control socket left behind");
+}
+
 fn control(socket: &Path, request: &str) -> String {
     let mut s =
         UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
@@ -82,13 +89,7 @@ fn sigterm_stops_a_running_vm_and_removes_its_socket() {
     let dir = tempfile::tempdir().unwrap();
     let (mut vm, socket) = boot_held(&env, 1, dir.path());
     vm.signal(libc::SIGTERM);
-    assert_eq!(
-        vm.wait(Duration::from_secs(30)),
-        Some(128 + libc::SIGTERM),
-        "{}",
-        vm.console
-    );
-    assert!(!socket.exists(), "control socket left behind");
+    assert_stopped_by_sigterm(&mut vm, &socket);
     assert!(
         vm.console.contains("stopping on signal 15"),
         "{}",
@@ -112,13 +113,7 @@ fn control_socket_pings_pauses_resumes_and_shuts_down() {
     assert_eq!(control(&socket, "resume\n"), "ok running");
     assert!(control(&socket, "reboot\n").starts_with("error unknown control request \"reboot\""));
     assert_eq!(control(&socket, "shutdown\n"), "ok stopping");
-    assert_eq!(
-        vm.wait(Duration::from_secs(30)),
-        Some(128 + libc::SIGTERM),
-        "{}",
-        vm.console
-    );
-    assert!(!socket.exists(), "control socket left behind");
+    assert_stopped_by_sigterm(&mut vm, &socket);
 }
 
 #[test]

@@ -1,10 +1,8 @@
 //! The i8042 keyboard controller, reduced to what a micro-VM needs: the guest's `reboot=k`
 //! writes 0xfe to port 0x64, which signals the VMM that the guest shut down.
 
-use vm_superio::I8042Device;
-use vmm_sys_util::eventfd::EventFd;
+use vm_superio::{I8042Device, Trigger};
 
-use super::serial::EventFdTrigger;
 use crate::bus::BusDevice;
 
 /// First port of the controller (data at 0x60, command/status at 0x64).
@@ -12,22 +10,22 @@ pub const I8042_BASE: u64 = 0x60;
 /// Ports 0x60 through 0x64.
 pub const I8042_LEN: u64 = 5;
 
-/// The controller; `reset` is written when the guest asks for a CPU reset.
+/// The controller; `reset` fires when the guest asks for a CPU reset.
 #[derive(Debug)]
-pub struct I8042 {
-    device: I8042Device<EventFdTrigger>,
+pub struct I8042<T: Trigger> {
+    device: I8042Device<T>,
 }
 
-impl I8042 {
-    /// A controller that writes to `reset` on the reset command.
-    pub fn new(reset: EventFd) -> Self {
+impl<T: Trigger> I8042<T> {
+    /// A controller that fires `reset` on the reset command.
+    pub fn new(reset: T) -> Self {
         I8042 {
-            device: I8042Device::new(EventFdTrigger(reset)),
+            device: I8042Device::new(reset),
         }
     }
 }
 
-impl BusDevice for I8042 {
+impl<T: Trigger + Send> BusDevice for I8042<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         // Status 0: output buffer empty, input buffer empty, so the kernel's kb_wait() passes.
         let value = u8::try_from(offset)
@@ -46,11 +44,13 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::legacy::EventFdTrigger;
+    use vmm_sys_util::eventfd::EventFd;
 
     #[test]
     fn reset_command_signals_and_other_writes_do_not() {
         let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut dev = I8042::new(evt.try_clone().unwrap());
+        let mut dev = I8042::new(EventFdTrigger(evt.try_clone().unwrap()));
         dev.write(4, &[0xaa]);
         dev.write(0, &[0xfe]);
         assert!(evt.read().is_err(), "no reset yet");
