@@ -133,6 +133,17 @@ impl VcpuThread {
         }
     }
 
+    /// Where the vCPU was, for the message of a triple fault (a reboot, or a crash early in boot).
+    fn where_is(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => format!(
+                "rip {:#x} rsp {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+                r.rip, r.rsp, s.cr0, s.cr3, s.cr4, s.efer
+            ),
+            _ => "an unknown place".into(),
+        }
+    }
+
     /// One KVM_RUN; `Some` when the VM must stop.
     fn step(&mut self) -> Option<StopReason> {
         let id = self.id;
@@ -158,7 +169,8 @@ impl VcpuThread {
                 None
             }
             Ok(VcpuExit::Shutdown) => Some(StopReason::GuestShutdown(format!(
-                "vCPU {id}: triple fault (reboot)"
+                "vCPU {id}: triple fault (reboot) at {}",
+                self.where_is()
             ))),
             Ok(VcpuExit::Hlt) => Some(StopReason::GuestShutdown(format!("vCPU {id}: halted"))),
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(StopReason::GuestShutdown(format!(

@@ -2,6 +2,8 @@
 //! as KVM memory slots.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use std::sync::Arc;
+
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemory as _, GuestMemoryRegion};
 
@@ -31,7 +33,7 @@ pub struct Vm {
     /// The KVM system handle (for CPUID queries).
     pub kvm: Kvm,
     /// The VM.
-    pub fd: VmFd,
+    pub fd: Arc<VmFd>,
     /// Guest RAM.
     pub memory: GuestMemory,
 }
@@ -86,6 +88,10 @@ impl Vm {
             unsafe { fd.set_user_memory_region(mem_region) }
                 .map_err(|e| VmError::Kvm("registering guest RAM", e))?;
         }
-        Ok(Vm { kvm, fd, memory })
+        Ok(Vm {
+            kvm,
+            fd: Arc::new(fd),
+            memory,
+        })
     }
 }

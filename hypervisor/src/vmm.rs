@@ -60,6 +60,25 @@ fn setup<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> VmmError
     move |e| VmmError::Setup(step, e.to_string())
 }
 
+/// An edge on a legacy interrupt line, raised synchronously with KVM_IRQ_LINE from the vCPU
+/// thread that caused it (the way QEMU drives its UART). An irqfd would inject from another
+/// thread; under nested KVM on emulated SVM that path hung or crashed the guest during bursts of
+/// console output, while this one did not.
+#[derive(Debug)]
+struct IrqLine {
+    vm: Arc<kvm_ioctls::VmFd>,
+    irq: u32,
+}
+
+impl vm_superio::Trigger for IrqLine {
+    type E = kvm_ioctls::Error;
+
+    fn trigger(&self) -> Result<(), Self::E> {
+        self.vm.set_irq_line(self.irq, true)?;
+        self.vm.set_irq_line(self.irq, false)
+    }
+}
+
 /// A device line (the i8042 reset) that means "the guest shut down".
 #[derive(Debug)]
 struct ShutdownTrigger(Arc<StopSignal>, &'static str);
@@ -173,11 +192,10 @@ impl Machine {
         let stop = Arc::new(StopSignal::new().map_err(setup("creating the stop eventfd"))?);
 
         let mut pio = Bus::default();
-        let serial_irq =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the serial irqfd"))?;
-        vm.fd
-            .register_irqfd(&serial_irq, SERIAL_IRQ)
-            .map_err(setup("registering the serial interrupt"))?;
+        let serial_irq = IrqLine {
+            vm: vm.fd.clone(),
+            irq: SERIAL_IRQ,
+        };
         let serial = SerialConsole::new(serial_irq, console_writer(&config)?);
         pio.insert(SERIAL_BASE, SERIAL_LEN, Arc::new(Mutex::new(serial)))
             .map_err(setup("placing the serial port"))?;

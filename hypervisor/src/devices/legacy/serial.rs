@@ -25,27 +25,28 @@ impl Trigger for EventFdTrigger {
     }
 }
 
-/// The guest's serial console; output goes to a writer (a rate-limited log, normally).
-pub struct SerialConsole {
-    uart: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+/// The guest's serial console; output goes to a writer (a rate-limited log, normally) and its
+/// interrupt is raised through `T`.
+pub struct SerialConsole<T: Trigger> {
+    uart: Serial<T, NoEvents, Box<dyn Write + Send>>,
 }
 
-impl std::fmt::Debug for SerialConsole {
+impl<T: Trigger> std::fmt::Debug for SerialConsole<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SerialConsole")
     }
 }
 
-impl SerialConsole {
-    /// A UART whose interrupt is `irq` (registered as an irqfd) and whose output goes to `out`.
-    pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
+impl<T: Trigger> SerialConsole<T> {
+    /// A UART whose interrupt is raised through `irq` and whose output goes to `out`.
+    pub fn new(irq: T, out: Box<dyn Write + Send>) -> Self {
         SerialConsole {
-            uart: Serial::new(EventFdTrigger(irq), out),
+            uart: Serial::new(irq, out),
         }
     }
 }
 
-impl BusDevice for SerialConsole {
+impl<T: Trigger + Send> BusDevice for SerialConsole<T> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data.len()) {
             (Ok(off), 1) => data[0] = self.uart.read(off),
@@ -70,7 +71,7 @@ mod tests {
     fn bytes_written_to_thr_reach_the_output() {
         let out = SharedBuf::default();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut uart = SerialConsole::new(irq, Box::new(out.clone()));
+        let mut uart = SerialConsole::new(EventFdTrigger(irq), Box::new(out.clone()));
         for b in b"hi\n" {
             uart.write(0, &[*b]);
         }
