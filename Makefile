@@ -6,15 +6,16 @@ GUEST_BIN := target/$(GUEST_TARGET)/release
 IMAGES := target/images
 HOSTBIN := target/release
 BENCH ?=
+PREFIX ?= /usr/local
 CMD ?=
 TIMEOUT ?= 600
 # The command reaches the recipe through the environment, so quotes, pipes and ';' in it survive.
 export CMD
 
-.PHONY: help deps build guest kernel image testhost lint unit e2e test bench demo clean
+.PHONY: help deps build guest agent kernel image testhost lint unit e2e test bench demo install clean
 
 help:
-	@echo "make demo      set up everything and boot a husk guest (the main job)"
+	@echo "make demo      set up everything and run a container in a husk VM through containerd (the main job)"
 	@echo "make test      everything CI runs: lint, unit tests, end-to-end tests"
 	@echo "make e2e       end-to-end tests only (in the nested test host where needed)"
 	@echo "make kernel    build (or find cached) the guest kernel; prints the vmlinux path"
@@ -22,6 +23,7 @@ help:
 	@echo "make testhost CMD='...'   run a command with hardware KVM (natively or nested)"
 	@echo "make lint      rustfmt and clippy"
 	@echo "make bench [BENCH=name]   benchmarks; results in target/bench/results.jsonl"
+	@echo "make install PREFIX=/usr/local   install the shim, husk-vmm, guest kernel and image"
 
 deps:
 	@scripts/install-deps.sh
@@ -32,6 +34,13 @@ build: deps
 # Guest binaries are static: the guest has no libc.
 guest: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(GUEST_TARGET) -p husk-test-init
+	$(MAKE) --no-print-directory agent
+
+# husk-agent, static (it is the guest's /init; host-mode tests run the same binary). libseccomp
+# links statically from Debian's libseccomp-dev.
+agent: deps
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(GUEST_TARGET) -p husk-agent
 
 kernel: deps
 	@guest-kernel/build.sh
@@ -39,6 +48,8 @@ kernel: deps
 image: build guest
 	@mkdir -p $(IMAGES)
 	@$(HOSTBIN)/husk-image --init $(GUEST_BIN)/husk-test-init --output $(IMAGES)/test-init.cpio.gz
+	@$(HOSTBIN)/husk-image --init $(GUEST_BIN)/husk-agent --output $(IMAGES)/husk-initrd.img
+	@$(HOSTBIN)/husk-image --init $(GUEST_BIN)/husk-agent --busybox-rootfs /opt/husk/rootfs --output $(IMAGES)/husk-agent-test.img
 
 testhost: build
 	@$(HOSTBIN)/husk-testhost --timeout $(TIMEOUT) -- "$$CMD"
@@ -60,6 +71,9 @@ bench: build image kernel
 
 demo: build image kernel
 	@scripts/demo.sh
+
+install: build image kernel
+	@scripts/install.sh "$(PREFIX)"
 
 clean:
 	$(CARGO) clean

@@ -12,6 +12,8 @@ packages=(
   containerd runc containernetworking-plugins iproute2 iptables
   # agent protocol generation
   protobuf-compiler
+  # husk-agent: seccomp from the OCI spec, linked statically into the guest's /init
+  libseccomp-dev
 )
 
 missing=()

@@ -2,18 +2,23 @@
 //!
 //! One process runs one micro-VM: KVM with the in-kernel irqchip and PIT, guest RAM in a memfd,
 //! direct boot of an ELF vmlinux or bzImage, one thread per vCPU, an 8250 serial console and an
-//! i8042 whose reset line ends the VM. The main thread runs one epoll loop for everything else.
+//! i8042 whose reset line ends the VM, virtio-mmio devices (hybrid vsock) each with a worker
+//! thread of its own. The main thread runs one epoll loop for everything else.
 //!
 //! - [`arch`]: x86_64 layout, boot structures (zero page, e820, MP table, GDT), vCPU state.
 //! - [`memory`], [`vm`]: guest RAM and the KVM VM.
-//! - [`bus`], [`devices`]: port/MMIO dispatch and the devices behind it.
+//! - [`bus`], [`devices`]: port/MMIO dispatch and the devices behind it; [`device_manager`]
+//!   places virtio-mmio devices (ioeventfds, irqfd, bus window, command line).
+//! - [`logger`]: rate-limited warnings for anything the guest can trigger.
 //! - [`vcpu`]: vCPU threads, their gate (run, park, stop) and the stop signal.
 //! - [`vmm`]: building and running a VM from a [`VmConfig`]; [`control`]: the control socket.
 
 pub mod arch;
 pub mod bus;
 pub mod control;
+pub mod device_manager;
 pub mod devices;
+pub mod logger;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;

@@ -1,66 +1,91 @@
-//! Guest RAM: one memfd, mapped shared, split into regions around the MMIO gap.
+//! Guest RAM: anonymous private memory, 2 MiB aligned and advised for transparent huge pages,
+//! split into regions around the MMIO gap.
 //!
-//! A memfd (rather than anonymous memory) lets devices in other processes or a later snapshot
-//! share the guest's RAM by file descriptor.
+//! Why not a memfd: a memfd (shmem) is not backed by huge pages unless the host enables
+//! `shmem_enabled`, which Debian leaves at `never`, so every 4 KiB of guest RAM the guest
+//! touches costs KVM a separate nested page fault. With anonymous memory advised
+//! MADV_HUGEPAGE, and guest-physical and host-virtual addresses congruent modulo 2 MiB, KVM maps
+//! guest RAM with 2 MiB pages, as QEMU does. A device in another process (vhost-user) would
+//! need a shareable backing again; none exists yet.
 
-use std::ffi::CString;
-use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::ptr::null_mut;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::arch::layout::ram_regions;
 
 /// The guest memory type used throughout the VMM.
 pub type GuestMemory = GuestMemoryMmap<()>;
 
+/// Alignment of each region's host mapping (one huge page).
+const HUGE_PAGE: usize = 2 << 20;
+
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    /// memfd_create or ftruncate failed.
-    #[error("creating the guest RAM memfd ({0} MiB): {1}")]
-    Memfd(u64, std::io::Error),
-    /// Mapping failed.
+    /// mmap failed.
+    #[error("mapping {0} MiB of guest RAM: {1}")]
+    Mmap(u64, std::io::Error),
+    /// vm-memory refused the mapping.
     #[error("mapping guest RAM: {0}")]
     Map(String),
 }
 
-/// Creates `mib` MiB of guest RAM backed by one memfd.
+/// Maps `len` bytes of anonymous memory at a 2 MiB-aligned address, advised for huge pages.
+/// The mapping is never unmapped: guest RAM lives as long as the process.
+fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
+    let total = len + HUGE_PAGE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: an anonymous mapping at an address of the kernel's choice; no memory is touched.
+    let base = unsafe { libc::mmap(null_mut(), total, prot, flags, -1, 0) };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let base = base as usize;
+    let start = (base + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+    let (head, tail) = (start - base, base + total - (start + len));
+    if head > 0 {
+        // SAFETY: [base, start) is the unused head of the mapping just created.
+        unsafe { libc::munmap(base as *mut libc::c_void, head) };
+    }
+    if tail > 0 {
+        // SAFETY: [start + len, base + total) is the unused tail of the same mapping.
+        unsafe { libc::munmap((start + len) as *mut libc::c_void, tail) };
+    }
+    // SAFETY: [start, start + len) is mapped; MADV_HUGEPAGE only changes how it is backed.
+    // Failure (THP disabled) only means 4 KiB pages.
+    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    Ok(start as *mut u8)
+}
+
+/// Creates `mib` MiB of guest RAM.
 pub fn create(mib: u32) -> Result<GuestMemory, MemoryError> {
     let bytes = u64::from(mib) << 20;
-    let name = CString::new("husk-guest-ram").map_err(|e| MemoryError::Map(e.to_string()))?;
-    // SAFETY: `name` is a valid NUL-terminated string; memfd_create returns a new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(MemoryError::Memfd(
-            u64::from(mib),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(bytes)
-        .map_err(|e| MemoryError::Memfd(u64::from(mib), e))?;
-    let mut ranges = Vec::new();
-    let mut offset = 0u64;
+    let mut regions = Vec::new();
     for (start, len) in ram_regions(bytes) {
-        let f = file
-            .try_clone()
-            .map_err(|e| MemoryError::Memfd(u64::from(mib), e))?;
-        ranges.push((
-            GuestAddress(start),
-            len as usize,
-            Some(FileOffset::new(f, offset)),
-        ));
-        offset += len;
+        let len = usize::try_from(len).map_err(|e| MemoryError::Map(e.to_string()))?;
+        let ptr = map_aligned(len).map_err(|e| MemoryError::Mmap(u64::from(mib), e))?;
+        // SAFETY: `ptr` is a fresh read-write private mapping of exactly `len` bytes that is
+        // never unmapped, so it outlives the region.
+        let builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) };
+        let region = builder
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| MemoryError::Map(e.to_string()))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(start))
+            .ok_or_else(|| MemoryError::Map(format!("region at {start:#x} overflows")))?;
+        regions.push(region);
     }
-    GuestMemoryMmap::from_ranges_with_files(ranges).map_err(|e| MemoryError::Map(e.to_string()))
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemory as _};
+    use vm_memory::{Bytes, GuestMemory as _, GuestMemoryRegion};
 
     #[test]
     fn ram_is_readable_and_writable_at_both_ends() {
@@ -74,5 +99,14 @@ mod tests {
         let last = GuestAddress((64 << 20) - 4);
         mem.write_obj(7u32, last).unwrap();
         assert!(mem.read_obj::<u32>(GuestAddress(64 << 20)).is_err());
+    }
+
+    #[test]
+    fn host_mappings_are_huge_page_aligned() {
+        let mem = create(64).unwrap();
+        for r in mem.iter() {
+            let host = mem.get_host_address(r.start_addr()).unwrap() as usize;
+            assert_eq!(host % HUGE_PAGE, 0);
+        }
     }
 }

@@ -20,9 +20,13 @@ use crate::arch::layout::{CMDLINE_MAX_SIZE, SERIAL_IRQ};
 use crate::arch::{boot, vcpu_state};
 use crate::bus::Bus;
 use crate::control::{self, Pending};
+use crate::device_manager::{DeviceManagerError, VirtioMmioDevices};
 use crate::devices::legacy::{
     RateLimitedWriter, SerialConsole, I8042, I8042_BASE, I8042_LEN, SERIAL_BASE, SERIAL_LEN,
 };
+use crate::devices::virtio::fs::VirtioFs;
+use crate::devices::virtio::net::VirtioNet;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::vcpu::{install_kick_handler, StopReason, StopSignal, Vcpus};
 use crate::vm::{Vm, VmError};
 use crate::vm_state::VmState;
@@ -38,6 +42,8 @@ const SERIAL_RATE: u64 = 256 << 10;
 const TOKEN_STOP: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_CONTROL: u64 = 3;
+/// Tokens from here on are virtio devices' resample eventfds, by device index.
+const TOKEN_RESAMPLE: u64 = 100;
 
 /// Errors that end the VMM before or while the VM runs.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,12 @@ pub enum VmmError {
     /// vCPU register setup.
     #[error(transparent)]
     Vcpu(#[from] vcpu_state::VcpuSetupError),
+    /// Placing a virtio device.
+    #[error(transparent)]
+    Device(#[from] DeviceManagerError),
+    /// The vsock device.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// Anything else, naming the step.
     #[error("{0}: {1}")]
     Setup(&'static str, String),
@@ -171,6 +183,7 @@ pub struct Machine {
     vm: Vm,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    virtio: VirtioMmioDevices,
     stop: Arc<StopSignal>,
     signals: OwnedFd,
     entry: vm_memory::GuestAddress,
@@ -207,19 +220,35 @@ impl Machine {
         )
         .map_err(setup("placing the i8042"))?;
 
+        let mut cmdline = kernel_cmdline(&config)?;
+        let mut mmio = Bus::default();
+        let mut virtio = VirtioMmioDevices::default();
+        if let Some(vsock) = &config.vsock {
+            let device = Box::new(Vsock::new(vsock)?);
+            virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
+        }
+        for share in &config.fs {
+            let device = Box::new(VirtioFs::new(share).map_err(setup("virtio-fs"))?);
+            virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
+        }
+        for net in &config.net {
+            let device = Box::new(VirtioNet::new(net).map_err(setup("virtio-net"))?);
+            virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
+        }
+
         let kernel = boot::load_kernel(&vm.memory, &config.kernel)?;
         let initramfs = match &config.initramfs {
             Some(path) => Some(boot::load_initramfs(&vm.memory, path, kernel.end)?),
             None => None,
         };
-        let cmdline = kernel_cmdline(&config)?;
         boot::write_boot_structures(&vm.memory, &cmdline, &kernel, initramfs, config.vcpus)?;
 
         Ok(Machine {
             config,
             vm,
             pio: Arc::new(pio),
-            mmio: Arc::new(Bus::default()),
+            mmio: Arc::new(mmio),
+            virtio,
             stop,
             signals,
             entry: kernel.entry,
@@ -259,6 +288,9 @@ impl Machine {
         add(self.stop.eventfd().as_raw_fd(), TOKEN_STOP)
             .map_err(setup("polling the stop eventfd"))?;
         add(self.signals.as_raw_fd(), TOKEN_SIGNAL).map_err(setup("polling signals"))?;
+        for (i, fd) in self.virtio.resample_fds().into_iter().enumerate() {
+            add(fd, TOKEN_RESAMPLE + i as u64).map_err(setup("polling irqfd resampling"))?;
+        }
 
         let control_wake =
             EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the control eventfd"))?;
@@ -326,6 +358,9 @@ impl Machine {
                             }
                         }
                     }
+                    token if token >= TOKEN_RESAMPLE => {
+                        self.virtio.resample((token - TOKEN_RESAMPLE) as usize);
+                    }
                     _ => {}
                 }
             }
@@ -334,6 +369,8 @@ impl Machine {
         if let Err(e) = vcpus.stop(Duration::from_secs(1)) {
             eprintln!("husk-vmm: warning: {e}; exiting anyway");
         }
+        // Device threads stop, every vsock connection closes, the vsock socket goes away.
+        self.virtio.shutdown();
         drop(control);
         exit
     }

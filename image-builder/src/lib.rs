@@ -6,6 +6,7 @@
 
 pub mod cpio;
 pub mod elf;
+pub mod rootfs;
 pub mod tree;
 
 pub use tree::{Compression, Entry, ImageError, ImageTree};

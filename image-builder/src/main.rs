@@ -19,6 +19,13 @@ struct Args {
     /// Extra host file or directory to include, as HOST_PATH:IMAGE_PATH (repeatable).
     #[arg(long = "add", value_name = "HOST:IMAGE")]
     add: Vec<String>,
+    /// Also add a busybox container rootfs at this image path (e.g. /opt/husk/rootfs), made
+    /// from the static busybox named by --busybox.
+    #[arg(long, value_name = "IMAGE_PATH")]
+    busybox_rootfs: Option<String>,
+    /// The static busybox for --busybox-rootfs.
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
     /// Write a plain cpio instead of gzip.
     #[arg(long)]
     no_compress: bool,
@@ -38,6 +45,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             .split_once(':')
             .ok_or_else(|| anyhow::anyhow!("--add {spec:?}: expected HOST_PATH:IMAGE_PATH"))?;
         tree.add_host_path(host.as_ref(), image)?;
+    }
+    if let Some(dest) = &args.busybox_rootfs {
+        husk_image::rootfs::add_busybox_rootfs(&mut tree, &args.busybox, dest)?;
     }
     let compression = if args.no_compress {
         Compression::None

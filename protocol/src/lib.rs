@@ -1,12 +1,22 @@
 //! The one crate shared by husk's processes (shim, VMM, agent).
 //!
-//! It holds the types that cross a process boundary: the VM configuration the shim hands to
-//! `husk-vmm`, and (in a later step) the agent API spoken over vsock.
+//! It holds what crosses a process boundary:
+//! - [`vm_config`]: the VM configuration the shim hands to `husk-vmm`;
+//! - [`vmm`]: `husk-vmm`'s exit codes and control-socket requests;
+//! - [`ports`], [`stdio`], [`ids`]: vsock ports, the stdio stream hello, container/exec ids;
+//! - `agent` (feature `agent-api`): the agent API, protobuf + ttrpc, generated from
+//!   `protos/husk/agent/v1/agent.proto`.
 
+#[cfg(feature = "agent-api")]
+pub mod agent;
+pub mod hybrid;
+pub mod ids;
+pub mod ports;
+pub mod stdio;
 pub mod vm_config;
 pub mod vmm;
 
-pub use vm_config::{VmConfig, VmConfigError};
+pub use vm_config::{FsCache, FsShare, NetConfig, VmConfig, VmConfigError, VsockConfig};
 pub use vmm::{ControlRequest, VmmExit};
 
 /// husk's version, shared so every process reports the same string.

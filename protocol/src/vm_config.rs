@@ -42,6 +42,55 @@ pub struct VmConfig {
     /// Control socket (ping, pause, resume, shutdown); absent means no control socket.
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// virtio-fs shares: host directories the guest mounts by tag (`mount -t virtiofs <tag>`).
+    #[serde(default)]
+    pub fs: Vec<FsShare>,
+    /// virtio-net devices, each backed by a host tap device.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
+}
+
+/// A host directory served to the guest by an in-process virtio-fs device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsShare {
+    /// The mount tag the guest uses (1 to 36 bytes, the size of the device's tag field).
+    pub tag: String,
+    /// The absolute host directory to share.
+    pub path: PathBuf,
+    /// How long the guest may cache names and attributes.
+    #[serde(default)]
+    pub cache: FsCache,
+}
+
+/// virtio-fs cache policy, as virtiofsd names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    /// No caching: every access goes to the host (changes on the host are seen at once).
+    Never,
+    /// Short timeouts (1 s): host changes show up within a second.
+    #[default]
+    Auto,
+    /// Cache for a long time: fastest, for content the host does not change.
+    Always,
+}
+
+/// A virtio-net device whose host side is an existing tap device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap device's name (it must exist; at most 15 bytes).
+    pub tap: String,
+    /// The guest NIC's MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The MTU the device advertises (68..=65535); absent leaves the guest default.
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    /// The network namespace (a path such as `/var/run/netns/cni-...`) the tap lives in; the
+    /// VMM opens the tap from a thread that joined it. Absent: the VMM's own namespace.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// A virtio-vsock device whose host side is a Unix socket (Firecracker's "hybrid vsock").
@@ -56,6 +105,9 @@ pub struct VsockConfig {
     #[serde(default)]
     pub allowed_guest_ports: Vec<u32>,
 }
+
+/// Most guest ports one VM may allow to reach the host.
+pub const MAX_ALLOWED_GUEST_PORTS: usize = 64;
 
 /// Longest Unix socket path (sun_path is 108 bytes including the NUL); `_<port>` must fit too.
 const MAX_SOCKET_PATH: usize = 107 - ("_4294967295".len());
@@ -86,9 +138,62 @@ pub enum VmConfigError {
     /// Socket path too long for sun_path once `_<port>` is appended.
     #[error("vsock socket path {0:?} is longer than {MAX_SOCKET_PATH} bytes")]
     SocketPath(PathBuf),
+    /// A guest port that cannot be used (u32::MAX is VMADDR_PORT_ANY), or too many of them.
+    #[error("vsock allowed_guest_ports: {0} (at most {MAX_ALLOWED_GUEST_PORTS} ports, each below 4294967295)")]
+    GuestPorts(String),
     /// Extra command line too long or containing a NUL.
     #[error("extra_cmdline is longer than {MAX_EXTRA_CMDLINE} bytes or contains a NUL byte")]
     Cmdline,
+    /// A virtio-fs tag that is empty, too long or has odd characters.
+    #[error("fs tag {0:?} must be 1 to {MAX_FS_TAG} bytes of letters, digits, '-', '_' or '.'")]
+    FsTag(String),
+    /// Two virtio-fs shares with the same tag.
+    #[error("fs tag {0:?} is used twice")]
+    FsTagTwice(String),
+    /// A virtio-fs path that is not absolute.
+    #[error("fs share {0:?}: the path must be absolute")]
+    FsPath(PathBuf),
+    /// A tap name that is empty, too long or has odd characters.
+    #[error("net tap {0:?} must be 1 to 15 bytes of letters, digits, '-', '_' or '.'")]
+    TapName(String),
+    /// A MAC address that does not parse or is multicast.
+    #[error("net mac {0:?} must be a unicast address like 02:00:00:00:00:01")]
+    Mac(String),
+    /// An MTU out of range.
+    #[error("net mtu {0} is out of range (68..=65535)")]
+    Mtu(u16),
+    /// A network namespace path that is not absolute.
+    #[error("net netns {0:?}: the path must be absolute")]
+    NetnsPath(PathBuf),
+    /// More devices than interrupt lines.
+    #[error("{0} devices are more than the {MAX_DEVICES} the VM has interrupt lines for")]
+    TooManyDevices(usize),
+}
+
+/// Longest virtio-fs tag (the device's config space holds 36 bytes).
+pub const MAX_FS_TAG: usize = 36;
+/// Most virtio devices one VM may have (one legacy interrupt line each, 5 to 23).
+pub const MAX_DEVICES: usize = 19;
+
+fn plain_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` into bytes; `None` when malformed or multicast.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
 }
 
 impl VmConfig {
@@ -124,6 +229,43 @@ impl VmConfig {
             if vsock.socket.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(VmConfigError::SocketPath(vsock.socket.clone()));
             }
+            let ports = &vsock.allowed_guest_ports;
+            if ports.len() > MAX_ALLOWED_GUEST_PORTS {
+                return Err(VmConfigError::GuestPorts(format!("{} ports", ports.len())));
+            }
+            if let Some(p) = ports.iter().find(|p| **p == u32::MAX) {
+                return Err(VmConfigError::GuestPorts(format!("port {p}")));
+            }
+        }
+        let mut tags = std::collections::HashSet::new();
+        for share in &self.fs {
+            if !plain_name(&share.tag, MAX_FS_TAG) {
+                return Err(VmConfigError::FsTag(share.tag.clone()));
+            }
+            if !tags.insert(share.tag.as_str()) {
+                return Err(VmConfigError::FsTagTwice(share.tag.clone()));
+            }
+            if !share.path.is_absolute() {
+                return Err(VmConfigError::FsPath(share.path.clone()));
+            }
+        }
+        for net in &self.net {
+            if !plain_name(&net.tap, 15) {
+                return Err(VmConfigError::TapName(net.tap.clone()));
+            }
+            if parse_mac(&net.mac).is_none() {
+                return Err(VmConfigError::Mac(net.mac.clone()));
+            }
+            if let Some(mtu) = net.mtu.filter(|m| *m < 68) {
+                return Err(VmConfigError::Mtu(mtu));
+            }
+            if let Some(ns) = net.netns.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(VmConfigError::NetnsPath(ns.clone()));
+            }
+        }
+        let devices = usize::from(self.vsock.is_some()) + self.fs.len() + self.net.len();
+        if devices > MAX_DEVICES {
+            return Err(VmConfigError::TooManyDevices(devices));
         }
         Ok(())
     }
@@ -175,6 +317,19 @@ mod tests {
             let err = VmConfig::from_json(json).expect_err(json).to_string();
             assert!(err.contains(words), "{json}: {err}");
         }
+        let bad_port = r#"{"kernel":"/k","vsock":{"guest_cid":3,"socket":"/s","allowed_guest_ports":[4294967295]}}"#;
+        assert!(matches!(
+            VmConfig::from_json(bad_port),
+            Err(VmConfigError::GuestPorts(_))
+        ));
+        let many: Vec<u32> = (0..65).collect();
+        let too_many = format!(
+            r#"{{"kernel":"/k","vsock":{{"guest_cid":3,"socket":"/s","allowed_guest_ports":{many:?}}}}}"#
+        );
+        assert!(matches!(
+            VmConfig::from_json(&too_many),
+            Err(VmConfigError::GuestPorts(_))
+        ));
         let long = format!(
             r#"{{"kernel":"/k","vsock":{{"guest_cid":3,"socket":"/{}"}}}}"#,
             "a".repeat(100)
@@ -183,5 +338,64 @@ mod tests {
             VmConfig::from_json(&long),
             Err(VmConfigError::SocketPath(_))
         ));
+    }
+
+    #[test]
+    fn devices_are_validated_by_name() {
+        let ok = r#"{"kernel":"/k","fs":[{"tag":"husk","path":"/run/husk/x/shared"}],
+            "net":[{"tap":"husk0","mac":"02:00:00:00:00:01","mtu":1500}]}"#;
+        let c = VmConfig::from_json(ok).unwrap();
+        assert_eq!(c.fs[0].cache, FsCache::Auto);
+        assert_eq!(parse_mac(&c.net[0].mac), Some([2, 0, 0, 0, 0, 1]));
+        let cases = [
+            (
+                r#"{"kernel":"/k","fs":[{"tag":"","path":"/s"}]}"#,
+                "fs tag \"\"",
+            ),
+            (
+                r#"{"kernel":"/k","fs":[{"tag":"a b","path":"/s"}]}"#,
+                "fs tag \"a b\"",
+            ),
+            (
+                r#"{"kernel":"/k","fs":[{"tag":"t","path":"/s"},{"tag":"t","path":"/u"}]}"#,
+                "used twice",
+            ),
+            (
+                r#"{"kernel":"/k","fs":[{"tag":"t","path":"rel"}]}"#,
+                "must be absolute",
+            ),
+            (
+                r#"{"kernel":"/k","fs":[{"tag":"t","path":"/s","cache":"sometimes"}]}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"kernel":"/k","net":[{"tap":"a-very-long-tap-name","mac":"02:00:00:00:00:01"}]}"#,
+                "net tap",
+            ),
+            (
+                r#"{"kernel":"/k","net":[{"tap":"t","mac":"01:00:00:00:00:01"}]}"#,
+                "unicast",
+            ),
+            (
+                r#"{"kernel":"/k","net":[{"tap":"t","mac":"02:00:00:00:01"}]}"#,
+                "unicast",
+            ),
+            (
+                r#"{"kernel":"/k","net":[{"tap":"t","mac":"02:00:00:00:00:01","mtu":20}]}"#,
+                "mtu 20",
+            ),
+        ];
+        for (json, words) in cases {
+            let err = VmConfig::from_json(json).expect_err(json).to_string();
+            assert!(err.contains(words), "{json}: {err}");
+        }
+        let many: Vec<String> = (0..20)
+            .map(|i| format!(r#"{{"tag":"t{i}","path":"/s"}}"#))
+            .collect();
+        let json = format!(r#"{{"kernel":"/k","fs":[{}]}}"#, many.join(","));
+        assert_eq!(
+            VmConfig::from_json(&json),
+            Err(VmConfigError::TooManyDevices(20))
+        );
     }
 }

@@ -1,19 +1,28 @@
-//! `containerd-shim-husk-v2`: the containerd runtime v2 shim (runtime_type `io.containerd.husk.v2`).
+//! `containerd-shim-husk-v2`: containerd's runtime v2 shim (runtime_type
+//! `io.containerd.husk.v2`) that runs each pod, or each plain `ctr run` container, in its own
+//! husk micro-VM.
 //!
-//! containerd starts it with Go-style flags (`-namespace ns -address a -id x start`). The task
-//! service arrives in the shim issue; until then every action fails with a message that says so.
+//! containerd runs it three ways (Go-style flags `-namespace ns -address a -id x ...`):
+//! `start` prints the address of the shim daemon serving this task (launching it if needed),
+//! `delete` cleans up after a task whose shim is gone, and with `-socket` it is that daemon,
+//! serving `containerd.task.v2.Task` over ttrpc. docs/DESIGN.md and the README's
+//! "containerd-shim-husk-v2" section describe the whole path.
 
+use std::io::Write;
 use std::process::ExitCode;
+
+use husk_shim::service::{HuskShim, RUNTIME_ID};
 
 const USAGE: &str = "\
 containerd-shim-husk-v2: containerd runtime v2 shim that runs each pod in its own husk micro-VM
 
 Usage: containerd-shim-husk-v2 [-namespace NS] [-address ADDR] [-publish-binary BIN] [-id ID]
-                               [-bundle DIR] [-debug] {start|delete}
+                               [-bundle DIR] [-socket ADDR] [-debug] [start|delete]
        containerd-shim-husk-v2 -v | --version | -h | --help
 
-containerd runs this binary for runtime_type io.containerd.husk.v2; it is not meant to be run
-by hand except for -v and -h.";
+containerd runs this binary for runtime_type io.containerd.husk.v2 (`start`, `delete`, and the
+daemon with -socket); it is not meant to be run by hand except for -v and -h.
+Configuration: /etc/husk/config.toml, $HUSK_CONFIG, or the runtime options' ConfigPath.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +40,56 @@ fn main() -> ExitCode {
         println!("containerd-shim-husk-v2 {}", husk_protocol::VERSION);
         return ExitCode::SUCCESS;
     }
-    eprintln!("containerd-shim-husk-v2: error: the task service is not built yet (the shim issue)");
-    ExitCode::FAILURE
+    let flags = match containerd_shim::parse(&args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-husk-v2: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.action == "start" {
+        // No runtime, no logging: stdout and stderr are the address containerd reads.
+        let bundle = std::env::current_dir().unwrap_or_else(|_| ".".into());
+        return match husk_shim::start::start(&flags, &bundle) {
+            Ok(address) => {
+                let mut out = std::io::stdout();
+                let _ = out.write_all(address.as_bytes());
+                let _ = out.flush();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("containerd-shim-husk-v2: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("containerd-shim-husk-v2: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = containerd_shim::Config {
+        // tracing to the bundle's log FIFO (logging.rs) instead of the crate's `log` logger.
+        no_setup_logger: true,
+        default_log_level: "info".into(),
+        // tokio owns husk-vmm and logger children; the crate must not reap them.
+        no_reaper: true,
+        no_sub_reaper: true,
+    };
+    runtime.block_on(containerd_shim::asynchronous::run::<HuskShim>(
+        RUNTIME_ID,
+        Some(config),
+    ));
+    // Do not wait for blocking-pool threads: one may sit in open(2) on a client's FIFO whose
+    // other end never came (ctr closes an unused stdin before opening it). Nothing of the
+    // sandbox is left at this point; the process just ends.
+    runtime.shutdown_background();
+    ExitCode::SUCCESS
 }

@@ -5,11 +5,22 @@
 //!   whose emulated AMD SVM gives it a real `/dev/kvm` (the "test host").
 //! - [`microvm`]: boot a guest kernel under QEMU's `microvm` machine, the reference VMM.
 //! - [`e2e`]: what end-to-end tests need from their environment (artifacts, KVM).
+//! - [`agent`]: a client for husk-agent (hybrid handshake, ttrpc, stdio streams) and a host-mode
+//!   agent fixture; [`rootfs`]: a busybox rootfs and OCI specs for containers.
 //! - [`bench`]: statistics and the results file of `make bench`.
+//! - [`containerd`]: a private containerd (own root, state, sockets) with husk's shim installed;
+//!   [`oci_image`]: the busybox OCI image it imports; [`bench_ctr`]: `make bench BENCH=ctr`.
 
+pub mod agent;
 pub mod bench;
+pub mod bench_agent;
+pub mod bench_ctr;
+pub mod bench_net;
+pub mod containerd;
 pub mod e2e;
 pub mod hostkind;
 pub mod microvm;
+pub mod oci_image;
 pub mod process;
+pub mod rootfs;
 pub mod testhost;

@@ -5,6 +5,7 @@
 //! times the marker.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -34,35 +35,57 @@ pub struct GuestSpec {
 ///
 /// The guest gets `reboot=t` (triple fault): microvm has no i8042, so `reboot=k` would spin.
 pub fn qemu_microvm(spec: &GuestSpec) -> Command {
-    let mut cmd = Command::new("qemu-system-x86_64");
+    qemu_microvm_machine(spec, "microvm,x-option-roms=off,rtc=off")
+}
+
+/// QEMU `-M microvm` with a `vhost-vsock-device` for guest `cid` (the host reaches it with
+/// AF_VSOCK, see [`vsock_connect`]). ACPI is off: only then does microvm announce its
+/// virtio-mmio devices on the kernel command line, which is how the ACPI-less husk kernel
+/// finds them (with ACPI they are only in the DSDT).
+pub fn qemu_microvm_vsock(spec: &GuestSpec, cid: u32) -> Command {
+    let mut cmd = qemu_microvm_machine(spec, "microvm,x-option-roms=off,rtc=off,acpi=off");
+    cmd.args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")]);
+    cmd
+}
+
+/// QEMU `-M microvm` with a `virtio-net-device` on tap `tap` (userspace virtio-net:
+/// `vhost=off`), MAC `mac`. ACPI is off so the device is announced on the kernel command line.
+/// The tap is looked up in QEMU's own network namespace: run it with [`NetnsTap::exec`].
+pub fn qemu_microvm_net(spec: &GuestSpec, tap: &str, mac: &str) -> Command {
+    let mut cmd = qemu_microvm_machine(spec, "microvm,x-option-roms=off,rtc=off,acpi=off");
     cmd.args([
-        "-M",
-        "microvm,x-option-roms=off,rtc=off",
-        "-enable-kvm",
-        "-cpu",
-        "host",
-    ])
-    .args([
-        "-smp",
-        &spec.vcpus.to_string(),
-        "-m",
-        &spec.memory_mib.to_string(),
-    ])
-    .args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(&spec.kernel)
-    .arg("-initrd")
-    .arg(&spec.initramfs)
-    .arg("-append")
-    .arg(format!("console=ttyS0 reboot=t panic=-1 {}", spec.cmdline).trim_end());
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no,vhost=off"),
+        "-device",
+        &format!("virtio-net-device,netdev=n0,mac={mac}"),
+    ]);
+    cmd
+}
+
+fn qemu_microvm_machine(spec: &GuestSpec, machine: &str) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", machine, "-enable-kvm", "-cpu", "host"])
+        .args([
+            "-smp",
+            &spec.vcpus.to_string(),
+            "-m",
+            &spec.memory_mib.to_string(),
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initramfs)
+        .arg("-append")
+        .arg(format!("console=ttyS0 reboot=t panic=-1 {}", spec.cmdline).trim_end());
     cmd
 }
 
@@ -74,6 +97,47 @@ pub fn husk_vmm(
     dir: &Path,
     control_socket: Option<&Path>,
 ) -> std::io::Result<Command> {
+    let opts = VmmOptions {
+        control_socket,
+        vsock: None,
+    };
+    husk_vmm_with(vmm, spec, dir, &opts)
+}
+
+/// A hybrid-vsock device for [`husk_vmm_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct VsockOptions<'a> {
+    /// The guest's CID.
+    pub guest_cid: u32,
+    /// The host socket.
+    pub socket: &'a Path,
+    /// Guest ports allowed to reach `<socket>_<port>`.
+    pub allowed_guest_ports: &'a [u32],
+}
+
+/// What else a `husk-vmm` VM gets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmmOptions<'a> {
+    /// The control socket.
+    pub control_socket: Option<&'a Path>,
+    /// A vsock device.
+    pub vsock: Option<VsockOptions<'a>>,
+}
+
+/// [`husk_vmm`] with a control socket and/or a vsock device.
+pub fn husk_vmm_with(
+    vmm: &Path,
+    spec: &GuestSpec,
+    dir: &Path,
+    opts: &VmmOptions,
+) -> std::io::Result<Command> {
+    let vsock = opts.vsock.map(|v| {
+        serde_json::json!({
+            "guest_cid": v.guest_cid,
+            "socket": v.socket,
+            "allowed_guest_ports": v.allowed_guest_ports,
+        })
+    });
     let config = serde_json::json!({
         "kernel": spec.kernel,
         "initramfs": spec.initramfs,
@@ -81,13 +145,237 @@ pub fn husk_vmm(
         "vcpus": spec.vcpus,
         "memory_mib": spec.memory_mib,
         "serial_log": "/proc/self/fd/1",
-        "control_socket": control_socket,
+        "control_socket": opts.control_socket,
+        "vsock": vsock,
     });
     let path = dir.join("vm.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
     let mut cmd = Command::new(vmm);
     cmd.arg("--config").arg(path);
     Ok(cmd)
+}
+
+/// A virtio-fs share for [`husk_vmm_with_fs`].
+#[derive(Debug, Clone, Copy)]
+pub struct FsShareOptions<'a> {
+    /// The tag the guest mounts (`mount -t virtiofs <tag> <dir>`).
+    pub tag: &'a str,
+    /// The host directory.
+    pub path: &'a Path,
+    /// `never`, `auto` or `always`.
+    pub cache: &'a str,
+}
+
+/// [`husk_vmm_with`] plus virtio-fs shares (the VM configuration's `fs` list).
+pub fn husk_vmm_with_fs(
+    vmm: &Path,
+    spec: &GuestSpec,
+    dir: &Path,
+    opts: &VmmOptions,
+    shares: &[FsShareOptions],
+) -> std::io::Result<Command> {
+    let cmd = husk_vmm_with(vmm, spec, dir, opts)?;
+    let path = dir.join("vm.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    config["fs"] = shares
+        .iter()
+        .map(|s| serde_json::json!({"tag": s.tag, "path": s.path, "cache": s.cache}))
+        .collect();
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    Ok(cmd)
+}
+
+/// A virtio-net device for [`husk_vmm_with_net`].
+#[derive(Debug, Clone, Copy)]
+pub struct NetOptions<'a> {
+    /// The tap device (it must exist).
+    pub tap: &'a str,
+    /// The guest NIC's MAC address.
+    pub mac: &'a str,
+    /// The MTU the device advertises.
+    pub mtu: Option<u16>,
+    /// The network namespace the tap lives in (`/run/netns/<name>`).
+    pub netns: Option<&'a Path>,
+}
+
+/// [`husk_vmm_with`] plus virtio-net devices (the VM configuration's `net` list).
+pub fn husk_vmm_with_net(
+    vmm: &Path,
+    spec: &GuestSpec,
+    dir: &Path,
+    opts: &VmmOptions,
+    nets: &[NetOptions],
+) -> std::io::Result<Command> {
+    let cmd = husk_vmm_with(vmm, spec, dir, opts)?;
+    let path = dir.join("vm.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    config["net"] = nets
+        .iter()
+        .map(|n| serde_json::json!({"tap": n.tap, "mac": n.mac, "mtu": n.mtu, "netns": n.netns}))
+        .collect();
+    std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+    Ok(cmd)
+}
+
+/// A network namespace with a persistent tap in it, made with iproute2 and deleted (with the
+/// tap) when dropped, also when a test fails.
+#[derive(Debug)]
+pub struct NetnsTap {
+    /// The namespace's name (`ip netns` name).
+    pub netns: String,
+    /// The tap's name.
+    pub tap: String,
+}
+
+fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl NetnsTap {
+    /// Creates namespace `netns` (replacing a stale one of that name) with tap `tap`, up, with
+    /// the host-side address `host_cidr` and `mtu`, and `lo` up.
+    pub fn create(netns: &str, tap: &str, host_cidr: &str, mtu: u16) -> std::io::Result<Self> {
+        let _ = ip(&["netns", "del", netns]);
+        ip(&["netns", "add", netns])?;
+        let fixture = NetnsTap {
+            netns: netns.into(),
+            tap: tap.into(),
+        };
+        let mtu = mtu.to_string();
+        ip(&["-n", netns, "tuntap", "add", "dev", tap, "mode", "tap"])?;
+        ip(&["-n", netns, "link", "set", tap, "mtu", &mtu])?;
+        ip(&["-n", netns, "addr", "add", host_cidr, "dev", tap])?;
+        ip(&["-n", netns, "link", "set", tap, "up"])?;
+        ip(&["-n", netns, "link", "set", "lo", "up"])?;
+        Ok(fixture)
+    }
+
+    /// The namespace's path, for the VM configuration and [`in_netns`].
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+
+    /// `cmd` run inside the namespace (`ip netns exec`, which execs it: same pid).
+    pub fn exec(&self, cmd: &Command) -> Command {
+        let mut wrapped = Command::new("ip");
+        wrapped
+            .args(["netns", "exec", &self.netns])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        wrapped
+    }
+
+    /// `ip -n <netns> <args>`'s standard output.
+    pub fn ip_output(&self, args: &[&str]) -> std::io::Result<String> {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.netns)
+            .args(args)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for NetnsTap {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the tap in it (once no process holds the tap).
+        let _ = ip(&["-n", &self.netns, "link", "del", &self.tap]);
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}
+
+/// Runs `f` on a thread that joined the network namespace at `netns` (sockets it creates stay
+/// in that namespace, whichever thread uses them later).
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(netns)?;
+    std::thread::spawn(move || {
+        // SAFETY: setns on a descriptor we own; it changes only this thread's namespace.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+}
+
+/// Opens a hybrid-vsock connection to guest port `port` through the VM's socket: sends
+/// `CONNECT <port>`, reads the `OK <host port>` line byte by byte (so no payload is swallowed)
+/// and returns the stream, ready for data. `timeout` bounds the handshake.
+pub fn hybrid_connect(socket: &Path, port: u32, timeout: Duration) -> std::io::Result<UnixStream> {
+    use std::io::{Read, Write};
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 32 {
+        match s.read(&mut byte)? {
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!(
+                    "the VMM closed the connection to guest port {port} (nothing listens there?)"
+                ),
+                ))
+            }
+            _ if byte[0] == b'\n' => break,
+            _ => line.push(byte[0]),
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    if !text.starts_with("OK ") {
+        return Err(std::io::Error::other(format!(
+            "unexpected handshake reply {text:?}"
+        )));
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
+
+/// Connects to `port` of the guest with context id `cid` over AF_VSOCK (a vhost-vsock guest,
+/// such as QEMU's anchor). The socket is returned as a `UnixStream`, which only reads, writes
+/// and sets timeouts on its descriptor, all of which work the same on a vsock socket.
+pub fn vsock_connect(cid: u32, port: u32) -> std::io::Result<UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; returns a new descriptor or -1.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; zero is valid.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_vm of `len` bytes; the descriptor is live.
+    let rc = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
 }
 
 /// A VMM process whose console is read line by line, for tests that act while the guest runs.

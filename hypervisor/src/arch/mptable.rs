@@ -6,7 +6,7 @@
 //! one processor entry per vCPU, the ISA bus, the IOAPIC, an interrupt entry per IOAPIC pin
 //! and the two local interrupt entries (ExtINT on LINT0, NMI on LINT1).
 
-use super::layout::{APIC_START, EBDA_END, EBDA_START, IOAPIC_START, IRQ_MAX};
+use super::layout::{APIC_START, EBDA_END, EBDA_START, IOAPIC_START, IRQ_BASE, IRQ_MAX};
 
 const SPEC_REV: u8 = 4;
 const APIC_VERSION: u8 = 0x14;
@@ -23,6 +23,8 @@ const ENTRY_LINTSRC: u8 = 4;
 const INT_TYPE_INT: u8 = 0;
 const INT_TYPE_NMI: u8 = 1;
 const INT_TYPE_EXTINT: u8 = 3;
+/// Interrupt entry flags: polarity active high (bits 0-1 = 01), trigger level (bits 2-3 = 11).
+const IRQ_ACTIVE_HIGH_LEVEL: u8 = 0b1101;
 const HEADER_LEN: usize = 44;
 const FLOATING_LEN: usize = 16;
 
@@ -66,8 +68,16 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MpTableError> {
     entries.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
     count += 2;
     for irq in 0..=IRQ_MAX as u8 {
-        // Conforming polarity and trigger, from ISA bus 0 pin `irq` to IOAPIC pin `irq`.
-        entries.extend_from_slice(&[ENTRY_INTSRC, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
+        // From ISA bus 0 pin `irq` to IOAPIC pin `irq`. The legacy lines keep the ISA default
+        // (edge, active high); the virtio lines are level-triggered, active high: a device's
+        // line stays asserted until the guest has seen its interrupt status (see
+        // `devices::virtio::interrupt`), so no edge can be lost while the guest masks the pin.
+        let flags = if u32::from(irq) >= IRQ_BASE {
+            IRQ_ACTIVE_HIGH_LEVEL
+        } else {
+            0
+        };
+        entries.extend_from_slice(&[ENTRY_INTSRC, INT_TYPE_INT, flags, 0, 0, irq, ioapic_id, irq]);
         count += 1;
     }
     entries.extend_from_slice(&[ENTRY_LINTSRC, INT_TYPE_EXTINT, 0, 0, 0, 0, 0, 0]);
@@ -131,6 +141,24 @@ mod tests {
                 &table[44..48],
                 &[ENTRY_CPU, 0, APIC_VERSION, CPU_ENABLED | CPU_BOOT]
             );
+        }
+    }
+
+    #[test]
+    fn virtio_lines_are_level_triggered_and_legacy_lines_are_not() {
+        let t = build(1).unwrap();
+        let table = &t[16..];
+        // Entries: 1 CPU (20 bytes), bus (8), IOAPIC (8), then 24 interrupt entries (8 each).
+        let first_int = 44 + 20 + 8 + 8;
+        for irq in 0..=IRQ_MAX as usize {
+            let e = &table[first_int + 8 * irq..first_int + 8 * irq + 8];
+            assert_eq!((e[0], e[5], e[7]), (ENTRY_INTSRC, irq as u8, irq as u8));
+            let want = if irq as u32 >= IRQ_BASE {
+                IRQ_ACTIVE_HIGH_LEVEL
+            } else {
+                0
+            };
+            assert_eq!(e[2], want, "irq {irq}");
         }
     }
 

@@ -1,3 +1,4 @@
-//! Devices the guest sees: legacy PIO devices and (later) virtio-mmio devices.
+//! Devices the guest sees: legacy PIO devices and virtio-mmio devices.
 
 pub mod legacy;
+pub mod virtio;

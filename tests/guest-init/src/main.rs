@@ -7,7 +7,15 @@
 //! Marker: `HUSK-TEST-INIT ready kernel=<release> cpus=<online> uptime_ms=<ms>`.
 //!
 //! `husk.test=hold` on the kernel command line keeps the guest running after the marker (for
-//! tests that stop the VM from outside) instead of rebooting.
+//! tests that stop the VM from outside) instead of rebooting. `husk.vsock.serve=` and
+//! `husk.vsock.connect=` add the vsock modes of [`vsock`].
+//! `husk.test=fs:<tag>` runs the virtio-fs mode of [`fs`].
+//! `husk.test=net:<addr>/<prefix>[,gw=<gw>]` (with `husk.net.serve=` and `husk.net.connect=`)
+//! runs the network mode of [`net`].
+
+mod fs;
+mod net;
+mod vsock;
 
 use std::ffi::CString;
 use std::io::Write;
@@ -67,6 +75,29 @@ fn main() {
     mount("sysfs", "/sys", "sysfs");
     mount("devtmpfs", "/dev", "devtmpfs");
 
+    let cmdline = read_trimmed("/proc/cmdline");
+    let arg = |key: &str| {
+        cmdline
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix(key).map(str::to_string))
+    };
+    // Listen before the marker: the host connects as soon as it sees it.
+    if let Some(spec) = arg("husk.test=net:") {
+        net::setup(&spec, arg("husk.net.serve="), arg("husk.net.connect="));
+    }
+    if let Some(port) = arg("husk.vsock.serve=") {
+        match port
+            .parse()
+            .map_err(|_| "not a port".to_string())
+            .and_then(|p| vsock::listen(p).map_err(|e| e.to_string()))
+        {
+            Ok(listener) => {
+                std::thread::spawn(move || vsock::serve(listener));
+            }
+            Err(e) => eprintln!("husk-test-init: vsock listen on {port}: {e}"),
+        }
+    }
+
     let marker = format!(
         "HUSK-TEST-INIT ready kernel={} cpus={} uptime_ms={}\n",
         read_trimmed("/proc/sys/kernel/osrelease"),
@@ -77,10 +108,22 @@ fn main() {
     let _ = out.write_all(marker.as_bytes());
     let _ = out.flush();
 
-    if read_trimmed("/proc/cmdline")
-        .split_whitespace()
-        .any(|a| a == "husk.test=hold")
-    {
+    if let Some(ports) = arg("husk.vsock.connect=") {
+        for port in ports.split(',').filter_map(|p| p.parse::<u32>().ok()) {
+            let line = match vsock::hello(port) {
+                Ok(reply) => format!("HUSK-TEST-INIT vsock-connect port={port} ok reply={reply}\n"),
+                Err(e) => format!("HUSK-TEST-INIT vsock-connect port={port} error={e}\n"),
+            };
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }
+    }
+
+    if let Some(tag) = arg("husk.test=fs:") {
+        fs::run(&tag, &mut out);
+    }
+
+    if cmdline.split_whitespace().any(|a| a == "husk.test=hold") {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }

@@ -45,6 +45,8 @@ pub const MODULES: &[&str] = &[
     "act_mirred",
     "cls_matchall",
     "cls_u32",
+    // The host side of QEMU's vhost-vsock device, the anchor of husk-vmm's vsock benchmark.
+    "vhost_vsock",
     // Block images for the VMM's virtio-blk tests.
     "loop",
     "ext4",

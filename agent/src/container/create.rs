@@ -1,0 +1,174 @@
+//! CreateContainer (a runner does `runc create` through libcontainer) and the start of a
+//! container's init (libcontainer's notify socket, in the agent: it does not fork).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use libcontainer::container::{Container as LcContainer, ContainerStatus};
+use libcontainer::notify_socket::{NotifySocket, NOTIFY_FILE};
+use oci_spec::runtime::Spec;
+
+use super::process::{HostIo, Process};
+use super::{cgroup, spec, Container};
+use crate::error::{AgentError, Result};
+use crate::runner::{self, Request};
+use crate::sandbox::Sandbox;
+use crate::stdio::tty::PtyMaster;
+use crate::stdio::{pipes, StdioRequest};
+
+/// Creates container `id` from `spec_json`; the id is already reserved by the caller.
+pub async fn create(
+    sb: &Sandbox,
+    id: &str,
+    spec_json: &[u8],
+    stdio: StdioRequest,
+) -> Result<Arc<Container>> {
+    let spec = spec::prepare(id, spec_json, |sandbox_id| sb.init_pid(sandbox_id))?;
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if terminal != stdio.terminal {
+        return Err(AgentError::InvalidArgument(format!(
+            "process.terminal is {terminal} in the spec but {} in the request's stdio",
+            stdio.terminal
+        )));
+    }
+    let poststart_hooks = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.poststart().as_ref())
+        .is_some_and(|v| !v.is_empty());
+    let bundle = sb.config.bundles().join(id);
+    let state_dir = sb.config.containers_root().join(id);
+    match run_create(sb, id, &spec, stdio, &bundle).await {
+        Ok(init) => {
+            let c = Arc::new(Container::new(id, bundle, state_dir, init, poststart_hooks));
+            sb.oom.add(id, c.cgroup.clone());
+            Ok(c)
+        }
+        Err(e) => {
+            cleanup(id, &bundle, &state_dir).await;
+            Err(e)
+        }
+    }
+}
+
+async fn run_create(
+    sb: &Sandbox,
+    id: &str,
+    spec: &Spec,
+    stdio: StdioRequest,
+    bundle: &Path,
+) -> Result<Arc<Process>> {
+    std::fs::create_dir_all(bundle)
+        .map_err(AgentError::io(format!("mkdir {}", bundle.display())))?;
+    let json = serde_json::to_vec(spec).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let config = bundle.join("config.json");
+    std::fs::write(&config, json)
+        .map_err(AgentError::io(format!("writing {}", config.display())))?;
+
+    let (console, fds, io) = if stdio.terminal {
+        (Some(sb.console_socket_path()), Vec::new(), None)
+    } else {
+        let (ours, agent) = pipes::create(&stdio)?;
+        (None, Vec::from(ours.0), Some(HostIo::Pipes(agent)))
+    };
+    let request = Request::Create {
+        container_id: id.into(),
+        state_root: sb.config.containers_root(),
+        bundle: bundle.into(),
+        console_socket: console,
+        no_pivot: sb.config.no_pivot,
+    };
+    let since = sb.reaper.epoch();
+    let outcome = run_runner(sb, request, fds).await?;
+    let process = Process::new(id, "", stdio, cgroup::dir(id));
+    process.set_pid(outcome.pid);
+    let io = match (io, outcome.master) {
+        (Some(io), _) => io,
+        (None, Some(master)) => match PtyMaster::new(master) {
+            Ok(m) => HostIo::Pty(m),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(outcome.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(AgentError::io("setting up the pty master")(e));
+            }
+        },
+        (None, None) => {
+            return Err(AgentError::Runtime(
+                "the runner returned no pty master".into(),
+            ))
+        }
+    };
+    process.set_io(io);
+    let oom = Arc::clone(&sb.oom);
+    let cid = id.to_string();
+    process.supervise(sb.reaper.watch(outcome.pid, since), move |_| {
+        oom.check(&cid)
+    });
+    tracing::info!(container_id = id, pid = outcome.pid, "container created");
+    Ok(process)
+}
+
+/// Runs a runner request off the async threads.
+pub async fn run_runner(
+    sb: &Sandbox,
+    request: Request,
+    fds: Vec<OwnedFd>,
+) -> Result<runner::spawn::Outcome> {
+    let exe = sb.config.exe.clone();
+    let reaper = sb.reaper.clone();
+    tokio::task::spawn_blocking(move || {
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        runner::spawn::run(&exe, &reaper, &request, &borrowed)
+    })
+    .await
+    .map_err(|e| AgentError::Runtime(format!("runner task: {e}")))?
+}
+
+/// Removes what a failed create may have left: bundle, libcontainer state, cgroup.
+pub async fn cleanup(id: &str, bundle: &Path, state_dir: &Path) {
+    let _ = std::fs::remove_dir_all(bundle);
+    let _ = std::fs::remove_dir_all(state_dir);
+    if let Err(e) = cgroup::remove(&cgroup::dir(id)).await {
+        tracing::warn!(container_id = id, error = %e, "cgroup left behind");
+    }
+}
+
+/// Starts the init: the runner stopped it before exec, waiting on libcontainer's notify socket.
+pub async fn start_init(sb: &Sandbox, c: &Container) -> Result<i32> {
+    c.init.begin_start()?;
+    let pid = c.init.pid().unwrap_or(0);
+    if c.poststart_hooks {
+        let request = Request::Start {
+            container_id: c.id.clone(),
+            state_root: sb.config.containers_root(),
+        };
+        run_runner(sb, request, Vec::new()).await?;
+    } else {
+        let dir = c.state_dir.clone();
+        tokio::task::spawn_blocking(move || notify_start(&dir))
+            .await
+            .map_err(|e| AgentError::Runtime(format!("start task: {e}")))??;
+    }
+    tracing::info!(container_id = %c.id, pid, "container started");
+    Ok(pid)
+}
+
+fn notify_start(state_dir: &Path) -> Result<()> {
+    let runtime = |e: libcontainer::error::LibcontainerError| AgentError::Runtime(e.to_string());
+    let mut container = LcContainer::load(state_dir.to_path_buf()).map_err(runtime)?;
+    NotifySocket::new(state_dir.join(NOTIFY_FILE))
+        .notify_container_start()
+        .map_err(|e| AgentError::Runtime(format!("notifying the container's init: {e}")))?;
+    container
+        .set_status(ContainerStatus::Running)
+        .save()
+        .map_err(runtime)?;
+    Ok(())
+}

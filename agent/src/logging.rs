@@ -1,0 +1,147 @@
+//! Logs: `tracing` events (with `container_id` / `exec_id` fields) to stderr, which is the
+//! console in the guest, and in the guest also to the host over a vsock stream the agent opens
+//! to port 1026. The stream never blocks the agent: lines go through a bounded queue and are
+//! dropped (and counted) when it is full or nobody listens.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+/// Lines queued for the host before the oldest new ones are dropped.
+const QUEUE: usize = 1024;
+/// Default filter (HUSK_AGENT_LOG, or `husk.log=` on the guest's command line, overrides it).
+pub const DEFAULT_FILTER: &str = "info,libcontainer=warn,libcgroups=warn";
+
+/// Where log lines go besides stderr.
+#[derive(Debug, Clone)]
+pub struct Tee {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// One event's text, sent on drop.
+#[derive(Debug)]
+pub struct TeeWriter {
+    tee: Tee,
+    buf: Vec<u8>,
+}
+
+impl Write for TeeWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for TeeWriter {
+    fn drop(&mut self) {
+        let _ = std::io::stderr().write_all(&self.buf);
+        if let Some(tx) = &self.tee.tx {
+            if tx.try_send(std::mem::take(&mut self.buf)).is_err() {
+                self.tee.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Tee {
+    type Writer = TeeWriter;
+    fn make_writer(&'a self) -> TeeWriter {
+        TeeWriter {
+            tee: self.clone(),
+            buf: Vec::with_capacity(256),
+        }
+    }
+}
+
+fn filter(cmdline_level: Option<String>) -> EnvFilter {
+    let spec = std::env::var("HUSK_AGENT_LOG")
+        .ok()
+        .or(cmdline_level)
+        .unwrap_or_else(|| DEFAULT_FILTER.into());
+    EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
+/// `husk.log=<filter>` from the kernel command line.
+pub fn cmdline_level() -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("husk.log="))
+        .map(str::to_string)
+}
+
+/// Installs the subscriber. With `to_host`, returns the queue's receiving end for
+/// [`spawn_vsock_forwarder`].
+pub fn init(
+    to_host: bool,
+    cmdline_level: Option<String>,
+) -> (Option<mpsc::Receiver<Vec<u8>>>, Arc<AtomicU64>) {
+    let (tx, rx) = if to_host {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let dropped = Arc::new(AtomicU64::new(0));
+    let tee = Tee {
+        tx,
+        dropped: Arc::clone(&dropped),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter(cmdline_level))
+        .with_ansi(false)
+        .with_target(false)
+        .with_writer(tee)
+        .try_init();
+    (rx, dropped)
+}
+
+/// Forwards queued lines to the host (vsock CID 2, port 1026), reconnecting every few seconds
+/// while nobody listens.
+pub fn spawn_vsock_forwarder(mut rx: mpsc::Receiver<Vec<u8>>, dropped: Arc<AtomicU64>) {
+    use tokio_vsock::{VsockAddr, VsockStream};
+    tokio::spawn(async move {
+        let addr = VsockAddr::new(
+            husk_protocol::hybrid::VSOCK_HOST_CID,
+            husk_protocol::ports::LOG_PORT,
+        );
+        let mut pending: Option<Vec<u8>> = None;
+        loop {
+            let mut stream = match VsockStream::connect(addr).await {
+                Ok(s) => s,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            let lost = dropped.swap(0, Ordering::Relaxed);
+            if lost > 0 {
+                let note = format!("husk-agent: {lost} log lines dropped (queue full)\n");
+                let _ = AsyncWriteExt::write_all(&mut stream, note.as_bytes()).await;
+            }
+            loop {
+                let line = match pending.take() {
+                    Some(l) => l,
+                    None => match rx.recv().await {
+                        Some(l) => l,
+                        None => return,
+                    },
+                };
+                if AsyncWriteExt::write_all(&mut stream, &line).await.is_err() {
+                    pending = Some(line);
+                    break;
+                }
+            }
+        }
+    });
+}

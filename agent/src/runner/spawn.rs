@@ -1,0 +1,92 @@
+//! The agent's side: start a runner, hand it a request and fds, read its reply. Blocking: call
+//! it from `spawn_blocking`.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{wire, FailureKind, Reply, Request, RUNNER_ARG};
+use crate::error::{AgentError, Result};
+use crate::reaper::Reaper;
+
+/// How long a runner may take (nested test hosts run at emulation speed).
+const RUNNER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The result of a runner call: the new pid and, in terminal mode, the pty master.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The created process (0 for Start).
+    pub pid: i32,
+    /// The pty master, when a console socket was used.
+    pub master: Option<OwnedFd>,
+}
+
+/// Runs `request` in a fresh runner (`exe __husk-runner`) with `fds` passed to it.
+pub fn run(
+    exe: &Path,
+    reaper: &Reaper,
+    request: &Request,
+    fds: &[BorrowedFd<'_>],
+) -> Result<Outcome> {
+    let (ours, theirs) = wire::pair().map_err(AgentError::io("runner socketpair"))?;
+    let since = reaper.epoch();
+    let child = Command::new(exe)
+        .arg(RUNNER_ARG)
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(AgentError::io(format!(
+            "starting the runner {}",
+            exe.display()
+        )))?;
+    // The reaper collects the runner; its status only matters for the log.
+    let pid = child.id() as i32;
+    let exit = reaper.watch(pid, since);
+    drop(child);
+    tokio::spawn(async move {
+        if let Ok(e) = exit.await {
+            if e.status != 0 {
+                tracing::warn!(pid, status = e.status, "runner exited with an error");
+            }
+        }
+    });
+    let body = serde_json::to_vec(request).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    wire::send(ours.as_fd(), &body, fds).map_err(AgentError::io("sending the runner request"))?;
+    set_timeout(&ours, RUNNER_TIMEOUT)?;
+    let (data, mut attached) = wire::recv(ours.as_fd()).map_err(|e| {
+        // SAFETY: kill(2) on the runner we spawned; at worst it already exited and the reaper
+        // has not collected it yet (a zombie), which ignores the signal.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        AgentError::io("reading the runner reply")(e)
+    })?;
+    if data.is_empty() {
+        return Err(AgentError::Runtime(
+            "the runner exited without answering (see the agent log)".into(),
+        ));
+    }
+    let reply: Reply = serde_json::from_slice(&data)
+        .map_err(|e| AgentError::Runtime(format!("bad runner reply: {e}")))?;
+    match reply {
+        Reply::Ok { pid } => Ok(Outcome {
+            pid,
+            master: if attached.is_empty() {
+                None
+            } else {
+                Some(attached.swap_remove(0))
+            },
+        }),
+        Reply::Failed {
+            kind: FailureKind::Invalid,
+            message,
+        } => Err(AgentError::InvalidArgument(message)),
+        Reply::Failed { message, .. } => Err(AgentError::Runtime(message)),
+    }
+}
+
+fn set_timeout(fd: &OwnedFd, timeout: Duration) -> Result<()> {
+    let tv = nix::sys::time::TimeVal::new(timeout.as_secs() as _, 0);
+    nix::sys::socket::setsockopt(fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+        .map_err(|e| AgentError::io("SO_RCVTIMEO on the runner socket")(e.into()))
+}

@@ -1,0 +1,396 @@
+//! The agent's state: its configuration, the containers, the reaper and the OOM watcher, and
+//! every operation of the API as a method returning [`AgentError`] (rpc.rs only translates).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use husk_protocol::agent::api;
+use husk_protocol::ids;
+use husk_protocol::stdio::StdioHello;
+use oci_spec::runtime::LinuxResources;
+use tokio::sync::Notify;
+
+use crate::conn::Conn;
+use crate::container::oom::OomWatcher;
+use crate::container::state::{Action, Status};
+use crate::container::{cgroup, create, exec, Container};
+use crate::error::{AgentError, Result};
+use crate::reaper::Reaper;
+use crate::stdio::StdioRequest;
+
+/// How long RemoveContainer waits for killed processes to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the agent keeps its files and how it runs containers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory (libcontainer state, bundles, console sockets). Keep it short: console
+    /// socket paths live below it.
+    pub state_dir: PathBuf,
+    /// The agent's own binary, re-executed as the runner.
+    pub exe: PathBuf,
+    /// MS_MOVE + chroot instead of pivot_root (the root is an initramfs that cannot pivot).
+    pub no_pivot: bool,
+    /// PID 1 in a guest (Shutdown reboots) rather than host mode (Shutdown exits).
+    pub guest: bool,
+}
+
+impl Config {
+    /// libcontainer's state root.
+    pub fn containers_root(&self) -> PathBuf {
+        self.state_dir.join("c")
+    }
+    /// Bundles (config.json, exec process files).
+    pub fn bundles(&self) -> PathBuf {
+        self.state_dir.join("b")
+    }
+    /// Console sockets.
+    pub fn sockets(&self) -> PathBuf {
+        self.state_dir.join("s")
+    }
+}
+
+/// Milliseconds since the (guest) kernel started, from CLOCK_BOOTTIME (what /proc/uptime reads).
+pub fn uptime_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| (t.tv_sec() as u64) * 1000 + (t.tv_nsec() as u64) / 1_000_000)
+        .unwrap_or(0)
+}
+
+/// Everything the agent knows.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// Configuration.
+    pub config: Config,
+    /// The reaper.
+    pub reaper: Reaper,
+    /// OOM events.
+    pub oom: Arc<OomWatcher>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    creating: Mutex<HashSet<String>>,
+    sockets: AtomicU64,
+    /// Uptime (ms) when the agent began serving.
+    pub ready_ms: AtomicU64,
+    /// Signalled by Shutdown.
+    pub shutdown: Notify,
+}
+
+impl Sandbox {
+    /// A sandbox with no containers; creates the state directories.
+    pub fn new(config: Config, reaper: Reaper) -> Result<Arc<Self>> {
+        for d in [config.containers_root(), config.bundles(), config.sockets()] {
+            std::fs::create_dir_all(&d)
+                .map_err(AgentError::io(format!("mkdir {}", d.display())))?;
+        }
+        let oom = Arc::new(OomWatcher::default());
+        Ok(Arc::new(Sandbox {
+            config,
+            reaper,
+            oom,
+            containers: Mutex::default(),
+            creating: Mutex::default(),
+            sockets: AtomicU64::new(0),
+            ready_ms: AtomicU64::new(0),
+            shutdown: Notify::new(),
+        }))
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A container by id.
+    pub fn get(&self, id: &str) -> Result<Arc<Container>> {
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::ContainerNotFound(id.into()))
+    }
+
+    /// Every container.
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        self.map().values().cloned().collect()
+    }
+
+    /// The init pid of a known container (for namespace joining).
+    pub fn init_pid(&self, id: &str) -> Option<i32> {
+        let c = self.map().get(id).cloned()?;
+        (c.init.status() != Status::Stopped)
+            .then(|| c.init.pid())
+            .flatten()
+    }
+
+    /// A fresh console socket path.
+    pub fn console_socket_path(&self) -> PathBuf {
+        let n = self.sockets.fetch_add(1, Ordering::Relaxed);
+        self.config.sockets().join(format!("{n}.sock"))
+    }
+
+    /// CreateContainer.
+    pub async fn create_container(
+        &self,
+        id: &str,
+        spec: &[u8],
+        stdio: StdioRequest,
+    ) -> Result<i32> {
+        ids::validate(id)?;
+        {
+            let map = self.map();
+            let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+            if map.contains_key(id) || !creating.insert(id.into()) {
+                return Err(AgentError::ContainerExists(id.into()));
+            }
+        }
+        let result = create::create(self, id, spec, stdio).await;
+        let mut map = self.map();
+        self.creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let c = result?;
+        let pid = c.init.pid().unwrap_or(0);
+        map.insert(id.into(), c);
+        Ok(pid)
+    }
+
+    /// ExecProcess.
+    pub fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &[u8],
+        stdio: StdioRequest,
+    ) -> Result<()> {
+        let c = self.get(id)?;
+        exec::register(&c, exec_id, process, stdio)
+    }
+
+    /// StartProcess.
+    pub async fn start_process(&self, id: &str, exec_id: &str) -> Result<i32> {
+        let c = self.get(id)?;
+        if exec_id.is_empty() {
+            create::start_init(self, &c).await
+        } else {
+            let p = c.process(exec_id)?;
+            exec::start(self, &c, &p).await
+        }
+    }
+
+    /// SignalProcess.
+    pub fn signal_process(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = i32::try_from(signal)
+            .ok()
+            .filter(|s| (1..=libc::SIGRTMAX()).contains(s))
+            .ok_or_else(|| AgentError::InvalidArgument(format!("bad signal {signal}")))?;
+        let c = self.get(id)?;
+        let p = c.process(exec_id)?;
+        if !all {
+            return p.signal(sig);
+        }
+        p.status().check(Action::Signal)?;
+        cgroup::kill_all(&c.cgroup, sig)
+    }
+
+    /// WaitProcess.
+    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse> {
+        let p = self.get(id)?.process(exec_id)?;
+        let f = p.wait().await;
+        Ok(api::WaitResponse {
+            exit_status: f.exit.status,
+            exited_at_ns: f.exit.at_ns(),
+            oom_killed: f.oom_killed,
+            ..Default::default()
+        })
+    }
+
+    /// DeleteProcess.
+    pub fn delete_process(&self, id: &str, exec_id: &str) -> Result<()> {
+        let c = self.get(id)?;
+        if exec_id.is_empty() {
+            return Err(AgentError::InvalidArgument(
+                "DeleteProcess takes an exec id; remove the container for its init".into(),
+            ));
+        }
+        let p = c.process(exec_id)?;
+        let status = p.status();
+        if status == Status::Running {
+            return Err(AgentError::WrongState(
+                crate::container::state::TransitionError {
+                    from: status,
+                    action: "delete",
+                },
+            ));
+        }
+        if status == Status::Created && p.pid().is_some() {
+            return Err(AgentError::Precondition("the exec is being started".into()));
+        }
+        c.remove_exec(exec_id);
+        let _ = std::fs::remove_file(c.bundle.join(format!("exec-{exec_id}.json")));
+        Ok(())
+    }
+
+    /// RemoveContainer.
+    pub async fn remove_container(&self, id: &str, force: bool) -> Result<()> {
+        let c = self.get(id)?;
+        let status = c.status();
+        if !force {
+            status.check(Action::Remove)?;
+            if c.execs().iter().any(|p| p.status() == Status::Running) {
+                return Err(AgentError::Precondition(
+                    "an exec of the container is still running".into(),
+                ));
+            }
+        }
+        self.kill_and_wait(&c).await;
+        cgroup::remove(&c.cgroup).await?;
+        let _ = std::fs::remove_dir_all(&c.state_dir);
+        let _ = std::fs::remove_dir_all(&c.bundle);
+        self.oom.remove(id);
+        self.map().remove(id);
+        tracing::info!(container_id = id, "container removed");
+        Ok(())
+    }
+
+    /// Kills everything in the container and waits (bounded) until its processes are reaped.
+    async fn kill_and_wait(&self, c: &Container) {
+        let started: Vec<_> = std::iter::once(Arc::clone(&c.init))
+            .chain(c.execs())
+            .filter(|p| p.pid().is_some())
+            .collect();
+        if started.iter().all(|p| p.finished().is_some()) && cgroup::pids(&c.cgroup).is_empty() {
+            return;
+        }
+        if c.status() == Status::Paused {
+            let _ = cgroup::freeze(&c.cgroup, false).await;
+            c.set_paused(false);
+        }
+        if let Err(e) = cgroup::kill_all(&c.cgroup, libc::SIGKILL) {
+            tracing::warn!(container_id = %c.id, error = %e, "kill");
+        }
+        if let Some(pid) = c.init.pid() {
+            // The init may not be in the cgroup yet if it is stuck early in its setup.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let waits = futures::future::join_all(started.iter().map(|p| p.wait()));
+        if tokio::time::timeout(KILL_WAIT, waits).await.is_err() {
+            tracing::warn!(container_id = %c.id, "processes not reaped {KILL_WAIT:?} after SIGKILL");
+        }
+    }
+
+    /// ResizeTty.
+    pub fn resize_tty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let (w, h) = (
+            u16::try_from(width).map_err(|_| AgentError::InvalidArgument("width".into()))?,
+            u16::try_from(height).map_err(|_| AgentError::InvalidArgument("height".into()))?,
+        );
+        self.get(id)?.process(exec_id)?.resize(w, h)
+    }
+
+    /// ListProcesses.
+    pub fn list_processes(&self, id: &str) -> Result<Vec<api::ProcessInfo>> {
+        let c = self.get(id)?;
+        let mut pids = cgroup::pids(&c.cgroup);
+        pids.sort_unstable();
+        Ok(pids
+            .into_iter()
+            .map(|pid| api::ProcessInfo {
+                pid: pid as u32,
+                exec_id: c.exec_of_pid(pid).unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    /// Stats.
+    pub fn stats(&self, id: &str) -> Result<api::StatsResponse> {
+        cgroup::stats(&self.get(id)?.cgroup)
+    }
+
+    /// UpdateContainer.
+    pub async fn update_container(&self, id: &str, resources: &[u8]) -> Result<()> {
+        let c = self.get(id)?;
+        let r: LinuxResources = serde_json::from_slice(resources).map_err(|e| {
+            AgentError::InvalidArgument(format!("resources are not OCI LinuxResources JSON: {e}"))
+        })?;
+        if c.status() == Status::Stopped {
+            return Err(AgentError::WrongState(
+                crate::container::state::TransitionError {
+                    from: Status::Stopped,
+                    action: "update",
+                },
+            ));
+        }
+        let cid = c.id.clone();
+        tokio::task::spawn_blocking(move || apply_resources(&cid, &r))
+            .await
+            .map_err(|e| AgentError::Runtime(e.to_string()))?
+    }
+
+    /// PauseContainer / ResumeContainer.
+    pub async fn set_paused(&self, id: &str, pause: bool) -> Result<()> {
+        let c = self.get(id)?;
+        c.status()
+            .check(if pause { Action::Pause } else { Action::Resume })?;
+        cgroup::freeze(&c.cgroup, pause).await?;
+        c.set_paused(pause);
+        Ok(())
+    }
+
+    /// Kills every container (Shutdown).
+    pub async fn kill_all(&self) {
+        for c in self.all() {
+            self.kill_and_wait(&c).await;
+        }
+    }
+
+    /// Checks a stdio hello and reserves its stream.
+    pub fn reserve_stream(&self, h: &StdioHello) -> Result<()> {
+        self.get(&h.container_id)?
+            .process(&h.exec_id)?
+            .reserve(h.kind)
+    }
+
+    /// Gives back a reservation.
+    pub fn release_stream(&self, h: &StdioHello) {
+        if let Ok(p) = self
+            .get(&h.container_id)
+            .and_then(|c| c.process(&h.exec_id))
+        {
+            p.release(h.kind);
+        }
+    }
+
+    /// Attaches a reserved stream.
+    pub fn attach_stream(&self, h: &StdioHello, conn: Conn) {
+        if let Ok(p) = self
+            .get(&h.container_id)
+            .and_then(|c| c.process(&h.exec_id))
+        {
+            p.attach(h.kind, conn);
+        }
+    }
+}
+
+fn apply_resources(id: &str, r: &LinuxResources) -> Result<()> {
+    use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager, ControllerOpt};
+    let manager = create_cgroup_manager(CgroupConfig {
+        cgroup_path: cgroup::spec_path(id).into(),
+        systemd_cgroup: false,
+        container_name: id.into(),
+    })
+    .map_err(|e| AgentError::Runtime(format!("cgroup manager: {e}")))?;
+    manager
+        .apply(&ControllerOpt {
+            resources: r,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|e| AgentError::InvalidArgument(format!("applying resources: {e}")))
+}

@@ -1,0 +1,171 @@
+//! The virtio-fs device model: what the guest sees (device type 26, a high-priority and one
+//! request queue, the tag in config space) and the life of its worker.
+//!
+//! The shared directory is checked when the device is created (it must be a directory; its
+//! path is resolved once, so the server's root is a fixed canonical path). Activation starts a
+//! worker with a fresh FUSE server; nothing under the share is opened until the guest's FUSE
+//! INIT. A reset stops the worker and drops the server, which closes every descriptor the guest
+//! had the server open; the next activation starts from scratch.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use husk_protocol::vm_config::{FsCache, FsShare};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemory as _;
+
+use super::backend::new_server;
+use super::event_loop::FsEventLoop;
+use super::handler::FsQueues;
+use super::{FsError, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
+use crate::devices::virtio::interrupt::InterruptReason;
+use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::{
+    ActivateError, Activation, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// Size of the config space: the tag, then `le32 num_request_queues`.
+pub const CONFIG_LEN: usize = TAG_LEN + 4;
+
+/// A virtio-fs device serving one host directory.
+#[derive(Debug)]
+pub struct VirtioFs {
+    worker: Option<Worker>,
+    config: [u8; CONFIG_LEN],
+    root: PathBuf,
+    cache: FsCache,
+    queue_sizes: [u16; 2],
+    thread_name: String,
+}
+
+impl VirtioFs {
+    /// A device for `share`, whose path must be a directory.
+    pub fn new(share: &FsShare) -> Result<Self, FsError> {
+        let tag = share.tag.as_bytes();
+        if tag.is_empty() || tag.len() > TAG_LEN {
+            return Err(FsError::Tag(share.tag.clone()));
+        }
+        let bad = |source| FsError::Share {
+            tag: share.tag.clone(),
+            path: share.path.display().to_string(),
+            source,
+        };
+        let root = share.path.canonicalize().map_err(bad)?;
+        if !root.is_dir() {
+            return Err(bad(std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        if root.to_str().is_none() {
+            return Err(bad(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path is not UTF-8",
+            )));
+        }
+        let mut config = [0u8; CONFIG_LEN];
+        config[..tag.len()].copy_from_slice(tag);
+        config[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        Ok(VirtioFs {
+            worker: None,
+            config,
+            root,
+            cache: share.cache,
+            queue_sizes: [QUEUE_SIZE; 2],
+            thread_name: format!("husk-fs-{}", share.tag),
+        })
+    }
+
+    /// Whether the worker runs.
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+
+    /// The directory served.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+}
+
+impl VirtioDevice for VirtioFs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| self.config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // Read-only: the tag and the queue count are the device's.
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if a.queues.len() != 2 || a.queue_evts.len() != 2 {
+            return Err(ActivateError::QueueCount {
+                expected: 2,
+                got: a.queues.len().min(a.queue_evts.len()),
+            });
+        }
+        for (index, q) in a.queues.iter().enumerate() {
+            if !q.ready() {
+                return Err(ActivateError::BadQueue {
+                    index,
+                    why: "not ready",
+                });
+            }
+            if !q.is_valid(&a.mem) || a.mem.num_regions() == 0 {
+                return Err(ActivateError::BadQueue {
+                    index,
+                    why: "rings outside guest RAM",
+                });
+            }
+        }
+        let server = new_server(&self.root, self.cache).map_err(ActivateError::Start)?;
+        let count = ActivateError::QueueCount {
+            expected: 2,
+            got: 0,
+        };
+        let queues: [_; 2] = a.queues.try_into().map_err(|_| count)?;
+        let evts: [_; 2] = a
+            .queue_evts
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount {
+                expected: 2,
+                got: 0,
+            })?;
+        let interrupt = a.interrupt.clone();
+        let handler = FsQueues::new(a.mem, queues, a.interrupt, server);
+        let on_panic = move || {
+            let _ = Arc::clone(&interrupt).trigger(InterruptReason::NeedsReset);
+        };
+        let worker = Worker::spawn(&self.thread_name, FsEventLoop::new(handler, evts), on_panic)
+            .map_err(ActivateError::Start)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

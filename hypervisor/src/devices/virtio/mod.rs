@@ -1,0 +1,121 @@
+//! Virtio devices and their transport.
+//!
+//! A device model implements [`VirtioDevice`]: what it is (type, queues, features, config
+//! space) and what it does once the driver is ready ([`VirtioDevice::activate`]) until the
+//! driver resets it ([`VirtioDevice::reset`]). The transport, [`mmio::MmioTransport`], is
+//! device-agnostic: it serves the virtio-mmio version 2 registers, runs the driver's status
+//! state machine ([`status::DeviceStatus`]), keeps the queue configuration and hands the device
+//! everything it needs at activation in one [`Activation`].
+//!
+//! Threading (Cloud Hypervisor style): an activated device runs a worker thread with its own
+//! epoll loop ([`worker::Worker`]) over its queue ioeventfds, its backend's descriptors and a
+//! kill eventfd. The queue notifications reach that thread straight from KVM (an ioeventfd per
+//! queue) and its interrupts go back through an irqfd ([`interrupt::IrqfdInterrupt`]), so the
+//! vCPU threads never run device code for the data path. Queue processing itself only sees
+//! guest memory, queues and the [`interrupt::VirtioInterrupt`] trait, so it is unit-tested on
+//! fake guest memory with a fake interrupt.
+//!
+//! The guest is hostile: every descriptor chain goes through [`chain::GuestChain::parse`],
+//! which refuses chains that loop, leave guest RAM or mix directions, before a device reads a
+//! byte of it.
+//!
+//! Adding a device: implement [`VirtioDevice`] in a module of its own and attach it with
+//! [`crate::device_manager::VirtioMmioDevices::attach`], which places the transport on the
+//! MMIO bus, wires the ioeventfds and the irqfd and announces it on the kernel command line
+//! (`virtio_mmio.device=4K@<base>:<irq>`).
+
+pub mod chain;
+pub mod fs;
+pub mod interrupt;
+pub mod mmio;
+pub mod net;
+pub mod status;
+pub mod vsock;
+pub mod worker;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::memory::GuestMemory;
+use interrupt::VirtioInterrupt;
+
+/// Virtio device type of a network card (virtio-net) device.
+pub const TYPE_NET: u32 = 1;
+/// Virtio device type of a socket (vsock) device.
+pub const TYPE_VSOCK: u32 = 19;
+/// Virtio device type of a file system (virtio-fs) device.
+pub const TYPE_FS: u32 = 26;
+
+/// Feature bit: the device conforms to virtio 1.0 or later (mandatory for virtio-mmio v2).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: the used/available event index fields suppress notifications.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// Everything a device gets when the driver sets DRIVER_OK.
+#[derive(Debug)]
+pub struct Activation {
+    /// Guest RAM.
+    pub mem: GuestMemory,
+    /// The queues as the driver configured them, in index order.
+    pub queues: Vec<Queue>,
+    /// One eventfd per queue, written by KVM when the driver notifies that queue.
+    pub queue_evts: Vec<EventFd>,
+    /// How the device interrupts the driver.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// The features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// A device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not make the queues the device needs ready, or they do not fit in RAM.
+    #[error("queue {index} is not usable: {why}")]
+    BadQueue {
+        /// The queue's index.
+        index: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The wrong number of queues or eventfds.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount {
+        /// Queues the device has.
+        expected: usize,
+        /// Queues it was given.
+        got: usize,
+    },
+    /// The device is already active (activate without a reset in between).
+    #[error("the device is already active")]
+    AlreadyActive,
+    /// The worker or backend could not start.
+    #[error("starting the device: {0}")]
+    Start(#[source] std::io::Error),
+}
+
+/// A virtio device model, independent of the transport.
+pub trait VirtioDevice: Send + std::fmt::Debug {
+    /// The virtio device type (19 vsock, 26 fs, 1 net).
+    fn device_type(&self) -> u32;
+
+    /// The maximum size of each queue; the slice's length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// The feature bits the device offers (VIRTIO_F_VERSION_1 among them).
+    fn features(&self) -> u64;
+
+    /// Reads the device's configuration space at `offset`; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the configuration space (read-only spaces ignore it).
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device with the queues the driver set up.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+
+    /// Stops the device (its worker exits and is joined, its backend state is dropped) and
+    /// returns it to a state in which [`VirtioDevice::activate`] can be called again.
+    fn reset(&mut self);
+}

@@ -1,0 +1,700 @@
+//! Queue processing on fake guest memory with a fake interrupt and an in-memory tap: round
+//! trips both ways (one buffer, mergeable buffers), back-pressure both ways, and the
+//! malformed-input table, each case with the outcome it must have.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Mutex;
+
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+};
+use vm_memory::Bytes;
+
+use super::*;
+use crate::devices::virtio::chain::testing::{memory, TestQueue};
+use crate::devices::virtio::interrupt::FakeInterrupt;
+
+const RX_BASE: u64 = 0;
+const TX_BASE: u64 = 0x1000;
+const QSIZE: u16 = 64;
+
+/// Everything a Linux driver acks of what the device offers (features that matter here).
+pub(crate) const OFFLOADS: u64 = (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4);
+
+/// An in-memory tap: frames queued for the guest, frames the guest sent, and a switch that
+/// makes writes fail with EAGAIN.
+#[derive(Debug, Default)]
+pub(crate) struct MemTap {
+    pub incoming: Mutex<VecDeque<Vec<u8>>>,
+    pub written: Mutex<Vec<Vec<u8>>>,
+    pub full: AtomicBool,
+    pub reads: AtomicUsize,
+    pub offload: Mutex<Option<u32>>,
+}
+
+impl MemTap {
+    fn push(&self, frame: Vec<u8>) {
+        self.incoming.lock().unwrap().push_back(frame);
+    }
+    fn written(&self) -> Vec<Vec<u8>> {
+        self.written.lock().unwrap().clone()
+    }
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+}
+
+impl TapIo for MemTap {
+    fn read_frame(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let frame = self
+            .incoming
+            .lock()
+            .unwrap()
+            .pop_front()
+            .ok_or(io::ErrorKind::WouldBlock)?;
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Ok(n)
+    }
+    fn write_frame(&self, frame: &[u8]) -> io::Result<usize> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.written.lock().unwrap().push(frame.to_vec());
+        Ok(frame.len())
+    }
+    fn set_offload(&self, flags: u32) -> io::Result<()> {
+        *self.offload.lock().unwrap() = Some(flags);
+        Ok(())
+    }
+}
+
+/// A frame as the tap or the driver has it: `hdr`, an Ethernet header, `payload` pattern bytes.
+pub(crate) fn frame(hdr: NetHeader, payload: usize, seed: u8) -> Vec<u8> {
+    let mut f = hdr.to_bytes().to_vec();
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00]);
+    f.extend((0..payload).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)));
+    f
+}
+
+fn plain(payload: usize, seed: u8) -> Vec<u8> {
+    frame(NetHeader::default(), payload, seed)
+}
+
+fn tso4_header() -> NetHeader {
+    NetHeader {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    }
+}
+
+pub(crate) struct Rig<'a> {
+    pub mem: &'a GuestMemory,
+    pub rxq: TestQueue<'a>,
+    pub txq: TestQueue<'a>,
+    pub irq: Arc<FakeInterrupt>,
+    pub tap: Arc<MemTap>,
+    pub stats: Arc<NetStats>,
+    pub dev: NetQueues<Arc<MemTap>>,
+    next_buf: u64,
+}
+
+impl<'a> Rig<'a> {
+    pub fn new(mem: &'a GuestMemory, acked: u64) -> Self {
+        Self::with_queues(mem, acked, |_| {})
+    }
+
+    /// A rig whose rx queue is adjusted (event index, ...) before the device takes it.
+    pub fn with_queues(mem: &'a GuestMemory, acked: u64, adjust: impl FnOnce(&mut Queue)) -> Self {
+        let rxq = TestQueue::new(mem, RX_BASE, QSIZE);
+        let txq = TestQueue::new(mem, TX_BASE, QSIZE);
+        let irq = Arc::new(FakeInterrupt::default());
+        let tap = Arc::new(MemTap::default());
+        let stats = Arc::new(NetStats::default());
+        let mut rx = rxq.queue();
+        adjust(&mut rx);
+        let dev = NetQueues::new(
+            mem.clone(),
+            [rx, txq.queue()],
+            irq.clone(),
+            tap.clone(),
+            acked,
+            stats.clone(),
+        );
+        Rig {
+            mem,
+            rxq,
+            txq,
+            irq,
+            tap,
+            stats,
+            dev,
+            next_buf: 0x1_0000,
+        }
+    }
+
+    pub fn alloc(&mut self, len: u64) -> u64 {
+        let at = self.next_buf;
+        self.next_buf += len.next_multiple_of(0x100).max(0x100);
+        assert!(self.next_buf <= 1 << 20, "test memory exhausted");
+        at
+    }
+
+    /// Queues `bytes` for transmission in one readable descriptor per `split` piece.
+    pub fn send(&mut self, bytes: &[u8], split: &[usize]) -> u16 {
+        let mut descs = Vec::new();
+        let mut at = 0;
+        for piece in split.iter().copied().chain([bytes.len()]) {
+            let end = piece.min(bytes.len());
+            if end <= at {
+                continue;
+            }
+            let addr = self.alloc((end - at) as u64);
+            self.mem
+                .write_slice(&bytes[at..end], GuestAddress(addr))
+                .unwrap();
+            descs.push((addr, (end - at) as u32, false));
+            at = end;
+        }
+        self.txq.add(&descs)
+    }
+
+    /// Posts an rx chain of one writable buffer of `len` bytes; returns (head, address).
+    pub fn post(&mut self, len: u32) -> (u16, u64) {
+        let addr = self.alloc(u64::from(len));
+        (self.rxq.add(&[(addr, len, true)]), addr)
+    }
+
+    pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    pub fn stat(&self, f: impl Fn(&NetStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+        NetStats::get(f(&self.stats))
+    }
+}
+
+#[test]
+fn a_transmitted_frame_reaches_the_tap_unchanged() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    let f = plain(100, 1);
+    // Header in its own descriptor, as Linux sends it, and the frame split once more.
+    let head = r.send(&f, &[HDR_LEN, 60]);
+    let run = r.dev.process_tx();
+    assert!(run.faults.is_empty(), "{:?}", run.faults);
+    assert_eq!(r.tap.written(), vec![f.clone()]);
+    assert_eq!(r.txq.used(), vec![(u32::from(head), 0)]);
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 1);
+    assert_eq!(r.stat(|s| &s.tx_frames), 1);
+    assert_eq!(r.stat(|s| &s.tx_bytes), (f.len() - HDR_LEN) as u64);
+}
+
+#[test]
+fn a_64k_segment_with_offloads_is_sent_whole() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    let f = frame(tso4_header(), 65536 - 34, 3);
+    assert_eq!(f.len(), HDR_LEN + 65536 - 34 + ETH_HLEN);
+    r.send(&f, &[HDR_LEN, 4096, 30000]);
+    let run = r.dev.process_tx();
+    assert!(run.faults.is_empty(), "{:?}", run.faults);
+    assert_eq!(r.tap.written(), vec![f]);
+}
+
+#[test]
+fn a_received_frame_fills_one_buffer_with_num_buffers_1() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, 0);
+    let f = plain(200, 9);
+    r.tap.push(f.clone());
+    let (head, addr) = r.post(2048);
+    let run = r.dev.process_rx();
+    assert!(run.faults.is_empty(), "{:?}", run.faults);
+    assert_eq!(r.rxq.used(), vec![(u32::from(head), f.len() as u32)]);
+    let got = r.read(addr, f.len());
+    assert_eq!(NetHeader::parse(&got).num_buffers, 1);
+    assert_eq!(&got[NUM_BUFFERS_OFFSET + 2..], &f[NUM_BUFFERS_OFFSET + 2..]);
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 1);
+    assert_eq!(r.stat(|s| &s.rx_frames), 1);
+}
+
+#[test]
+fn a_64k_frame_spans_mergeable_buffers_published_together() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    let f = frame(tso4_header(), 65536 - 34, 5);
+    r.tap.push(f.clone());
+    r.tap.push(plain(60, 6));
+    let posted: Vec<(u16, u64)> = (0..20).map(|_| r.post(4096)).collect();
+    let run = r.dev.process_rx();
+    assert!(run.faults.is_empty(), "{:?}", run.faults);
+    let used = r.rxq.used();
+    let spans = f.len().div_ceil(4096);
+    assert_eq!(used.len(), spans + 1, "the big frame, then the small one");
+    let mut got = Vec::new();
+    for (i, (id, len)) in used[..spans].iter().enumerate() {
+        assert_eq!(*id, u32::from(posted[i].0));
+        got.extend(r.read(posted[i].1, *len as usize));
+    }
+    assert_eq!(got.len(), f.len());
+    let hdr = NetHeader::parse(&got);
+    assert_eq!(usize::from(hdr.num_buffers), spans);
+    assert_eq!(hdr.gso_type, VIRTIO_NET_HDR_GSO_TCPV4 as u8);
+    assert_eq!(&got[HDR_LEN..], &f[HDR_LEN..]);
+    let small = r.read(posted[spans].1, HDR_LEN);
+    assert_eq!(NetHeader::parse(&small).num_buffers, 1);
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 1, "one interrupt");
+}
+
+#[test]
+fn without_rx_buffers_the_tap_is_not_read_and_reading_resumes_with_buffers() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    for seed in 0..3 {
+        r.tap.push(plain(100, seed));
+    }
+    let run = r.dev.process_rx();
+    assert!(run.faults.is_empty());
+    assert_eq!(r.tap.reads(), 0, "no buffers: the tap is left alone");
+    assert!(r.rxq.used().is_empty());
+    assert!(!r.dev.rx_pending());
+
+    let (_, first) = r.post(1600);
+    r.dev.process_rx();
+    assert_eq!(r.tap.reads(), 1, "one buffer: one frame");
+    assert_eq!(r.rxq.used().len(), 1);
+    assert_eq!(r.read(first + HDR_LEN as u64 + ETH_HLEN as u64, 1)[0], 0);
+
+    let b: Vec<_> = (0..3).map(|_| r.post(1600)).collect();
+    r.dev.process_rx();
+    assert_eq!(r.rxq.used().len(), 3);
+    for (i, (_, addr)) in b.iter().take(2).enumerate() {
+        let payload = r.read(addr + (HDR_LEN + ETH_HLEN) as u64, 1)[0];
+        assert_eq!(payload, i as u8 + 1, "in order");
+    }
+    assert!(r.dev.rx_pending() || r.tap.incoming.lock().unwrap().is_empty());
+    assert_eq!(r.stat(|s| &s.rx_frames), 3);
+}
+
+#[test]
+fn a_frame_waiting_for_more_mergeable_buffers_is_held_not_reread() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    let f = plain(5000, 4);
+    r.tap.push(f.clone());
+    r.tap.push(plain(10, 5));
+    r.post(2048);
+    r.dev.process_rx();
+    assert_eq!(r.tap.reads(), 1);
+    assert!(r.dev.rx_pending(), "read, too big for one buffer, held");
+    assert!(r.rxq.used().is_empty());
+    r.dev.process_rx();
+    assert_eq!(r.tap.reads(), 1, "held, not read again");
+
+    r.post(2048);
+    r.post(2048);
+    r.dev.process_rx();
+    let used = r.rxq.used();
+    assert_eq!(
+        used.iter().map(|(_, l)| *l as usize).sum::<usize>(),
+        f.len()
+    );
+    assert_eq!(used.len(), 3);
+    assert!(!r.dev.rx_pending());
+}
+
+#[test]
+fn a_full_tap_leaves_frames_in_the_queue_until_it_drains() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    r.tap.full.store(true, Ordering::SeqCst);
+    let (a, b) = (plain(80, 1), plain(90, 2));
+    r.send(&a, &[]);
+    r.send(&b, &[]);
+    r.dev.process_tx();
+    assert!(r.dev.tx_blocked());
+    assert!(r.txq.used().is_empty(), "the frame stays with the guest");
+    assert!(r.tap.written().is_empty());
+    // Still full: one attempt, no spinning, nothing lost.
+    r.dev.tap_writable();
+    assert!(r.dev.tx_blocked());
+    assert_eq!(r.stat(|s| &s.tx_waits), 2);
+
+    r.tap.full.store(false, Ordering::SeqCst);
+    r.dev.tap_writable();
+    assert!(!r.dev.tx_blocked());
+    assert_eq!(r.tap.written(), vec![a, b]);
+    assert_eq!(r.txq.used().len(), 2);
+    assert_eq!(r.stat(|s| &s.tx_dropped), 0);
+}
+
+/// How a malformed-table case lays out its bad chain.
+type Setup = Box<dyn Fn(&mut Rig)>;
+/// The fault it must produce.
+type Expect = fn(&NetFault) -> bool;
+
+/// The transmit side of the malformed table: each bad chain is returned unused and counted,
+/// the good frame after it still goes out, and the device stays usable.
+#[test]
+fn malformed_transmissions_are_dropped_and_the_device_goes_on() {
+    let next = VRING_DESC_F_NEXT as u16;
+    let gso = frame(tso4_header(), 3000, 1);
+    let mut bad_csum = frame(NetHeader::default(), 100, 1);
+    bad_csum[..HDR_LEN].copy_from_slice(
+        &NetHeader {
+            flags: VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+            csum_start: 100,
+            csum_offset: 16,
+            ..NetHeader::default()
+        }
+        .to_bytes(),
+    );
+    let cases: Vec<(&str, u64, Setup, Expect)> = vec![
+        (
+            "out of RAM",
+            OFFLOADS,
+            Box::new(|r: &mut Rig| {
+                r.txq
+                    .add(&[(0x1_0000, 12, false), ((1 << 20) - 10, 100, false)]);
+            }),
+            |f| {
+                matches!(
+                    f,
+                    NetFault::Chain {
+                        source: ChainError::OutsideRam { .. },
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "looped chain",
+            OFFLOADS,
+            Box::new(move |r: &mut Rig| {
+                r.txq.store(0, 0x1_0000, 64, next, 1);
+                r.txq.store(1, 0x1_0000, 64, next, 0);
+                r.txq.publish(0);
+            }),
+            |f| {
+                matches!(
+                    f,
+                    NetFault::Chain {
+                        source: ChainError::Unterminated { .. },
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "wrong direction",
+            OFFLOADS,
+            Box::new(|r: &mut Rig| {
+                let f = plain(60, 0);
+                let at = r.alloc(f.len() as u64);
+                r.mem.write_slice(&f, GuestAddress(at)).unwrap();
+                r.txq
+                    .add(&[(at, f.len() as u32, false), (at + 0x1000, 64, true)]);
+            }),
+            |f| matches!(f, NetFault::WrongDirection { queue: "tx", .. }),
+        ),
+        (
+            "undersized",
+            OFFLOADS,
+            Box::new(|r: &mut Rig| {
+                r.send(&[0u8; HDR_LEN - 2], &[]);
+            }),
+            |f| matches!(f, NetFault::Undersized { len: 10, .. }),
+        ),
+        (
+            "header only",
+            OFFLOADS,
+            Box::new(|r: &mut Rig| {
+                r.send(&[0u8; HDR_LEN + 6], &[]);
+            }),
+            |f| matches!(f, NetFault::Undersized { .. }),
+        ),
+        (
+            "oversized",
+            OFFLOADS,
+            Box::new(|r: &mut Rig| {
+                r.send(&plain(MAX_FRAME_LEN - ETH_HLEN + 1, 0), &[HDR_LEN, 40000]);
+            }),
+            |f| matches!(f, NetFault::Oversized { .. }),
+        ),
+        (
+            "checksum past the frame",
+            OFFLOADS,
+            Box::new(move |r: &mut Rig| {
+                r.send(&bad_csum, &[]);
+            }),
+            |f| {
+                matches!(
+                    f,
+                    NetFault::Header {
+                        source: HeaderError::CsumOutside { .. },
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "GSO not negotiated",
+            1 << VIRTIO_NET_F_CSUM,
+            Box::new(move |r: &mut Rig| {
+                r.send(&gso, &[]);
+            }),
+            |f| {
+                matches!(
+                    f,
+                    NetFault::Header {
+                        source: HeaderError::GsoNotNegotiated(1),
+                        ..
+                    }
+                )
+            },
+        ),
+    ];
+    for (name, acked, setup, want) in cases {
+        let mem = memory();
+        let mut r = Rig::new(&mem, acked);
+        setup(&mut r);
+        let good = plain(70, 9);
+        r.send(&good, &[]);
+        let run = r.dev.process_tx();
+        assert_eq!(run.faults.len(), 1, "{name}: {:?}", run.faults);
+        assert!(want(&run.faults[0]), "{name}: {:?}", run.faults[0]);
+        assert!(!r.dev.is_broken(), "{name}");
+        assert_eq!(r.tap.written(), vec![good], "{name}");
+        let used = r.txq.used();
+        assert_eq!(used.len(), 2, "{name}: both chains come back");
+        assert!(used.iter().all(|(_, len)| *len == 0), "{name}");
+        assert_eq!(r.stat(|s| &s.tx_dropped), 1, "{name}");
+    }
+}
+
+/// The receive side: a bad rx chain is returned unused (length 0) and the frame goes into the
+/// next good chain.
+#[test]
+fn malformed_rx_chains_are_returned_unused_and_the_frame_goes_on() {
+    let next = VRING_DESC_F_NEXT as u16;
+    let write = VRING_DESC_F_WRITE as u16;
+    let cases: Vec<(&str, Setup, Expect)> = vec![
+        (
+            "out of RAM",
+            Box::new(|r: &mut Rig| {
+                r.rxq.add(&[((1 << 20) - 100, 2048, true)]);
+            }),
+            |f| {
+                matches!(
+                    f,
+                    NetFault::Chain {
+                        source: ChainError::OutsideRam { .. },
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "looped chain",
+            Box::new(move |r: &mut Rig| {
+                r.rxq.store(0, 0x1_0000, 64, next | write, 1);
+                r.rxq.store(1, 0x1_0000, 64, next | write, 0);
+                r.rxq.publish(0);
+            }),
+            |f| {
+                matches!(
+                    f,
+                    NetFault::Chain {
+                        source: ChainError::Unterminated { .. },
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "wrong direction",
+            Box::new(|r: &mut Rig| {
+                r.rxq.add(&[(0x1_0000, 64, false), (0x2_0000, 2048, true)]);
+            }),
+            |f| matches!(f, NetFault::WrongDirection { queue: "rx", .. }),
+        ),
+        (
+            "smaller than a header",
+            Box::new(|r: &mut Rig| {
+                r.rxq.add(&[(0x1_0000, 8, true)]);
+            }),
+            |f| matches!(f, NetFault::RxBufferTooSmall { writable: 8, .. }),
+        ),
+    ];
+    for (name, setup, want) in cases {
+        let mem = memory();
+        let mut r = Rig::new(&mem, OFFLOADS);
+        r.next_buf = 0x4_0000;
+        setup(&mut r);
+        let f = plain(300, 3);
+        r.tap.push(f.clone());
+        let (head, addr) = r.post(2048);
+        let run = r.dev.process_rx();
+        assert_eq!(run.faults.len(), 1, "{name}: {:?}", run.faults);
+        assert!(want(&run.faults[0]), "{name}: {:?}", run.faults[0]);
+        assert!(!r.dev.is_broken(), "{name}");
+        let used = r.rxq.used();
+        assert_eq!(used.len(), 2, "{name}: {used:?}");
+        assert_eq!(used[0].1, 0, "{name}: the bad chain comes back empty");
+        assert_eq!(used[1], (u32::from(head), f.len() as u32), "{name}");
+        assert_eq!(&r.read(addr, f.len())[HDR_LEN..], &f[HDR_LEN..], "{name}");
+    }
+}
+
+#[test]
+fn a_frame_too_big_for_a_single_buffer_is_dropped_and_the_buffer_kept() {
+    let mem = memory();
+    // No MRG_RXBUF: one chain per frame.
+    let mut r = Rig::new(&mem, 0);
+    r.tap.push(plain(4000, 1));
+    let small = plain(100, 2);
+    r.tap.push(small.clone());
+    let (head, addr) = r.post(1600);
+    let run = r.dev.process_rx();
+    assert_eq!(run.faults.len(), 1, "{:?}", run.faults);
+    assert!(matches!(run.faults[0], NetFault::NoRoom { room: 1600, .. }));
+    assert_eq!(r.rxq.used(), vec![(u32::from(head), small.len() as u32)]);
+    assert_eq!(&r.read(addr, small.len())[HDR_LEN..], &small[HDR_LEN..]);
+    assert_eq!(r.stat(|s| &s.rx_dropped), 1);
+}
+
+#[test]
+fn a_frame_larger_than_the_whole_ring_is_dropped_instead_of_waiting_forever() {
+    let mem = memory();
+    let mut rxq = TestQueue::new(&mem, RX_BASE, 4);
+    let txq = TestQueue::new(&mem, TX_BASE, 4);
+    // The mock lays a 4-entry available ring over its used ring; give the device its own.
+    let used_ring = RX_BASE + 0x800;
+    let mut rx = rxq.queue();
+    rx.set_used_ring_address(Some(used_ring as u32), Some(0));
+    let tap = Arc::new(MemTap::default());
+    let irq = Arc::new(FakeInterrupt::default());
+    let mut dev = NetQueues::new(
+        mem.clone(),
+        [rx, txq.queue()],
+        irq,
+        tap.clone(),
+        OFFLOADS,
+        Arc::default(),
+    );
+    for i in 0..4 {
+        rxq.add(&[(0x1_0000 + i * 0x1000, 1024, true)]);
+    }
+    tap.push(plain(6000, 1));
+    let small = plain(100, 2);
+    tap.push(small.clone());
+    let run = dev.process_rx();
+    assert!(matches!(
+        run.faults[..],
+        [NetFault::NoRoom { room: 4096, .. }]
+    ));
+    assert!(!dev.rx_pending());
+    // The buffers stayed for the next frame, which went into the first one.
+    let used_idx: u16 = mem.read_obj(GuestAddress(used_ring + 2)).unwrap();
+    assert_eq!(used_idx, 1);
+    let len: u32 = mem.read_obj(GuestAddress(used_ring + 8)).unwrap();
+    assert_eq!(len as usize, small.len());
+}
+
+#[test]
+fn frames_with_offloads_the_driver_did_not_take_are_not_delivered() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, 1 << VIRTIO_NET_F_MRG_RXBUF);
+    r.tap.push(frame(tso4_header(), 3000, 1));
+    let ok = plain(50, 2);
+    r.tap.push(ok.clone());
+    r.post(8192);
+    let run = r.dev.process_rx();
+    assert!(matches!(run.faults[..], [NetFault::BadTapFrame { .. }]));
+    assert_eq!(r.rxq.used().len(), 1);
+    assert_eq!(r.rxq.used()[0].1 as usize, ok.len());
+}
+
+#[test]
+fn broken_queues_need_a_reset_and_are_left_alone() {
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    r.txq.set_avail_idx(QSIZE + 5);
+    let run = r.dev.process_tx();
+    assert!(matches!(run.faults[..], [NetFault::Broken { .. }]));
+    assert!(r.dev.is_broken());
+    assert_eq!(r.irq.count(InterruptReason::NeedsReset), 1);
+    r.tap.push(plain(10, 0));
+    r.post(2048);
+    assert!(r.dev.process_rx().faults.is_empty());
+    assert_eq!(r.tap.reads(), 0, "a broken device does nothing");
+
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    r.rxq.publish(QSIZE + 3);
+    r.tap.push(plain(10, 0));
+    let run = r.dev.process_rx();
+    assert!(matches!(run.faults[..], [NetFault::Broken { .. }]));
+    assert!(r.dev.is_broken());
+}
+
+#[test]
+fn rx_interrupts_follow_the_drivers_used_event() {
+    let mem = memory();
+    let mut r = Rig::with_queues(&mem, OFFLOADS, |q| q.set_event_idx(true));
+    // used_event lives after the available ring: interrupt once the used index passes 1.
+    let event = GuestAddress(r.rxq.mock.avail_addr().0 + 4 + 2 * u64::from(QSIZE));
+    mem.write_obj(1u16, event).unwrap();
+    r.post(2048);
+    r.post(2048);
+    r.tap.push(plain(10, 0));
+    r.dev.process_rx();
+    assert_eq!(
+        r.irq.count(InterruptReason::UsedBuffer),
+        0,
+        "used 1: not yet"
+    );
+    r.dev.tap_readable();
+    r.tap.push(plain(10, 1));
+    r.dev.process_rx();
+    assert_eq!(
+        r.irq.count(InterruptReason::UsedBuffer),
+        1,
+        "used 2: passed"
+    );
+}
+
+#[test]
+fn a_held_frame_asks_for_a_kick_past_the_buffers_already_seen() {
+    let mem = memory();
+    let mut r = Rig::with_queues(&mem, OFFLOADS, |q| q.set_event_idx(true));
+    r.tap.push(plain(5000, 4));
+    r.post(2048);
+    r.post(2048);
+    r.dev.process_rx();
+    assert!(r.dev.rx_pending());
+    // avail_event sits after the used ring's entries: the driver kicks when it makes
+    // buffer 2 (the third) available, not for the two the device already looked at.
+    let avail_event = GuestAddress(r.rxq.mock.used_addr().0 + 4 + 8 * u64::from(QSIZE));
+    assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
+    r.post(2048);
+    r.dev.process_rx();
+    assert!(!r.dev.rx_pending());
+    assert_eq!(r.rxq.used().len(), 3);
+}

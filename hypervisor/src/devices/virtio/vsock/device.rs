@@ -1,0 +1,283 @@
+//! The vsock device model: what the guest sees (device type 19, three queues, the guest CID in
+//! config space) and the life of its worker.
+//!
+//! The host socket is bound when the device is created, so host programs can connect before
+//! the guest's driver is up (their connections wait in the listen backlog). Activation starts a
+//! worker with a fresh [`Muxer`]; a reset stops the worker and drops the muxer, which closes
+//! every connection the guest knew; the socket stays for the next activation. Dropping the
+//! device removes the socket file.
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use husk_protocol::vm_config::VsockConfig;
+use virtio_queue::QueueT;
+use vm_memory::GuestMemory as _;
+
+use super::defs::{EVQ, QUEUE_SIZE, RXQ, TXQ};
+use super::event_loop::VsockEventLoop;
+use super::handler::VsockQueues;
+use super::unix::muxer::Muxer;
+use super::VsockError;
+use crate::devices::virtio::interrupt::InterruptReason;
+use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::{
+    ActivateError, Activation, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// Removes the socket file when dropped.
+#[derive(Debug)]
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A hybrid-vsock device.
+#[derive(Debug)]
+pub struct Vsock {
+    // Field order is drop order: the worker stops before the socket goes.
+    worker: Option<Worker>,
+    listener: UnixListener,
+    socket: SocketFile,
+    guest_cid: u64,
+    allowed_guest_ports: Vec<u32>,
+    queue_sizes: [u16; 3],
+    thread_name: String,
+}
+
+impl Vsock {
+    /// Binds the host socket of `config` (replacing a stale one nobody listens on).
+    pub fn new(config: &VsockConfig) -> Result<Self, VsockError> {
+        let listener = crate::control::bind(&config.socket).map_err(|source| VsockError::Bind {
+            path: config.socket.display().to_string(),
+            source,
+        })?;
+        Ok(Vsock {
+            worker: None,
+            listener,
+            socket: SocketFile(config.socket.clone()),
+            guest_cid: u64::from(config.guest_cid),
+            allowed_guest_ports: config.allowed_guest_ports.clone(),
+            queue_sizes: [QUEUE_SIZE; 3],
+            thread_name: "husk-vsock".into(),
+        })
+    }
+
+    /// Names the worker thread (tests tell their devices' threads apart by it).
+    pub fn with_thread_name(mut self, name: &str) -> Self {
+        self.thread_name = name.into();
+        self
+    }
+
+    /// Whether the worker runs.
+    pub fn is_active(&self) -> bool {
+        self.worker.is_some()
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let config = self.guest_cid.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // Read-only: the guest cannot change its CID.
+    }
+
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        if self.worker.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        if a.queues.len() != 3 || a.queue_evts.len() != 3 {
+            return Err(ActivateError::QueueCount {
+                expected: 3,
+                got: a.queues.len().min(a.queue_evts.len()),
+            });
+        }
+        for (index, q) in a.queues.iter().enumerate() {
+            if !q.ready() {
+                return Err(ActivateError::BadQueue {
+                    index,
+                    why: "not ready",
+                });
+            }
+            if !q.is_valid(&a.mem) || a.mem.num_regions() == 0 {
+                return Err(ActivateError::BadQueue {
+                    index,
+                    why: "rings outside guest RAM",
+                });
+            }
+        }
+        let listener = self.listener.try_clone().map_err(ActivateError::Start)?;
+        let socket = self.socket.0.clone();
+        let muxer = Muxer::new(listener, socket, self.guest_cid, &self.allowed_guest_ports)
+            .map_err(ActivateError::Start)?;
+        let interrupt = a.interrupt.clone();
+        let mut queues = a.queues;
+        let mut evts = a.queue_evts;
+        // The event queue (index 2) is never used: the device posts no events.
+        let (_evq, tx, rx) = (queues.remove(EVQ), queues.remove(TXQ), queues.remove(RXQ));
+        let [rx_evt, tx_evt, ev_evt] = [evts.remove(0), evts.remove(0), evts.remove(0)];
+        let handler = VsockQueues::new(a.mem, rx, tx, a.interrupt, muxer);
+        let evts = [rx_evt, tx_evt, ev_evt];
+        let on_panic = move || {
+            let _ = Arc::clone(&interrupt).trigger(InterruptReason::NeedsReset);
+        };
+        let worker = Worker::spawn(
+            &self.thread_name,
+            VsockEventLoop::new(handler, evts),
+            on_panic,
+        )
+        .map_err(ActivateError::Start)?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::devices::virtio::chain::testing::{memory, TestQueue};
+    use crate::devices::virtio::interrupt::FakeInterrupt;
+    use virtio_queue::QueueT;
+
+    /// Threads called `name`, once the count settles on `want` (a new thread names itself
+    /// shortly after it starts) or after a few seconds.
+    fn threads_settle(name: &str, want: usize) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let n = threads_named(name);
+            if n == want || std::time::Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|c| c.trim() == name)
+            .count()
+    }
+
+    fn activation(mem: &crate::memory::GuestMemory) -> Activation {
+        let queues = (0..3)
+            .map(|i| TestQueue::new(mem, i * 0x1000, 64).queue())
+            .collect();
+        Activation {
+            mem: mem.clone(),
+            queues,
+            queue_evts: (0..3)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                .collect(),
+            interrupt: Arc::new(FakeInterrupt::default()),
+            acked_features: 1 << VIRTIO_F_VERSION_1,
+        }
+    }
+
+    #[test]
+    fn activate_reset_activate_then_drop_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = VsockConfig {
+            guest_cid: 3,
+            socket: dir.path().join("v.sock"),
+            allowed_guest_ports: vec![],
+        };
+        let name = "t-vsock-life";
+        let mut dev = Vsock::new(&config).unwrap().with_thread_name(name);
+        let mut cfg = [0u8; 8];
+        dev.read_config(0, &mut cfg);
+        assert_eq!(u64::from_le_bytes(cfg), 3);
+        assert_eq!(dev.device_type(), TYPE_VSOCK);
+        let mem = memory();
+        dev.activate(activation(&mem)).unwrap();
+        assert_eq!(threads_settle(name, 1), 1);
+        assert!(matches!(
+            dev.activate(activation(&mem)),
+            Err(ActivateError::AlreadyActive)
+        ));
+        dev.reset();
+        assert_eq!(threads_named(name), 0, "reset joins the worker");
+        dev.activate(activation(&mem)).unwrap();
+        assert!(dev.is_active());
+        drop(dev);
+        assert_eq!(threads_named(name), 0);
+        assert!(!config.socket.exists(), "the socket file is removed");
+    }
+
+    #[test]
+    fn queues_that_are_not_ready_refuse_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = VsockConfig {
+            guest_cid: 3,
+            socket: dir.path().join("v.sock"),
+            allowed_guest_ports: vec![],
+        };
+        let mut dev = Vsock::new(&config).unwrap();
+        let mem = memory();
+        let mut a = activation(&mem);
+        a.queues[1].set_ready(false);
+        assert!(matches!(
+            dev.activate(a),
+            Err(ActivateError::BadQueue { index: 1, .. })
+        ));
+        assert!(!dev.is_active());
+        let mut a = activation(&mem);
+        a.queues.pop();
+        assert!(matches!(
+            dev.activate(a),
+            Err(ActivateError::QueueCount { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_device_on_a_live_socket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = VsockConfig {
+            guest_cid: 3,
+            socket: dir.path().join("v.sock"),
+            allowed_guest_ports: vec![],
+        };
+        let _first = Vsock::new(&config).unwrap();
+        let err = Vsock::new(&config).unwrap_err().to_string();
+        assert!(err.contains("v.sock"), "{err}");
+    }
+}

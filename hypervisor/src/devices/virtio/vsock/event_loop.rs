@@ -1,0 +1,104 @@
+//! The vsock worker's epoll glue: which descriptor means what, and when to look at timers.
+//! All the work happens in [`VsockQueues`] and the [`Muxer`]; this only dispatches, and logs
+//! (rate-limited) what the guest did wrong.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{Epoll, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::handler::{VsockFault, VsockQueues};
+use super::unix::muxer::Muxer;
+use crate::devices::virtio::worker::{add_fd, EpollHandler};
+use crate::guest_warn;
+
+const TOKEN_RXQ: u64 = 0;
+const TOKEN_TXQ: u64 = 1;
+const TOKEN_EVQ: u64 = 2;
+const TOKEN_BACKEND: u64 = 3;
+
+/// The worker's state: the queues (which own the muxer) and the queue eventfds.
+#[derive(Debug)]
+pub struct VsockEventLoop {
+    queues: VsockQueues<Muxer>,
+    rx_evt: EventFd,
+    tx_evt: EventFd,
+    ev_evt: EventFd,
+}
+
+impl VsockEventLoop {
+    /// Glue for `queues` notified through the three queue eventfds.
+    pub fn new(queues: VsockQueues<Muxer>, evts: [EventFd; 3]) -> Self {
+        let [rx_evt, tx_evt, ev_evt] = evts;
+        VsockEventLoop {
+            queues,
+            rx_evt,
+            tx_evt,
+            ev_evt,
+        }
+    }
+
+    fn report(faults: Vec<VsockFault>) {
+        for f in faults {
+            guest_warn!("{f}");
+        }
+    }
+}
+
+impl EpollHandler for VsockEventLoop {
+    fn register(&mut self, epoll: &Epoll) -> io::Result<()> {
+        add_fd(epoll, &self.rx_evt, TOKEN_RXQ)?;
+        add_fd(epoll, &self.tx_evt, TOKEN_TXQ)?;
+        add_fd(epoll, &self.ev_evt, TOKEN_EVQ)?;
+        let fd = self.queues.backend().epoll_fd();
+        // SAFETY: the muxer owns this epoll descriptor and outlives the worker's epoll use of
+        // it (both live in this handler, which the worker drops only after its loop ended).
+        let backend = unsafe { BorrowedFd::borrow_raw(fd) };
+        add_fd(epoll, &backend, TOKEN_BACKEND)?;
+        // Host connections may have queued while the device was not yet active.
+        self.queues.backend().process_events();
+        Self::report(self.queues.process_rx());
+        Ok(())
+    }
+
+    fn handle(&mut self, token: u64, _events: EventSet) {
+        match token {
+            TOKEN_RXQ => {
+                let _ = self.rx_evt.read();
+                Self::report(self.queues.process_rx());
+            }
+            TOKEN_TXQ => {
+                let _ = self.tx_evt.read();
+                Self::report(self.queues.process_tx());
+                Self::report(self.queues.process_rx());
+            }
+            TOKEN_EVQ => {
+                // The device never posts events (no migration); buffers just wait.
+                let _ = self.ev_evt.read();
+            }
+            TOKEN_BACKEND => {
+                self.queues.backend().process_events();
+                Self::report(self.queues.process_rx());
+            }
+            _ => {}
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let deadline = self.queues_deadline()?;
+        Some(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn on_timeout(&mut self) {
+        self.queues.backend().on_timeout(Instant::now());
+        Self::report(self.queues.process_rx());
+    }
+}
+
+impl VsockEventLoop {
+    fn queues_deadline(&self) -> Option<Instant> {
+        self.queues.backend_ref().next_deadline()
+    }
+}

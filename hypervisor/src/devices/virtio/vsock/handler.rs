@@ -1,0 +1,274 @@
+//! Moving packets between the vsock queues and the backend.
+//!
+//! [`VsockQueues`] owns the device's RX and TX queues while it is active. It knows guest memory,
+//! the queues and the [`VirtioInterrupt`] trait, nothing of epoll or eventfds, so tests drive
+//! it with fake guest memory, a fake interrupt and any [`VsockBackend`].
+//!
+//! What happens to bad input, by kind:
+//! - a chain that is malformed (loops, leaves RAM, wrong direction, header/length mismatch,
+//!   oversized) is returned to the guest unused (length 0) and reported as a [`VsockFault`];
+//!   the packet is dropped, the device goes on;
+//! - a head index past the queue, or an available index claiming more chains than the queue
+//!   holds, cannot be returned at all: the device is marked broken (DEVICE_NEEDS_RESET, config
+//!   interrupt) and stops using its queues until the driver resets it;
+//! - packets that are well-formed but wrong for the protocol go to the backend, which resets
+//!   the connection (see [`super::unix::MuxerError`]).
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+use super::defs::MAX_PKT_PAYLOAD;
+use super::packet::{self, PacketError, HDR_LEN};
+use super::unix::MuxerError;
+use super::VsockBackend;
+use crate::devices::virtio::chain::{ChainError, GuestChain};
+use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
+use crate::memory::GuestMemory;
+
+/// Something wrong with what the guest put in a queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VsockFault {
+    /// A chain that cannot carry a packet; returned unused.
+    #[error("vsock: {0}; chain returned unused")]
+    Packet(#[from] PacketError),
+    /// The backend refused the packet (it reset or dropped it).
+    #[error(transparent)]
+    Backend(#[from] MuxerError),
+    /// The queue itself is broken; the device needs a reset.
+    #[error("vsock {queue} queue: {why}; device needs a reset")]
+    Broken {
+        /// "rx" or "tx".
+        queue: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// The active device's queues and backend.
+#[derive(Debug)]
+pub struct VsockQueues<B> {
+    mem: GuestMemory,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<dyn VirtioInterrupt>,
+    backend: B,
+    payload: Vec<u8>,
+    rx_buf: Vec<u8>,
+    broken: bool,
+}
+
+enum Next {
+    Chain(GuestChain),
+    Bad(VsockFault, Option<u16>),
+    Empty,
+    Broken(VsockFault),
+}
+
+fn next_chain(q: &mut Queue, mem: &GuestMemory, name: &'static str) -> Next {
+    let chain = match q.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(e) => {
+            return Next::Broken(VsockFault::Broken {
+                queue: name,
+                why: e.to_string(),
+            })
+        }
+    };
+    let Some(chain) = chain else {
+        return Next::Empty;
+    };
+    let head = chain.head_index();
+    match GuestChain::parse(chain) {
+        Ok(c) => Next::Chain(c),
+        Err(e @ ChainError::Empty { .. }) => Next::Broken(VsockFault::Broken {
+            queue: name,
+            why: e.to_string(),
+        }),
+        Err(e) => Next::Bad(PacketError::from(e).into(), Some(head)),
+    }
+}
+
+impl<B: VsockBackend> VsockQueues<B> {
+    /// Takes over the RX and TX queues.
+    pub fn new(
+        mem: GuestMemory,
+        rx: Queue,
+        tx: Queue,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        backend: B,
+    ) -> Self {
+        VsockQueues {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            backend,
+            payload: Vec::with_capacity(4096),
+            rx_buf: vec![0u8; MAX_PKT_PAYLOAD],
+            broken: false,
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// The backend, shared.
+    pub fn backend_ref(&self) -> &B {
+        &self.backend
+    }
+
+    /// Whether the device gave up on its queues.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn break_device(&mut self, fault: VsockFault, faults: &mut Vec<VsockFault>) {
+        self.broken = true;
+        let _ = self.interrupt.trigger(InterruptReason::NeedsReset);
+        faults.push(fault);
+    }
+
+    fn used(q: &mut Queue, mem: &GuestMemory, head: u16, len: u32) -> Result<(), VsockFault> {
+        q.add_used(mem, head, len).map_err(|e| VsockFault::Broken {
+            queue: "used ring",
+            why: e.to_string(),
+        })
+    }
+
+    fn notify(q: &mut Queue, mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) {
+        if q.needs_notification(mem).unwrap_or(true) {
+            let _ = interrupt.trigger(InterruptReason::UsedBuffer);
+        }
+    }
+
+    /// Sends every packet the guest queued for transmission to the backend.
+    pub fn process_tx(&mut self) -> Vec<VsockFault> {
+        let mut faults = Vec::new();
+        if self.broken {
+            return faults;
+        }
+        let mut used_any = false;
+        loop {
+            let _ = self.tx.disable_notification(&self.mem);
+            loop {
+                let (head, result) = match next_chain(&mut self.tx, &self.mem, "tx") {
+                    Next::Empty => break,
+                    Next::Broken(f) => {
+                        self.break_device(f, &mut faults);
+                        return faults;
+                    }
+                    Next::Bad(f, head) => (head, Err(f)),
+                    Next::Chain(chain) => {
+                        let r = packet::read_tx(&self.mem, &chain, &mut self.payload);
+                        (Some(chain.head()), r.map_err(VsockFault::from))
+                    }
+                };
+                match result {
+                    Ok(hdr) => {
+                        if let Err(e) = self.backend.send_pkt(&hdr, &self.payload) {
+                            faults.push(e.into());
+                        }
+                    }
+                    Err(f) => faults.push(f),
+                }
+                if let Some(head) = head {
+                    if let Err(f) = Self::used(&mut self.tx, &self.mem, head, 0) {
+                        self.break_device(f, &mut faults);
+                        return faults;
+                    }
+                    used_any = true;
+                }
+            }
+            match self.tx.enable_notification(&self.mem) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        if used_any {
+            Self::notify(&mut self.tx, &self.mem, self.interrupt.as_ref());
+        }
+        faults
+    }
+
+    /// Fills the guest's RX buffers with what the backend owes it.
+    pub fn process_rx(&mut self) -> Vec<VsockFault> {
+        let mut faults = Vec::new();
+        if self.broken {
+            return faults;
+        }
+        let mut used_any = false;
+        'refill: loop {
+            while self.backend.has_pending_rx() {
+                let chain = match next_chain(&mut self.rx, &self.mem, "rx") {
+                    Next::Empty => break,
+                    Next::Broken(f) => {
+                        self.break_device(f, &mut faults);
+                        return faults;
+                    }
+                    Next::Bad(f, head) => {
+                        faults.push(f);
+                        if let Some(head) = head {
+                            if let Err(f) = Self::used(&mut self.rx, &self.mem, head, 0) {
+                                self.break_device(f, &mut faults);
+                                return faults;
+                            }
+                            used_any = true;
+                        }
+                        continue;
+                    }
+                    Next::Chain(c) => c,
+                };
+                let written = match packet::rx_capacity(&chain) {
+                    Err(e) => {
+                        faults.push(e.into());
+                        0
+                    }
+                    Ok(cap) => match self.backend.recv_pkt(&mut self.rx_buf[..cap]) {
+                        None => {
+                            // Nothing after all (the stream had no data yet): keep the buffer.
+                            self.rx.go_to_previous_position();
+                            break 'refill;
+                        }
+                        Some(mut hdr) => {
+                            let len = (hdr.len as usize).min(cap);
+                            hdr.len = len as u32;
+                            match packet::write_rx(&self.mem, &chain, &hdr, &self.rx_buf[..len]) {
+                                Ok(n) => n,
+                                Err(e) => {
+                                    faults.push(e.into());
+                                    0
+                                }
+                            }
+                        }
+                    },
+                };
+                if let Err(f) = Self::used(&mut self.rx, &self.mem, chain.head(), written) {
+                    self.break_device(f, &mut faults);
+                    return faults;
+                }
+                used_any = true;
+            }
+            if !self.backend.has_pending_rx() {
+                break;
+            }
+            // Out of buffers: ask the guest to notify when it adds some, unless it just did.
+            match self.rx.enable_notification(&self.mem) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        if used_any {
+            Self::notify(&mut self.rx, &self.mem, self.interrupt.as_ref());
+        }
+        faults
+    }
+}
+
+/// The size of a header, exported for tests that lay out RX buffers.
+pub const RX_HEADER: usize = HDR_LEN;
+
+#[cfg(test)]
+pub(crate) mod tests;

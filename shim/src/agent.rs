@@ -1,0 +1,290 @@
+//! The shim's side of the agent API: the hybrid-vsock connect (`CONNECT <port>\n` /
+//! `OK <n>\n` on husk-vmm's Unix socket, `protocol::hybrid`), one ttrpc client over it, typed
+//! calls whose errors keep the agent's ttrpc code, and the boot-time health poll.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use containerd_shim_protos::ttrpc::asynchronous::transport::Socket;
+use containerd_shim_protos::ttrpc::{self, context, Code};
+use husk_protocol::agent::api;
+use husk_protocol::agent::service::AgentClient;
+use husk_protocol::{hybrid, ports};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Deadline for ordinary calls (everything but the waits, which block until an event).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline for one health check while booting.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A failed agent call.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent answered with an error status; its code reaches containerd unchanged.
+    #[error("agent {call}: {message}")]
+    Rpc {
+        /// The RPC.
+        call: &'static str,
+        /// The agent's code.
+        code: Code,
+        /// The agent's message.
+        message: String,
+    },
+    /// The connection failed or closed (the VM stopped?).
+    #[error("agent {call}: {detail}")]
+    Transport {
+        /// The RPC.
+        call: &'static str,
+        /// What ttrpc said.
+        detail: String,
+    },
+    /// The agent speaks another API version.
+    #[error("the guest agent {agent_version} speaks agent API {got}; this shim needs {want}")]
+    Version {
+        /// The agent's version string.
+        agent_version: String,
+        /// Its API version.
+        got: u32,
+        /// Ours.
+        want: u32,
+    },
+}
+
+impl AgentError {
+    /// The ttrpc code to report to containerd.
+    pub fn code(&self) -> Code {
+        match self {
+            AgentError::Rpc { code, .. } => *code,
+            AgentError::Transport { .. } => Code::UNAVAILABLE,
+            AgentError::Version { .. } => Code::FAILED_PRECONDITION,
+        }
+    }
+
+    /// Whether the agent said NOT_FOUND.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, AgentError::Rpc { code, .. } if *code == Code::NOT_FOUND)
+    }
+
+    fn from_ttrpc(call: &'static str, e: ttrpc::Error) -> Self {
+        match e {
+            ttrpc::Error::RpcStatus(s) => AgentError::Rpc {
+                call,
+                code: s.code(),
+                message: s.message().to_string(),
+            },
+            other => AgentError::Transport {
+                call,
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Opens a connection to guest vsock `port` through husk-vmm's hybrid socket: writes the
+/// CONNECT line and reads the `OK` line byte by byte (what follows is already guest data).
+pub async fn hybrid_connect(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket).await?;
+    stream
+        .write_all(hybrid::connect_line(port).as_bytes())
+        .await?;
+    let mut line = Vec::with_capacity(hybrid::MAX_LINE);
+    loop {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("nothing listens on guest vsock port {port} yet"),
+            ));
+        }
+        line.push(byte[0]);
+        let end = hybrid::line_end(&line)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if end.is_some() {
+            hybrid::parse_ok(&line)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            return Ok(stream);
+        }
+    }
+}
+
+/// A connected agent. Cheap to clone: clones share one ttrpc connection.
+#[derive(Clone)]
+pub struct Agent {
+    client: AgentClient,
+    socket: PathBuf,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+fn ctx() -> context::Context {
+    context::with_duration(CALL_TIMEOUT)
+}
+
+macro_rules! calls {
+    ($($(#[$doc:meta])* $name:ident($req:ty) -> $resp:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&self, req: &$req) -> Result<$resp, AgentError> {
+                self.client
+                    .$name(ctx(), req)
+                    .await
+                    .map_err(|e| AgentError::from_ttrpc(stringify!($name), e))
+            }
+        )*
+    };
+}
+
+impl Agent {
+    /// Connects to the agent's ttrpc port through `socket` (husk-vmm's vsock socket, or the
+    /// agent's own socket in host mode).
+    pub async fn connect(socket: &Path) -> std::io::Result<Agent> {
+        let stream = hybrid_connect(socket, ports::AGENT_PORT).await?;
+        let client = ttrpc::asynchronous::Client::new(Socket::new(stream));
+        Ok(Agent {
+            client: AgentClient::new(client),
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// Opens a stdio stream connection (port 1025) to the same VM.
+    pub async fn stdio_connection(&self) -> std::io::Result<UnixStream> {
+        hybrid_connect(&self.socket, ports::STDIO_PORT).await
+    }
+
+    /// One health check with a short deadline.
+    pub async fn check(&self) -> Result<api::CheckResponse, AgentError> {
+        let resp = self
+            .client
+            .check(
+                context::with_duration(CHECK_TIMEOUT),
+                &api::CheckRequest::new(),
+            )
+            .await
+            .map_err(|e| AgentError::from_ttrpc("check", e))?;
+        if resp.api_version != husk_protocol::agent::API_VERSION {
+            return Err(AgentError::Version {
+                agent_version: resp.agent_version.clone(),
+                got: resp.api_version,
+                want: husk_protocol::agent::API_VERSION,
+            });
+        }
+        Ok(resp)
+    }
+
+    calls! {
+        /// SetupSandbox.
+        setup_sandbox(api::SetupSandboxRequest) -> api::Empty;
+        /// CreateContainer.
+        create_container(api::CreateContainerRequest) -> api::CreateContainerResponse;
+        /// ExecProcess.
+        exec_process(api::ExecProcessRequest) -> api::Empty;
+        /// StartProcess.
+        start_process(api::ProcessRef) -> api::StartProcessResponse;
+        /// SignalProcess.
+        signal_process(api::SignalRequest) -> api::Empty;
+        /// DeleteProcess.
+        delete_process(api::ProcessRef) -> api::Empty;
+        /// RemoveContainer.
+        remove_container(api::RemoveContainerRequest) -> api::Empty;
+        /// ResizeTty.
+        resize_tty(api::ResizeTtyRequest) -> api::Empty;
+        /// ListProcesses.
+        list_processes(api::ContainerRef) -> api::ListProcessesResponse;
+        /// Stats.
+        stats(api::ContainerRef) -> api::StatsResponse;
+        /// UpdateContainer.
+        update_container(api::UpdateContainerRequest) -> api::Empty;
+        /// PauseContainer.
+        pause_container(api::ContainerRef) -> api::Empty;
+        /// ResumeContainer.
+        resume_container(api::ContainerRef) -> api::Empty;
+    }
+
+    /// Shutdown, with a short deadline (the agent answers, then ends the VM).
+    pub async fn shutdown(&self, limit: Duration) -> Result<api::Empty, AgentError> {
+        self.client
+            .shutdown(context::with_duration(limit), &api::ShutdownRequest::new())
+            .await
+            .map_err(|e| AgentError::from_ttrpc("shutdown", e))
+    }
+
+    /// WaitProcess: blocks until the process exited and its output streams closed.
+    pub async fn wait_process(
+        &self,
+        req: &api::ProcessRef,
+    ) -> Result<api::WaitResponse, AgentError> {
+        self.client
+            .wait_process(context::Context::default(), req)
+            .await
+            .map_err(|e| AgentError::from_ttrpc("wait_process", e))
+    }
+
+    /// WaitOomEvent: blocks until some container records an OOM kill.
+    pub async fn wait_oom_event(&self) -> Result<api::OomEvent, AgentError> {
+        self.client
+            .wait_oom_event(context::Context::default(), &api::Empty::new())
+            .await
+            .map_err(|e| AgentError::from_ttrpc("wait_oom_event", e))
+    }
+}
+
+/// Why the agent never became ready.
+#[derive(Debug)]
+pub struct NotReady {
+    /// The last thing that went wrong, for the error message.
+    pub last_error: String,
+    /// Whether husk-vmm ever created its vsock socket.
+    pub socket_seen: bool,
+    /// Whether a CONNECT was ever answered (something listened on the agent port).
+    pub connected: bool,
+}
+
+/// Polls the agent with backoff until it answers `Check` or `deadline` passes.
+pub async fn wait_ready(
+    socket: &Path,
+    deadline: Instant,
+) -> Result<(Agent, api::CheckResponse), NotReady> {
+    let mut delay = Duration::from_millis(10);
+    let mut state = NotReady {
+        last_error: "no attempt was made".into(),
+        socket_seen: false,
+        connected: false,
+    };
+    loop {
+        if socket.exists() {
+            state.socket_seen = true;
+        }
+        let attempt = async {
+            let agent = Agent::connect(socket).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(agent)
+        };
+        match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
+            Ok(Ok(agent)) => {
+                state.connected = true;
+                match agent.check().await {
+                    Ok(resp) => return Ok((agent, resp)),
+                    Err(e @ AgentError::Version { .. }) => {
+                        state.last_error = e.to_string();
+                        return Err(state);
+                    }
+                    Err(e) => state.last_error = e.to_string(),
+                }
+            }
+            Ok(Err(e)) => state.last_error = e,
+            Err(_) => state.last_error = "connecting timed out".into(),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(state);
+        }
+        tokio::time::sleep(delay.min(deadline - now)).await;
+        delay = (delay * 3 / 2).min(Duration::from_millis(250));
+    }
+}

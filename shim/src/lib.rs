@@ -1,0 +1,30 @@
+//! husk's containerd shim as a library: the binary (`main.rs`) is a thin entry point, and
+//! tests drive the task service and its parts directly.
+//!
+//! Layout: [`service`] is the containerd-shim `Shim` (delete action, daemon), [`start`] the
+//! start action, [`task`] the ttrpc Task service (thin) over [`sandbox`] (VM lifecycle),
+//! [`lifecycle`] and [`control`] (the requests), [`vm`] (husk-vmm and boot), [`agent`] (the
+//! guest agent over hybrid vsock), [`io`] (stdio), [`rootfs`] and [`spec`] (filesystems and the
+//! OCI spec), [`events`], [`metrics`], [`config`], [`cleanup`] (delete without a daemon).
+
+pub mod agent;
+pub mod cleanup;
+pub mod config;
+pub mod container;
+pub mod control;
+pub mod error;
+pub mod events;
+pub mod io;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod options;
+pub mod paths;
+pub mod process;
+pub mod rootfs;
+pub mod sandbox;
+pub mod service;
+pub mod spec;
+pub mod start;
+pub mod task;
+pub mod vm;

@@ -1,0 +1,430 @@
+//! The sandbox's VM: booting it (husk-vmm + the agent's health, bounded, with a cause named
+//! when it fails and nothing left behind), watching it end, and stopping it.
+//!
+//! [`Booter`] is the seam between the sandbox logic and real processes: [`VmmBooter`] spawns
+//! husk-vmm; unit tests plug in a fake that serves an in-process agent.
+
+pub mod config;
+pub mod spawn;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use husk_protocol::agent::api::CheckResponse;
+use husk_protocol::{ports, VmConfigError, VmmExit};
+use nix::sys::signal::Signal;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+use crate::agent::{self, Agent, AgentError};
+use crate::config::HuskConfig;
+use crate::paths::SandboxPaths;
+use config::VmSize;
+use spawn::{SharedTail, VmmEnd, VmmProcess};
+
+/// Why a VM could not be started. Every variant names the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// An artifact is missing.
+    #[error("{what} {path} does not exist ({hint})")]
+    Missing {
+        /// Which artifact.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How to fix it.
+        hint: &'static str,
+    },
+    /// The state directory is unusable.
+    #[error("{0}")]
+    Paths(String),
+    /// The VM configuration is invalid.
+    #[error("VM configuration: {0}")]
+    Config(#[from] VmConfigError),
+    /// A host operation failed.
+    #[error("{context}: {source}")]
+    Host {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// husk-vmm ended before the agent answered.
+    #[error("husk-vmm exited during boot: {end}: {cause}\nhusk-vmm stderr:\n{stderr}\nguest console tail:\n{console}")]
+    VmmExited {
+        /// How it ended.
+        end: VmmEnd,
+        /// The diagnosis.
+        cause: String,
+        /// Its stderr tail.
+        stderr: String,
+        /// The console tail.
+        console: String,
+    },
+    /// The agent did not answer in time.
+    #[error("the guest agent was not ready after {secs} s: {cause} (last error: {last_error})\nguest console tail:\n{console}")]
+    AgentTimeout {
+        /// The boot timeout.
+        secs: u64,
+        /// The diagnosis.
+        cause: String,
+        /// The last connect/check error.
+        last_error: String,
+        /// The console tail.
+        console: String,
+    },
+    /// The agent answered but cannot be used.
+    #[error("the guest agent cannot be used: {0}")]
+    Agent(#[from] AgentError),
+}
+
+fn host(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BootError {
+    let context = context.into();
+    move |source| BootError::Host { context, source }
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct BootRequest {
+    /// The sandbox's files.
+    pub paths: SandboxPaths,
+    /// The husk configuration.
+    pub config: HuskConfig,
+    /// The VM's size.
+    pub size: VmSize,
+}
+
+/// How a VM ended, as the sandbox sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmGone {
+    /// husk-vmm's exit.
+    pub exit: VmmExit,
+    /// Words for logs and errors (exit and console tail).
+    pub detail: String,
+}
+
+/// A booted VM with a connected agent.
+#[derive(Debug)]
+pub struct Vm {
+    /// husk-vmm's host pid: the pid containerd sees for every task.
+    pub pid: u32,
+    /// The agent.
+    pub agent: Agent,
+    /// What the agent reported at boot.
+    pub info: CheckResponse,
+    /// `Some` once the VM ended.
+    pub gone: watch::Receiver<Option<VmGone>>,
+    process: Option<VmmProcess>,
+    gone_tx: Option<watch::Sender<Option<VmGone>>>,
+}
+
+impl Vm {
+    /// A VM around an agent and an end signal, without a process (tests, host mode).
+    pub fn detached(
+        pid: u32,
+        agent: Agent,
+        info: CheckResponse,
+        gone: watch::Receiver<Option<VmGone>>,
+    ) -> Vm {
+        Vm {
+            pid,
+            agent,
+            info,
+            gone,
+            process: None,
+            gone_tx: None,
+        }
+    }
+
+    /// Stops the VM: asks the agent to shut down, then SIGTERM and SIGKILL to husk-vmm if it
+    /// does not end within `limit`. Returns how it ended.
+    pub async fn stop(&self, limit: Duration) -> Option<VmGone> {
+        if let Some(gone) = self.gone.borrow().clone() {
+            return Some(gone);
+        }
+        let _ = self.agent.shutdown(Duration::from_secs(2)).await;
+        if let Some(gone) = wait_gone(&self.gone, limit).await {
+            return Some(gone);
+        }
+        if let Some(p) = &self.process {
+            tracing::warn!(
+                pid = p.pid,
+                "the VM did not stop within {limit:?}; terminating husk-vmm"
+            );
+            p.terminate(Duration::from_secs(3)).await;
+        } else if let Some(tx) = &self.gone_tx {
+            let _ = tx.send(Some(VmGone {
+                exit: VmmExit::Signal(9),
+                detail: "stopped".into(),
+            }));
+        }
+        wait_gone(&self.gone, Duration::from_secs(5)).await
+    }
+
+    /// Kills husk-vmm outright (used when the agent cannot be trusted to answer).
+    pub async fn kill(&self) {
+        if let Some(p) = &self.process {
+            p.signal(Signal::SIGKILL);
+            p.wait(Duration::from_secs(10)).await;
+        }
+    }
+}
+
+/// Waits at most `limit` for a VM's end.
+pub async fn wait_gone(gone: &watch::Receiver<Option<VmGone>>, limit: Duration) -> Option<VmGone> {
+    let mut rx = gone.clone();
+    let done = async move {
+        rx.wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|g| g.clone())
+    };
+    tokio::time::timeout(limit, done).await.ok().flatten()
+}
+
+/// Boots VMs.
+#[async_trait]
+pub trait Booter: Send + Sync + std::fmt::Debug {
+    /// Boots a VM for `req` and waits for its agent; on failure nothing is left running.
+    async fn boot(&self, req: &BootRequest) -> Result<Vm, BootError>;
+}
+
+/// The real thing: husk-vmm processes.
+#[derive(Debug, Clone)]
+pub struct VmmBooter {
+    /// The shim binary's directory (artifact defaults).
+    pub bindir: PathBuf,
+}
+
+fn require(what: &'static str, path: &Path, hint: &'static str) -> Result<(), BootError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(BootError::Missing {
+            what,
+            path: path.to_path_buf(),
+            hint,
+        })
+    }
+}
+
+/// Why the agent did not come up, from what the VM said.
+pub fn diagnose(console: &spawn::Tail, stderr: &spawn::Tail, wait: &agent::NotReady) -> String {
+    for (needle, cause) in [
+        ("kernel", "husk-vmm could not load the guest kernel"),
+        (
+            "initramfs",
+            "husk-vmm could not load the guest image (initramfs)",
+        ),
+        ("vsock", "husk-vmm could not set up its vsock device"),
+        (
+            "virtio-fs",
+            "husk-vmm could not set up its virtio-fs device",
+        ),
+        ("/dev/kvm", "husk-vmm could not use /dev/kvm"),
+    ] {
+        if let Some(line) = stderr.find(needle) {
+            return format!("{cause} ({line})");
+        }
+    }
+    if let Some(line) = console.find("Kernel panic") {
+        if line.contains("No working init") || line.contains("VFS") {
+            return format!(
+                "the guest image has no usable /init: is it a husk-agent initramfs? ({line})"
+            );
+        }
+        return format!("the guest kernel panicked ({line})");
+    }
+    if !wait.socket_seen {
+        return "husk-vmm never created its vsock socket (does this husk-vmm have virtio-vsock?)"
+            .into();
+    }
+    if wait.connected {
+        return "the agent accepted a connection on vsock port 1024 but did not answer Check"
+            .into();
+    }
+    if console.is_empty() {
+        return "nothing answered on vsock port 1024 and the guest console is empty \
+                (is the kernel a husk guest kernel with virtio-vsock? `quiet` hides boot messages)"
+            .into();
+    }
+    "the guest booted but nothing answered on vsock port 1024 \
+     (is the image a husk-agent initramfs, and does the kernel have virtio-vsock?)"
+        .into()
+}
+
+/// Forwards the agent's log lines (guest-initiated vsock port 1026) to the shim's log.
+fn listen_agent_log(path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!("agent: {line}");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn tail_text(t: &SharedTail) -> String {
+    t.lock().map(|t| t.text()).unwrap_or_default()
+}
+
+impl VmmBooter {
+    async fn prepare(&self, req: &BootRequest) -> Result<PathBuf, BootError> {
+        let a = req.config.artifacts(&self.bindir);
+        require(
+            "husk-vmm",
+            &a.vmm,
+            "set `vmm` in the husk config or install husk-vmm next to the shim",
+        )?;
+        require(
+            "the guest kernel",
+            &a.kernel,
+            "set `kernel` in the husk config or run `make install`",
+        )?;
+        require(
+            "the guest image (initramfs)",
+            &a.initramfs,
+            "set `initramfs` in the husk config or run `make install`",
+        )?;
+        req.paths.check_socket_lengths().map_err(BootError::Paths)?;
+        let root = req.paths.root();
+        std::fs::create_dir_all(root).map_err(host(format!("creating {}", root.display())))?;
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(host(format!("setting the mode of {}", root.display())))?;
+        std::fs::create_dir_all(req.paths.shared())
+            .map_err(host(format!("creating {}", req.paths.shared().display())))?;
+        let vm = config::vm_config(&a, req.size, &req.config.extra_cmdline, &req.paths);
+        vm.validate()?;
+        std::fs::write(req.paths.vm_config(), vm.to_json())
+            .map_err(host(format!("writing {}", req.paths.vm_config().display())))?;
+        listen_agent_log(&req.paths.vsock_port(ports::LOG_PORT)).map_err(host(format!(
+            "listening on {}",
+            req.paths.vsock_port(ports::LOG_PORT).display()
+        )))?;
+        Ok(a.vmm)
+    }
+}
+
+#[async_trait]
+impl Booter for VmmBooter {
+    async fn boot(&self, req: &BootRequest) -> Result<Vm, BootError> {
+        let started = Instant::now();
+        let vmm = self.prepare(req).await?;
+        let process = spawn::spawn(&vmm, &req.paths.vm_config())
+            .map_err(host(format!("starting {}", vmm.display())))?;
+        let _ = std::fs::write(req.paths.vmm_pid(), process.pid.to_string());
+        tracing::info!(
+            pid = process.pid,
+            vcpus = req.size.vcpus,
+            memory_mib = req.size.memory_mib,
+            "husk-vmm started"
+        );
+        let deadline = started + req.config.boot_timeout();
+        let mut ended = process.ended.clone();
+        let vsock = req.paths.vsock();
+        let vmm_end = async move {
+            ended
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|e| e.clone())
+        };
+        let outcome = tokio::select! {
+            r = agent::wait_ready(&vsock, deadline) => Ok(r),
+            end = vmm_end => Err(end),
+        };
+        let failure = match outcome {
+            Ok(Ok((agent, info))) => {
+                tracing::info!(
+                    pid = process.pid,
+                    agent = info.agent_version.as_str(),
+                    kernel = info.kernel_release.as_str(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "the guest agent is ready"
+                );
+                let (gone_tx, gone) = watch::channel(None);
+                let mut ended = process.ended.clone();
+                let console = process.console.clone();
+                let tx = gone_tx.clone();
+                tokio::spawn(async move {
+                    let end = async move {
+                        ended
+                            .wait_for(Option::is_some)
+                            .await
+                            .ok()
+                            .and_then(|e| e.clone())
+                    }
+                    .await;
+                    let exit = end.map(|e| e.exit).unwrap_or(VmmExit::Error);
+                    let detail = format!(
+                        "{}; guest console tail:\n{}",
+                        VmmEnd { exit },
+                        tail_text(&console)
+                    );
+                    let _ = tx.send(Some(VmGone { exit, detail }));
+                });
+                return Ok(Vm {
+                    pid: process.pid,
+                    agent,
+                    info,
+                    gone,
+                    process: Some(process),
+                    gone_tx: Some(gone_tx),
+                });
+            }
+            Ok(Err(not_ready)) => {
+                process.signal(Signal::SIGKILL);
+                process.wait(Duration::from_secs(10)).await;
+                let console = process.console.lock().map(|t| t.text()).unwrap_or_default();
+                let cause = {
+                    let c = process.console.lock();
+                    let s = process.stderr.lock();
+                    match (c, s) {
+                        (Ok(c), Ok(s)) => diagnose(&c, &s, &not_ready),
+                        _ => "unknown".into(),
+                    }
+                };
+                BootError::AgentTimeout {
+                    secs: req.config.boot_timeout_secs,
+                    cause,
+                    last_error: not_ready.last_error,
+                    console,
+                }
+            }
+            Err(end) => {
+                // Let the readers drain what the VMM printed last.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let not_ready = agent::NotReady {
+                    last_error: String::new(),
+                    socket_seen: req.paths.vsock().exists(),
+                    connected: false,
+                };
+                let cause = {
+                    let c = process.console.lock();
+                    let s = process.stderr.lock();
+                    match (c, s) {
+                        (Ok(c), Ok(s)) => diagnose(&c, &s, &not_ready),
+                        _ => "unknown".into(),
+                    }
+                };
+                BootError::VmmExited {
+                    end: end.unwrap_or(VmmEnd {
+                        exit: VmmExit::Error,
+                    }),
+                    cause,
+                    stderr: tail_text(&process.stderr),
+                    console: tail_text(&process.console),
+                }
+            }
+        };
+        Err(failure)
+    }
+}

@@ -1,0 +1,258 @@
+//! The husk-vmm process: started with `--config <state>/vm.json`, its stdout (the guest
+//! console) and stderr (the VMM's own messages) read line by line into the shim's log (console
+//! at debug level, rate-limited) and into small ring buffers whose tails go into error
+//! messages, and one task that reaps it and reports how it ended (`protocol::VmmExit`).
+//!
+//! The shim does not use containerd-shim's reaper (`Config::no_reaper`): tokio owns this child.
+
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use husk_protocol::VmmExit;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// Console lines kept for error messages.
+pub const TAIL_LINES: usize = 50;
+/// Console lines logged per second before the rest is dropped (and counted).
+const CONSOLE_LINES_PER_SEC: u32 = 50;
+
+/// The last lines of a stream.
+#[derive(Debug, Default)]
+pub struct Tail {
+    lines: VecDeque<String>,
+}
+
+impl Tail {
+    /// Adds a line, forgetting the oldest beyond [`TAIL_LINES`].
+    pub fn push(&mut self, line: String) {
+        if self.lines.len() == TAIL_LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line);
+    }
+
+    /// The kept lines, newline-separated; `(nothing)` when empty.
+    pub fn text(&self) -> String {
+        if self.lines.is_empty() {
+            return "(nothing)".into();
+        }
+        self.lines.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Whether any kept line contains `needle`.
+    pub fn contains(&self, needle: &str) -> bool {
+        self.lines.iter().any(|l| l.contains(needle))
+    }
+
+    /// The first kept line containing `needle`.
+    pub fn find(&self, needle: &str) -> Option<String> {
+        self.lines.iter().find(|l| l.contains(needle)).cloned()
+    }
+
+    /// Whether nothing was kept.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+/// A shared tail.
+pub type SharedTail = Arc<Mutex<Tail>>;
+
+/// How the VMM ended, with what it said last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmEnd {
+    /// The decoded exit code.
+    pub exit: VmmExit,
+}
+
+impl std::fmt::Display for VmmEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.exit {
+            VmmExit::GuestShutdown => write!(f, "the guest shut down (exit 0)"),
+            VmmExit::Error => write!(f, "husk-vmm failed (exit 1)"),
+            VmmExit::Usage => write!(f, "husk-vmm was called wrongly (exit 2)"),
+            VmmExit::Signal(n) => write!(f, "husk-vmm stopped on signal {n}"),
+        }
+    }
+}
+
+/// A running (or ended) husk-vmm.
+#[derive(Debug)]
+pub struct VmmProcess {
+    /// Its host pid.
+    pub pid: u32,
+    /// The guest console's last lines.
+    pub console: SharedTail,
+    /// husk-vmm's own last stderr lines.
+    pub stderr: SharedTail,
+    /// `Some` once it was reaped.
+    pub ended: watch::Receiver<Option<VmmEnd>>,
+}
+
+fn pump<R: AsyncRead + Unpin + Send + 'static>(reader: R, tail: SharedTail, console: bool) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        let mut window = Instant::now();
+        let (mut in_window, mut dropped) = (0u32, 0u64);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(mut t) = tail.lock() {
+                t.push(line.clone());
+            }
+            if !console {
+                tracing::info!("husk-vmm: {line}");
+                continue;
+            }
+            if window.elapsed() >= Duration::from_secs(1) {
+                if dropped > 0 {
+                    tracing::debug!("guest console: {dropped} lines not logged (rate limit)");
+                }
+                window = Instant::now();
+                (in_window, dropped) = (0, 0);
+            }
+            in_window += 1;
+            if in_window <= CONSOLE_LINES_PER_SEC {
+                tracing::debug!("guest: {line}");
+            } else {
+                dropped += 1;
+            }
+        }
+    });
+}
+
+/// Starts `vmm --config <config>` and the tasks that read and reap it.
+pub fn spawn(vmm: &Path, config: &Path) -> std::io::Result<VmmProcess> {
+    let mut cmd = Command::new(vmm);
+    cmd.arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a signal meant for the shim's group does not reach it.
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let console = SharedTail::default();
+    let stderr = SharedTail::default();
+    if let Some(out) = child.stdout.take() {
+        pump(out, console.clone(), true);
+    }
+    if let Some(err) = child.stderr.take() {
+        pump(err, stderr.clone(), false);
+    }
+    let (tx, ended) = watch::channel(None);
+    tokio::spawn(async move {
+        let exit = match child.wait().await {
+            Ok(status) => match (status.code(), status.signal()) {
+                (Some(code), _) => VmmExit::from_code(code),
+                (None, Some(sig)) => VmmExit::Signal(sig),
+                (None, None) => VmmExit::Error,
+            },
+            Err(e) => {
+                tracing::error!("waiting for husk-vmm {pid}: {e}");
+                VmmExit::Error
+            }
+        };
+        tracing::info!(pid, "husk-vmm ended: {}", VmmEnd { exit });
+        let _ = tx.send(Some(VmmEnd { exit }));
+    });
+    Ok(VmmProcess {
+        pid,
+        console,
+        stderr,
+        ended,
+    })
+}
+
+impl VmmProcess {
+    /// Sends `sig` unless it already ended.
+    pub fn signal(&self, sig: Signal) {
+        if self.ended.borrow().is_none() {
+            if let Ok(pid) = i32::try_from(self.pid) {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
+        }
+    }
+
+    /// Waits for the end, at most `limit`.
+    pub async fn wait(&self, limit: Duration) -> Option<VmmEnd> {
+        let mut rx = self.ended.clone();
+        let done = async move {
+            rx.wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|v| v.clone())
+        };
+        tokio::time::timeout(limit, done).await.ok().flatten()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; returns once it was reaped (or 10 s after SIGKILL).
+    pub async fn terminate(&self, grace: Duration) -> Option<VmmEnd> {
+        self.signal(Signal::SIGTERM);
+        if let Some(end) = self.wait(grace).await {
+            return Some(end);
+        }
+        self.signal(Signal::SIGKILL);
+        self.wait(Duration::from_secs(10)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let mut t = Tail::default();
+        assert_eq!(t.text(), "(nothing)");
+        for i in 0..(TAIL_LINES + 5) {
+            t.push(format!("line {i}"));
+        }
+        assert!(!t.contains("line 4\n") && !t.text().starts_with("line 0"));
+        assert!(t.text().ends_with(&format!("line {}", TAIL_LINES + 4)));
+        assert_eq!(t.find("line 10"), Some("line 10".into()));
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_output_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("fake-vmm");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\necho \"console $2\"\necho 'vmm says no' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let p = spawn(&script, Path::new("/x/vm.json")).unwrap();
+        let end = p.wait(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(end.exit, VmmExit::Error);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(p.console.lock().unwrap().contains("console /x/vm.json"));
+        assert!(p.stderr.lock().unwrap().contains("vmm says no"));
+    }
+
+    #[tokio::test]
+    async fn terminate_escalates_to_sigkill() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("stubborn-vmm");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 1; done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let p = spawn(&script, Path::new("/x")).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let end = p.terminate(Duration::from_millis(300)).await.unwrap();
+        assert_eq!(end.exit, VmmExit::Signal(9));
+    }
+}

@@ -1,0 +1,174 @@
+//! `make bench BENCH=ctr`: containerd-level cost of husk against runc, in one private containerd
+//! and one run.
+//!
+//! - `run_true_ms`: wall time of `ctr run --rm <busybox> /bin/true`, husk and runc interleaved
+//!   (so drift in the machine's load hits both), medians of at least 10 runs after a warm-up
+//!   each; the ratio's target is at most 2x runc.
+//! - `shim_vmm_pss_mib`: host memory of one running container, `ctr run -d ... sleep`: the husk
+//!   shim's PSS plus husk-vmm's PSS outside guest RAM, against the runc shim's PSS (target:
+//!   shim + VMM at most 20 MiB).
+//! - `guest_rss_mib`: guest RAM actually resident (reported separately; it is the VM's memory,
+//!   which a runc container has no counterpart for).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::bench::{self, Record};
+use crate::containerd::{processes_with, Containerd, HuskArtifacts, HuskSettings, HUSK, RUNC};
+use crate::oci_image::BUSYBOX_REF;
+
+/// Fewest measured runs per side.
+pub const MIN_RUNS: usize = 10;
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn record(metric: &str, unit: &str, husk: Option<f64>, runc: Option<f64>, runs: usize) -> Record {
+    Record {
+        bench: "ctr".into(),
+        metric: metric.into(),
+        unit: unit.into(),
+        husk,
+        anchor: "runc".into(),
+        anchor_value: runc,
+        ratio: None,
+        runs,
+        host: bench::host_label().into(),
+    }
+    .with_ratio()
+}
+
+fn run_true(c: &Containerd, runtime: &str, id: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let out = c.ctr(
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            BUSYBOX_REF,
+            id,
+            "/bin/true",
+        ],
+        None,
+        RUN_TIMEOUT,
+    );
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if out.code != 0 {
+        bail!(
+            "ctr run --runtime {runtime} {id} /bin/true: {out}\ncontainerd log:\n{}",
+            c.log_tail(30)
+        );
+    }
+    Ok(ms)
+}
+
+/// PSS of a process in KiB (`/proc/<pid>/smaps_rollup`).
+pub fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no Pss line in smaps_rollup")
+}
+
+fn shim_pid(c: &Containerd, binary: &str, id: &str) -> anyhow::Result<u32> {
+    let sock = c.socket().display().to_string();
+    processes_with(&format!("-id {id} "))
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains(binary) && cmd.contains(&sock) && !cmd.contains(" start"))
+        .map(|(pid, _)| pid)
+        .with_context(|| format!("no {binary} process for {id}"))
+}
+
+/// Memory of one running container: (shim PSS KiB, VMM PSS outside guest RAM KiB, guest RSS KiB).
+fn memory(
+    c: &Containerd,
+    runtime: &str,
+    id: &str,
+    guest_mib: u32,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let out = c.ctr(
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            BUSYBOX_REF,
+            id,
+            "sleep",
+            "3600",
+        ],
+        None,
+        RUN_TIMEOUT,
+    );
+    if out.code != 0 {
+        bail!("ctr run -d --runtime {runtime} {id}: {out}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let result = (|| {
+        if runtime == HUSK {
+            let shim = pss_kib(shim_pid(c, "containerd-shim-husk-v2", id)?)?;
+            let vm_json = format!("{}/{id}/vm.json", c.husk_state.display());
+            let vmm = processes_with(&vm_json)
+                .first()
+                .map(|(p, _)| *p)
+                .with_context(|| format!("no husk-vmm running {vm_json}"))?;
+            let (overhead, guest) = bench::vmm_memory_kib(vmm, u64::from(guest_mib) * 1024)?;
+            Ok((shim, overhead, guest))
+        } else {
+            Ok((pss_kib(shim_pid(c, "containerd-shim-runc-v2", id)?)?, 0, 0))
+        }
+    })();
+    c.ctr(&["task", "kill", "-s", "SIGKILL", id], None, RUN_TIMEOUT);
+    std::thread::sleep(Duration::from_secs(1));
+    c.ctr(&["task", "rm", "-f", id], None, RUN_TIMEOUT);
+    c.ctr(&["container", "rm", id], None, RUN_TIMEOUT);
+    result
+}
+
+/// Runs the benchmark with `runs` measured runs per side (at least [`MIN_RUNS`]).
+pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
+    let runs = runs.max(MIN_RUNS);
+    let artifacts = HuskArtifacts::from_env().map_err(anyhow::Error::msg)?;
+    let settings = HuskSettings::new(artifacts);
+    let c = Containerd::start(Some(&settings))?;
+    c.import_busybox()?;
+    run_true(&c, RUNC, "bench-runc-warm")?;
+    run_true(&c, HUSK, "bench-husk-warm")?;
+    let (mut h, mut r) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        r.push(run_true(&c, RUNC, &format!("bench-runc-{i}"))?);
+        h.push(run_true(&c, HUSK, &format!("bench-husk-{i}"))?);
+        eprintln!(
+            "husk-bench: ctr run {}: husk {:.0} ms, runc {:.0} ms",
+            i + 1,
+            h[i],
+            r[i]
+        );
+    }
+    let (shim, vmm, guest) = memory(&c, HUSK, "bench-mem-husk", settings.memory_mib)?;
+    let (runc_shim, _, _) = memory(&c, RUNC, "bench-mem-runc", 0)?;
+    eprintln!(
+        "husk-bench: memory: husk shim {shim} KiB + husk-vmm {vmm} KiB (guest RAM resident {guest} KiB); runc shim {runc_shim} KiB"
+    );
+    let mib = |k: u64| k as f64 / 1024.0;
+    Ok(vec![
+        record(
+            "run_true_ms",
+            "ms",
+            bench::median(&h),
+            bench::median(&r),
+            runs,
+        ),
+        record(
+            "shim_vmm_pss_mib",
+            "MiB",
+            Some(mib(shim + vmm)),
+            Some(mib(runc_shim)),
+            1,
+        ),
+        record("guest_rss_mib", "MiB", Some(mib(guest)), None, 1),
+    ])
+}
