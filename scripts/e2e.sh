@@ -14,10 +14,19 @@ for line in sys.stdin:
         print(m["executable"])')
 [ ${#bins[@]} -gt 0 ] || { echo "e2e: no test binaries were built" >&2; exit 1; }
 
-echo "e2e: ${#bins[@]} test binaries; kernel $HUSK_KERNEL"
-"$TESTHOST" --timeout "${HUSK_E2E_TIMEOUT:-1200}" -- "
-  set -e
+artifacts="$repo/target/e2e-artifacts"
+rm -rf "$artifacts" && mkdir -p "$artifacts"
+echo "e2e: ${#bins[@]} test binaries; kernel $HUSK_KERNEL; logs of failures go to $artifacts"
+# Every binary runs even when an earlier one failed, so one failure does not hide another; the
+# run fails at the end, naming each failed binary.
+"$TESTHOST" --timeout "${HUSK_E2E_TIMEOUT:-2700}" --rw "$artifacts" -- "
+  export HUSK_E2E_ARTIFACTS='$artifacts'
+  failed=''
   for b in ${bins[*]}; do
     echo \"== e2e: \$(basename \$b)\"
-    \$b --ignored --test-threads=1
-  done"
+    start=\$(date +%s)
+    \$b --ignored --test-threads=1 || failed=\"\$failed \$(basename \$b)\"
+    echo \"== e2e: \$(basename \$b) took \$(( \$(date +%s) - start )) s\"
+  done
+  if [ -n \"\$failed\" ]; then echo \"e2e: FAILED:\$failed\" >&2; exit 1; fi
+  echo 'e2e: all passed'"

@@ -461,6 +461,17 @@ impl Containerd {
     }
 
     /// The last `n` lines of containerd's log (which includes the shims' logs).
+    /// Copies the whole containerd log (which carries the shims' logs) to
+    /// `$HUSK_E2E_ARTIFACTS/<name>.containerd.log`, where `make e2e` keeps it after the test host
+    /// is gone; returns the path, or `None` when the variable is unset or the copy failed.
+    pub fn save_log(&self, name: &str) -> Option<PathBuf> {
+        let dir = PathBuf::from(std::env::var_os("HUSK_E2E_ARTIFACTS")?);
+        std::fs::create_dir_all(&dir).ok()?;
+        let to = dir.join(format!("{name}.containerd.log"));
+        std::fs::copy(self.base.join("log/containerd.log"), &to).ok()?;
+        Some(to)
+    }
+
     pub fn log_tail(&self, n: usize) -> String {
         let text =
             std::fs::read_to_string(self.base.join("log/containerd.log")).unwrap_or_default();

@@ -448,9 +448,12 @@ fn ctr_table_husk_matches_runc() {
             failures.push(format!("{}: husk {husk:?} != runc {runc:?}", case.name));
         }
     }
+    let saved = (!failures.is_empty())
+        .then(|| c.save_log("ctr_table"))
+        .flatten();
     assert!(
         failures.is_empty(),
-        "husk differs from runc:\n{}\ncontainerd log (with the shim's):\n{}",
+        "husk differs from runc:\n{}\nwhole containerd log: {saved:?}\ncontainerd log tail (with the shim's):\n{}",
         failures.join("\n"),
         c.log_tail(80)
     );

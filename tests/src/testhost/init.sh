@@ -66,7 +66,14 @@ done
 hostname husk-testhost
 ip link set lo up
 echo ready > "/newroot$rundir/ready"
-chroot /newroot /bin/sh "$rundir/cmd.sh" > "/newroot$rundir/stdout" 2> "/newroot$rundir/stderr" < /dev/null
-echo $? > "/newroot$rundir/exit"
+# Make the overlay the mount namespace's root, the way switch_root does (a plain chroot would
+# leave the initramfs as the namespace root): a process that later joins a mount namespace with
+# setns(2), or pivots into a container root, then starts from the overlay, as on a real host.
+# This shell keeps its own root (the initramfs, with busybox) and works relative to its cwd,
+# which moves with the mount.
+cd /newroot || die "cd /newroot failed"
+mount --move . / || die "moving the overlay root onto / failed"
+chroot . /bin/sh "$rundir/cmd.sh" > ".$rundir/stdout" 2> ".$rundir/stderr" < /dev/null
+echo $? > ".$rundir/exit"
 sync
 poweroff -f
