@@ -66,14 +66,17 @@ done
 hostname husk-testhost
 ip link set lo up
 echo ready > "/newroot$rundir/ready"
-# Make the overlay the mount namespace's root, the way switch_root does (a plain chroot would
-# leave the initramfs as the namespace root): a process that later joins a mount namespace with
-# setns(2), or pivots into a container root, then starts from the overlay, as on a real host.
-# This shell keeps its own root (the initramfs, with busybox) and works relative to its cwd,
-# which moves with the mount.
+# Make the overlay the root of the mount namespace and of PID 1, the way switch_root does: a
+# plain chroot of a child would leave the initramfs as the namespace's and init's root, and a
+# process that joins a mount namespace with setns(2) (an exec into a container) or compares its
+# root with /proc/1/root would see the difference. The initramfs stays in memory (tiny); the
+# rest of this script runs in the new root with the host's busybox (busybox-static).
 cd /newroot || die "cd /newroot failed"
 mount --move . / || die "moving the overlay root onto / failed"
-chroot . /bin/sh "$rundir/cmd.sh" > ".$rundir/stdout" 2> ".$rundir/stderr" < /dev/null
-echo $? > ".$rundir/exit"
-sync
-poweroff -f
+[ -x ./bin/busybox ] || die "the host has no /bin/busybox (install busybox-static)"
+exec chroot . /bin/busybox sh -c '
+  cd /
+  /bin/sh "$1/cmd.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
+  echo $? > "$1/exit"
+  sync
+  /bin/busybox poweroff -f || echo o > /proc/sysrq-trigger' husk-testhost-init "$rundir"
