@@ -23,7 +23,7 @@ help:
 	@echo "make testhost CMD='...'   run a command with hardware KVM (natively or nested)"
 	@echo "make lint      rustfmt and clippy"
 	@echo "make bench [BENCH=name]   benchmarks; results in target/bench/results.jsonl"
-	@echo "make install PREFIX=/usr/local   install the shim, husk-vmm, guest kernel and image"
+	@echo "make install PREFIX=/usr/local   install husk and register it with containerd (husk install)"
 
 deps:
 	@scripts/install-deps.sh
@@ -72,8 +72,12 @@ bench: build image kernel
 demo: build image kernel
 	@scripts/demo.sh
 
+# `husk install` (cli/): copies the artifacts under PREFIX, writes /etc/husk/config.toml if
+# absent, registers the `husk` handler in /etc/containerd/config.toml, links the shim into
+# /usr/local/bin; INSTALL_ARGS adds flags (--restart-containerd, --containerd-config PATH, ...).
+# `$(PREFIX)/bin/husk uninstall --prefix $(PREFIX)` undoes it.
 install: build image kernel
-	@scripts/install.sh "$(PREFIX)"
+	@HUSK_KERNEL=$$(guest-kernel/build.sh) $(HOSTBIN)/husk install --prefix "$(PREFIX)" $(INSTALL_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -43,6 +43,9 @@ pub enum AgentError {
     /// A precondition other than a state transition is not met (e.g. stdio not attached).
     #[error("failed precondition: {0}")]
     Precondition(String),
+    /// Something the request names does not exist (e.g. no NIC with that MAC).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// Not supported by this agent.
     #[error("unimplemented: {0}")]
     Unimplemented(String),
@@ -70,7 +73,9 @@ impl AgentError {
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {
-            AgentError::ContainerNotFound(_) | AgentError::ExecNotFound { .. } => Code::NOT_FOUND,
+            AgentError::ContainerNotFound(_)
+            | AgentError::ExecNotFound { .. }
+            | AgentError::NotFound(_) => Code::NOT_FOUND,
             AgentError::ContainerExists(_) | AgentError::ExecExists { .. } => Code::ALREADY_EXISTS,
             AgentError::BadId(_) | AgentError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             AgentError::WrongState(_) | AgentError::Precondition(_) => Code::FAILED_PRECONDITION,

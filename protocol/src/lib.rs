@@ -5,13 +5,16 @@
 //! - [`vmm`]: `husk-vmm`'s exit codes and control-socket requests;
 //! - [`ports`], [`stdio`], [`ids`]: vsock ports, the stdio stream hello, container/exec ids;
 //! - `agent` (feature `agent-api`): the agent API, protobuf + ttrpc, generated from
-//!   `protos/husk/agent/v1/agent.proto`.
+//!   `protos/husk/agent/v1/agent.proto`;
+//! - `rtnl` (feature `rtnl`): a small synchronous rtnetlink client for pod networking.
 
 #[cfg(feature = "agent-api")]
 pub mod agent;
 pub mod hybrid;
 pub mod ids;
 pub mod ports;
+#[cfg(feature = "rtnl")]
+pub mod rtnl;
 pub mod stdio;
 pub mod vm_config;
 pub mod vmm;

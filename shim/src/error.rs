@@ -83,6 +83,8 @@ impl ShimError {
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Agent(e) => e.code(),
             ShimError::Io(e) => e.code(),
+            // A missing artifact is the host's setup, not a fault: fixable, as its message says.
+            ShimError::Boot(BootError::Missing { .. }) => Code::FAILED_PRECONDITION,
             ShimError::Boot(_) | ShimError::Rootfs(_) | ShimError::Host { .. } => Code::INTERNAL,
         }
     }

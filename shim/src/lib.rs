@@ -5,7 +5,8 @@
 //! start action, [`task`] the ttrpc Task service (thin) over [`sandbox`] (VM lifecycle),
 //! [`lifecycle`] and [`control`] (the requests), [`vm`] (husk-vmm and boot), [`agent`] (the
 //! guest agent over hybrid vsock), [`io`] (stdio), [`rootfs`] and [`spec`] (filesystems and the
-//! OCI spec), [`events`], [`metrics`], [`config`], [`cleanup`] (delete without a daemon).
+//! OCI spec), [`events`], [`metrics`], [`config`], [`cleanup`] (delete without a daemon), [`network`] (the pod network: taps and tc
+//! redirect in the sandbox's network namespace).
 
 pub mod agent;
 pub mod cleanup;
@@ -18,6 +19,7 @@ pub mod io;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod network;
 pub mod options;
 pub mod paths;
 pub mod process;

@@ -46,13 +46,8 @@ fn prepare_filesystems(
     let binds = spec.host_binds()?;
     let root = spec.root_path(bundle);
     let cid = req.id.as_str();
-    let mounted = rootfs::mount_rootfs(
-        &req.rootfs,
-        root.as_deref(),
-        spec.root_readonly(),
-        &paths.rootfs(cid),
-    )
-    .and_then(|()| rootfs::share_binds(&binds, |n| paths.mount(cid, n)));
+    let mounted = rootfs::mount_rootfs(&req.rootfs, root.as_deref(), &paths.rootfs(cid))
+        .and_then(|()| rootfs::share_binds(&binds, |n| paths.mount(cid, n)));
     if let Err(e) = mounted {
         let _ = rootfs::unmount_and_remove(&paths.container(cid));
         return Err(e.into());
@@ -89,7 +84,12 @@ impl Sandbox {
         stdio.validate()?;
         let config_path = options::config_path(req.options.as_ref())?;
         let (vm, paths) = self
-            .ensure_vm(config_path.as_deref(), &spec.annotations(), spec.hostname())
+            .ensure_vm(
+                config_path.as_deref(),
+                &spec.annotations(),
+                spec.hostname(),
+                spec.network_namespace(),
+            )
             .await?;
         let result = self
             .create_in_vm(&req, &mut spec, &bundle, &paths, &vm, stdio)

@@ -1,7 +1,13 @@
 //! Host-side filesystems of a container, all inside the sandbox's virtio-fs share:
 //! containerd's rootfs mounts (overlay or bind from the snapshotter) at
-//! `<shared>/<cid>/rootfs`, read-only when the spec says `root.readonly`, and the spec's host
-//! bind mounts at `<shared>/<cid>/mounts/<n>`.
+//! `<shared>/<cid>/rootfs`, and the spec's host bind mounts at `<shared>/<cid>/mounts/<n>`
+//! (read-only on the host too when the spec says so).
+//!
+//! The rootfs stays writable on the host even when the spec says `root.readonly`: the guest's
+//! runtime applies that after it has created the mount points the spec needs (CRI's pause
+//! container has a read-only root and bind mounts onto files such as `/etc/resolv.conf` that
+//! its image lacks), exactly as runc does on the host. The container rootfs is the guest's to
+//! write in any case: it is the pod's own snapshot.
 //!
 //! Unmounting never follows symlinks and never deletes through a mount: mount points come
 //! from `/proc/self/mountinfo` (canonical paths), are detached deepest first with
@@ -68,29 +74,12 @@ fn nix_mount(source: &Path, target: &Path, flags: MsFlags, what: &str) -> Result
     })
 }
 
-/// Makes `target` a read-only view of itself (a bind on top, remounted read-only).
-fn make_readonly(target: &Path) -> Result<(), RootfsError> {
-    nix_mount(
-        target,
-        target,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        "a read-only bind",
-    )?;
-    nix_mount(
-        target,
-        target,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        "a read-only remount",
-    )
-}
-
 /// Mounts containerd's rootfs (or, when the list is empty, the spec's `root.path`) on `target`.
 /// Runs the mounts on a thread of its own: the crate's overlay helper may `chdir` (after
 /// `unshare(CLONE_FS)`) to shorten long lowerdir options, which must not touch the shim's cwd.
 pub fn mount_rootfs(
     rootfs: &[Mount],
     root_path: Option<&Path>,
-    readonly: bool,
     target: &Path,
 ) -> Result<(), RootfsError> {
     std::fs::create_dir_all(target).map_err(io(format!("creating {}", target.display())))?;
@@ -129,11 +118,7 @@ pub fn mount_rootfs(
             message: "the mount thread panicked".into(),
         })
     });
-    result?;
-    if readonly {
-        make_readonly(target)?;
-    }
-    Ok(())
+    result
 }
 
 /// Bind-mounts each host source at `target(n)` (file or directory, read-only if asked).

@@ -22,6 +22,7 @@ use crate::config::{self, HuskConfig};
 use crate::container::Container;
 use crate::error::{Result, ShimError};
 use crate::events::{timestamp, Events, TaskEvent};
+use crate::network::{self, PodNetwork};
 use crate::paths::{self, SandboxPaths};
 use crate::process::{ExitInfo, ProcStatus, Process};
 use crate::rootfs;
@@ -236,6 +237,7 @@ impl Sandbox {
         config_path: Option<&Path>,
         annotations: &HashMap<String, String>,
         hostname: Option<String>,
+        netns: Option<PathBuf>,
     ) -> Result<(Arc<Vm>, SandboxPaths)> {
         let _boot = self.boot_lock.lock().await;
         let config = {
@@ -264,7 +266,7 @@ impl Sandbox {
                 loaded.config
             }
         };
-        let size = vm::config::size(&config, annotations)?;
+        let size = vm::size::size(&config, annotations, &vm::size::HostLimits::probe())?;
         let paths = SandboxPaths::new(&config.state_dir, &self.id);
         claim_state_dir(&paths)?;
         {
@@ -273,15 +275,18 @@ impl Sandbox {
             inner.config = Some(config.clone());
             inner.paths = Some(paths.clone());
         }
-        let req = BootRequest {
-            paths: paths.clone(),
-            config: config.clone(),
-            size,
-        };
-        let booted = match self.booter.boot(&req).await {
-            Ok(vm) => setup_sandbox(vm, hostname).await,
-            Err(e) => Err(e.into()),
-        };
+        let booted = async {
+            let pod_net = network::setup(netns.as_deref(), &paths).await?;
+            let req = BootRequest {
+                paths: paths.clone(),
+                config: config.clone(),
+                size,
+                net: pod_net.net.clone(),
+            };
+            let vm = self.booter.boot(&req).await?;
+            setup_sandbox(vm, hostname, pod_net).await
+        }
+        .await;
         match booted {
             Ok(vm) => {
                 let vm = Arc::new(vm);
@@ -298,6 +303,9 @@ impl Sandbox {
             }
             Err(e) => {
                 tracing::error!("booting the sandbox VM failed: {e}");
+                if let Err(c) = network::teardown(paths.root()).await {
+                    tracing::warn!("removing the pod network: {c}");
+                }
                 if let Err(c) = rootfs::unmount_and_remove(paths.root()) {
                     tracing::warn!("cleaning up {}: {c}", paths.root().display());
                 }
@@ -341,6 +349,9 @@ impl Sandbox {
             }
         }
         if let Some(p) = &paths {
+            if let Err(e) = network::teardown(p.root()).await {
+                tracing::error!("removing the pod network: {e}");
+            }
             if let Err(e) = rootfs::unmount_and_remove(p.root()) {
                 tracing::error!("removing the sandbox state {}: {e}", p.root().display());
             }
@@ -505,13 +516,17 @@ fn claim_state_dir(paths: &SandboxPaths) -> Result<()> {
         )));
     }
     tracing::warn!("removing stale sandbox state {}", paths.root().display());
+    if let Err(e) = network::teardown_blocking(paths.root()) {
+        tracing::warn!("removing the stale pod network: {e}");
+    }
     rootfs::unmount_and_remove(paths.root())?;
     Ok(())
 }
 
-/// Pod-wide guest setup: the hostname and the shared directory. Without a hostname in the
-/// spec the guest takes the host's, as a runc container's new UTS namespace starts with it.
-async fn setup_sandbox(vm: Vm, hostname: Option<String>) -> Result<Vm> {
+/// Pod-wide guest setup: the hostname, the shared directory and the pod's NICs and routes.
+/// Without a hostname in the spec the guest takes the host's, as a runc container's new UTS
+/// namespace starts with it.
+async fn setup_sandbox(vm: Vm, hostname: Option<String>, net: PodNetwork) -> Result<Vm> {
     let mut req = api::SetupSandboxRequest::new();
     req.hostname = hostname
         .or_else(|| {
@@ -525,6 +540,8 @@ async fn setup_sandbox(vm: Vm, hostname: Option<String>) -> Result<Vm> {
     share.fstype = "virtiofs".to_string();
     share.target = paths::GUEST_SHARED.to_string();
     req.mounts.push(share);
+    req.interfaces = net.interfaces;
+    req.routes = net.routes;
     if let Err(e) = vm.agent.setup_sandbox(&req).await {
         vm.kill().await;
         return Err(e.into());

@@ -118,6 +118,20 @@ impl Spec {
             .map(str::to_string)
     }
 
+    /// The path of the network namespace to join (`linux.namespaces[type=network].path`), as
+    /// CRI (`/var/run/netns/cni-...`) and `ctr run --with-ns network:<path>` set it.
+    pub fn network_namespace(&self) -> Option<PathBuf> {
+        self.0
+            .pointer("/linux/namespaces")?
+            .as_array()?
+            .iter()
+            .find(|n| n.get("type").and_then(Value::as_str) == Some("network"))?
+            .get("path")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    }
+
     /// `root.path` (absolute, or relative to the bundle).
     pub fn root_path(&self, bundle: &Path) -> Option<PathBuf> {
         let p = self.0.pointer("/root/path").and_then(Value::as_str)?;
@@ -126,14 +140,6 @@ impl Spec {
         } else {
             bundle.join(p)
         })
-    }
-
-    /// `root.readonly`.
-    pub fn root_readonly(&self) -> bool {
-        self.0
-            .pointer("/root/readonly")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
     }
 
     /// The bind mounts whose sources are host paths to share.
@@ -225,6 +231,24 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_network_namespace_path() {
+        assert_eq!(spec().network_namespace(), None);
+        let s = |ns: &str| {
+            Spec::parse(
+                format!(r#"{{"linux":{{"namespaces":{ns}}}}}"#).as_bytes(),
+                Path::new("c"),
+            )
+            .unwrap()
+            .network_namespace()
+        };
+        assert_eq!(s(r#"[{"type":"network"}]"#), None);
+        assert_eq!(
+            s(r#"[{"type":"pid"},{"type":"network","path":"/var/run/netns/cni-1"}]"#),
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
+    }
+
+    #[test]
     fn reads_what_the_shim_needs() {
         let s = spec();
         assert_eq!(s.sandbox_id("c1"), "sb1");
@@ -233,7 +257,6 @@ mod tests {
             s.root_path(Path::new("/b")),
             Some(PathBuf::from("/b/rootfs"))
         );
-        assert!(s.root_readonly());
         assert!(!s.annotations().contains_key("n"));
         let standalone = Spec::parse(b"{}", Path::new("x")).unwrap();
         assert_eq!(standalone.sandbox_id("c1"), "c1");

@@ -30,6 +30,29 @@ pub struct Record {
 
 impl Record {
     /// Fills in `ratio` from the two values.
+    /// A husk-against-runc record of `bench` (the ratio filled in).
+    pub fn versus_runc(
+        bench: &str,
+        metric: &str,
+        unit: &str,
+        husk: Option<f64>,
+        runc: Option<f64>,
+        runs: usize,
+    ) -> Record {
+        Record {
+            bench: bench.into(),
+            metric: metric.into(),
+            unit: unit.into(),
+            husk,
+            anchor: "runc".into(),
+            anchor_value: runc,
+            ratio: None,
+            runs,
+            host: host_label().into(),
+        }
+        .with_ratio()
+    }
+
     pub fn with_ratio(mut self) -> Self {
         self.ratio = match (self.husk, self.anchor_value) {
             (Some(h), Some(a)) if a > 0.0 => Some(h / a),

@@ -23,18 +23,7 @@ pub const MIN_RUNS: usize = 10;
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn record(metric: &str, unit: &str, husk: Option<f64>, runc: Option<f64>, runs: usize) -> Record {
-    Record {
-        bench: "ctr".into(),
-        metric: metric.into(),
-        unit: unit.into(),
-        husk,
-        anchor: "runc".into(),
-        anchor_value: runc,
-        ratio: None,
-        runs,
-        host: bench::host_label().into(),
-    }
-    .with_ratio()
+    Record::versus_runc("ctr", metric, unit, husk, runc, runs)
 }
 
 fn run_true(c: &Containerd, runtime: &str, id: &str) -> anyhow::Result<f64> {

@@ -167,6 +167,10 @@ impl std::fmt::Display for CtrOutput {
 pub struct Containerd {
     base: PathBuf,
     child: Option<Child>,
+    /// The namespace ctr works in and [`Containerd::leftovers`] looks at (`k8s.io` with CRI).
+    namespace: &'static str,
+    /// Whether the CRI plugin is on ([`Containerd::start_cri`]).
+    cri: bool,
     /// husk's per-sandbox state directory (`state_dir` in the husk config).
     pub husk_state: PathBuf,
     /// The husk config file containerd's shims read.
@@ -246,13 +250,20 @@ pub fn run_bounded(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) ->
     }
 }
 
-fn containerd_config(base: &Path) -> String {
+/// containerd's config; `cri` is the CRI plugin's section (the plugin is disabled without it).
+fn containerd_config(base: &Path, cri: Option<&str>) -> String {
     let b = base.display();
+    let no_cri = if cri.is_some() {
+        ""
+    } else {
+        "\"io.containerd.grpc.v1.cri\", "
+    };
+    let cri = cri.unwrap_or_default();
     format!(
         r#"version = 2
 root = "{b}/root"
 state = "{b}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
+disabled_plugins = [{no_cri}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
 
 [grpc]
   address = "{b}/containerd.sock"
@@ -266,7 +277,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{b}/opt"
-"#
+{cri}"#
     )
 }
 
@@ -330,6 +341,17 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
 impl Containerd {
     /// Starts containerd; with `husk`, installs the shim and writes its config.
     pub fn start(husk: Option<&HuskSettings>) -> anyhow::Result<Containerd> {
+        Containerd::start_with(husk, false)
+    }
+
+    /// Starts containerd with the CRI plugin on (src/cri/config.rs: runtimes `runc` and `husk`,
+    /// the pause image, a private CNI bridge); ctr and the leftover checks use namespace
+    /// `k8s.io`. Import the images with [`crate::cri::import_images`].
+    pub fn start_cri(husk: Option<&HuskSettings>) -> anyhow::Result<Containerd> {
+        Containerd::start_with(husk, true)
+    }
+
+    fn start_with(husk: Option<&HuskSettings>, cri: bool) -> anyhow::Result<Containerd> {
         let base = tempfile::Builder::new()
             .prefix("hct-")
             .tempdir_in("/run")
@@ -340,10 +362,24 @@ impl Containerd {
         for d in ["opt/bin", "log", "img"] {
             std::fs::create_dir_all(base.join(d))?;
         }
-        std::fs::write(base.join("config.toml"), containerd_config(&base))?;
+        let cri_section = if cri {
+            Some(crate::cri::config::prepare(&base, &husk_config)?)
+        } else {
+            None
+        };
+        std::fs::write(
+            base.join("config.toml"),
+            containerd_config(&base, cri_section.as_deref()),
+        )?;
         let mut c = Containerd {
             base,
             child: None,
+            namespace: if cri {
+                crate::cri::NAMESPACE
+            } else {
+                NAMESPACE
+            },
+            cri,
             husk_state,
             husk_config,
         };
@@ -368,6 +404,11 @@ impl Containerd {
     /// The directory everything lives in.
     pub fn base(&self) -> &Path {
         &self.base
+    }
+
+    /// The namespace ctr commands and leftover checks use.
+    pub fn namespace(&self) -> &'static str {
+        self.namespace
     }
 
     /// containerd's gRPC socket.
@@ -431,7 +472,11 @@ impl Containerd {
     /// A ctr command against this containerd.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(self.socket()).args(args);
+        cmd.arg("--address")
+            .arg(self.socket())
+            .arg("--namespace")
+            .arg(self.namespace)
+            .args(args);
         cmd
     }
 
@@ -442,7 +487,11 @@ impl Containerd {
 
     /// The ctr command line as one shell string (for `script`).
     pub fn ctr_shell(&self, args: &[&str]) -> String {
-        let mut s = format!("ctr --address '{}'", self.socket().display());
+        let mut s = format!(
+            "ctr --address '{}' --namespace '{}'",
+            self.socket().display(),
+            self.namespace
+        );
         for a in args {
             s.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
         }
@@ -493,7 +542,7 @@ impl Containerd {
             for (pid, c) in processes_with(&format!("{}/{id}/vm.json", self.husk_state.display())) {
                 found.push(format!("husk-vmm process {pid}: {c}"));
             }
-            let s = shim_socket(&sock, NAMESPACE, id);
+            let s = shim_socket(&sock, self.namespace, id);
             if s.exists() {
                 found.push(format!("shim socket {}", s.display()));
             }
@@ -505,7 +554,7 @@ impl Containerd {
         let bundles = self
             .base
             .join("state/io.containerd.runtime.v2.task")
-            .join(NAMESPACE);
+            .join(self.namespace);
         for id in ids {
             for dir in [self.husk_state.join(id), bundles.join(id)] {
                 for m in mounts_below(&dir) {
@@ -571,6 +620,9 @@ impl Drop for Containerd {
             ) {
                 kill_and_reap(&mut c, true);
             }
+        }
+        if self.cri {
+            crate::cri::config::teardown(&self.base);
         }
         let needle = self.base.display().to_string();
         for (pid, _) in processes_with(&needle) {

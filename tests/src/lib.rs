@@ -10,13 +10,16 @@
 //! - [`bench`]: statistics and the results file of `make bench`.
 //! - [`containerd`]: a private containerd (own root, state, sockets) with husk's shim installed;
 //!   [`oci_image`]: the busybox OCI image it imports; [`bench_ctr`]: `make bench BENCH=ctr`.
+//! - [`cri`]: the same containerd with its CRI plugin on, and a CRI client (kubelet's calls).
 
 pub mod agent;
 pub mod bench;
 pub mod bench_agent;
+pub mod bench_cri;
 pub mod bench_ctr;
 pub mod bench_net;
 pub mod containerd;
+pub mod cri;
 pub mod e2e;
 pub mod hostkind;
 pub mod microvm;

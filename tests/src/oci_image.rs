@@ -71,6 +71,11 @@ fn applets(busybox: &Path) -> anyhow::Result<Vec<String>> {
 
 /// The layer tar (uncompressed): directories, busybox, its applet links, passwd/group.
 pub fn busybox_layer(busybox: &Path) -> anyhow::Result<Vec<u8>> {
+    busybox_layer_with(busybox, &[])
+}
+
+/// [`busybox_layer`] plus `extra` files (path without leading `/`, content, mode).
+pub fn busybox_layer_with(busybox: &Path, extra: &[(&str, &[u8], u32)]) -> anyhow::Result<Vec<u8>> {
     let binary =
         std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     let links = applets(busybox)?;
@@ -102,6 +107,9 @@ pub fn busybox_layer(busybox: &Path) -> anyhow::Result<Vec<u8>> {
         0o644,
     )?;
     add_file(&mut t, "etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+    for (name, data, mode) in extra {
+        add_file(&mut t, name, data, *mode)?;
+    }
     for l in &links {
         let name = l.trim_start_matches('/');
         if name == "bin/busybox" {
@@ -217,6 +225,20 @@ pub fn host_busybox() -> anyhow::Result<PathBuf> {
 pub fn busybox_image(out: &Path) -> anyhow::Result<ImageInfo> {
     let layer = busybox_layer(&host_busybox()?)?;
     write_image(out, BUSYBOX_REF, &layer, &["/bin/sh"])
+}
+
+/// The reference the CRI harness's pause (sandbox) image is imported as.
+pub const PAUSE_REF: &str = "localhost/pause:test";
+
+/// The pause image's entrypoint: sleeps until SIGTERM or SIGINT, then exits 0 (a shell that
+/// is PID 1 of its PID namespace ignores signals it has no trap for, so the trap is needed).
+const PAUSE_SCRIPT: &[u8] =
+    b"#!/bin/sh\ntrap 'exit 0' TERM INT\nwhile :; do sleep 3600 & wait $!; done\n";
+
+/// Builds the CRI sandbox image at `out`: the busybox layer plus `/pause` as its command.
+pub fn pause_image(out: &Path) -> anyhow::Result<ImageInfo> {
+    let layer = busybox_layer_with(&host_busybox()?, &[("pause", PAUSE_SCRIPT, 0o755)])?;
+    write_image(out, PAUSE_REF, &layer, &["/pause"])
 }
 
 #[cfg(test)]

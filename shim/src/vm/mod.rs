@@ -5,6 +5,7 @@
 //! husk-vmm; unit tests plug in a fake that serves an in-process agent.
 
 pub mod config;
+pub mod size;
 pub mod spawn;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use crate::agent::{self, Agent, AgentError};
 use crate::config::HuskConfig;
 use crate::paths::SandboxPaths;
-use config::VmSize;
+use size::VmSize;
 use spawn::{SharedTail, VmmEnd, VmmProcess};
 
 /// Why a VM could not be started. Every variant names the cause.
@@ -94,6 +95,8 @@ pub struct BootRequest {
     pub config: HuskConfig,
     /// The VM's size.
     pub size: VmSize,
+    /// The pod's NICs (taps in the sandbox's network namespace; `crate::network`).
+    pub net: Vec<husk_protocol::NetConfig>,
 }
 
 /// How a VM ended, as the sandbox sees it.
@@ -301,7 +304,13 @@ impl VmmBooter {
             .map_err(host(format!("setting the mode of {}", root.display())))?;
         std::fs::create_dir_all(req.paths.shared())
             .map_err(host(format!("creating {}", req.paths.shared().display())))?;
-        let vm = config::vm_config(&a, req.size, &req.config.extra_cmdline, &req.paths);
+        let vm = config::vm_config(
+            &a,
+            req.size,
+            &req.config.extra_cmdline,
+            &req.paths,
+            req.net.clone(),
+        );
         vm.validate()?;
         std::fs::write(req.paths.vm_config(), vm.to_json())
             .map_err(host(format!("writing {}", req.paths.vm_config().display())))?;

@@ -26,6 +26,9 @@ enum Bench {
     Agent,
     /// containerd: `ctr run --rm /bin/true` and shim + VMM memory, husk against runc.
     Ctr,
+    /// Kubernetes CRI: RunPodSandbox to a running container, and host memory per idle pod,
+    /// husk against runc.
+    Cri,
     /// virtio-net: TCP throughput host↔guest through a tap, against QEMU's userspace
     /// virtio-net (`vhost=off`).
     Net,
@@ -393,6 +396,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Bench::Vmm => vmm(&args)?,
             Bench::Agent => agent_bench(&args)?,
             Bench::Ctr => husk_tests::bench_ctr::run(args.runs)?,
+            Bench::Cri => husk_tests::bench_cri::run(args.runs)?,
             Bench::Net => husk_tests::bench_net::run(&husk_tests::bench_net::NetBenchArgs {
                 vmm: args.vmm.clone(),
                 kernel: args.kernel.clone(),

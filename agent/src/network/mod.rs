@@ -1,7 +1,10 @@
 //! Guest networking and SetupSandbox: the loopback interface (brought up at boot), the pod's
-//! hostname, guest mounts (virtio-fs shares) and resolv.conf. Interfaces and routes (the
-//! Kubernetes networking issue) are not implemented yet: a request naming any is refused with
-//! UNIMPLEMENTED rather than half-applied.
+//! hostname, guest mounts (virtio-fs shares), the pod's NICs and routes ([`iface`]: matched by
+//! MAC, renamed, MTU, addresses, up, then routes, over rtnetlink) and resolv.conf. The whole
+//! network request is validated before anything changes (INVALID_ARGUMENT naming the bad
+//! value; NOT_FOUND for a MAC no NIC has).
+
+pub mod iface;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -46,12 +49,12 @@ pub fn link_up(name: &str) -> Result<()> {
 
 /// SetupSandbox. In host mode nothing of the host may change: only an empty request passes.
 pub fn setup_sandbox(req: &api::SetupSandboxRequest, guest: bool) -> Result<()> {
-    if !req.interfaces.is_empty() || !req.routes.is_empty() {
-        return Err(AgentError::Unimplemented(
-            "network interfaces and routes are not configured by this agent yet".into(),
-        ));
-    }
-    let empty = req.hostname.is_empty() && req.mounts.is_empty() && req.resolv_conf.is_empty();
+    let (ifaces, routes) = iface::plan(req)?;
+    let empty = req.hostname.is_empty()
+        && req.mounts.is_empty()
+        && req.resolv_conf.is_empty()
+        && ifaces.is_empty()
+        && routes.is_empty();
     if !guest {
         return if empty {
             Ok(())
@@ -67,6 +70,11 @@ pub fn setup_sandbox(req: &api::SetupSandboxRequest, guest: bool) -> Result<()> 
     }
     for m in &req.mounts {
         guest_mount(m)?;
+    }
+    if !ifaces.is_empty() || !routes.is_empty() {
+        let mut nl = husk_protocol::rtnl::Rtnl::open()
+            .map_err(AgentError::io("opening an rtnetlink socket"))?;
+        iface::apply(&mut nl, &ifaces, &routes)?;
     }
     if !req.resolv_conf.is_empty() {
         std::fs::write("/etc/resolv.conf", &req.resolv_conf)
@@ -135,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn host_mode_refuses_changes_and_networking_is_unimplemented() {
+    fn host_mode_refuses_changes_and_bad_routes_are_invalid() {
         let mut req = api::SetupSandboxRequest::default();
         assert!(setup_sandbox(&req, false).is_ok());
         req.hostname = "pod".into();
@@ -147,7 +155,7 @@ mod tests {
         req.routes.push(api::Route::default());
         assert!(matches!(
             setup_sandbox(&req, true),
-            Err(AgentError::Unimplemented(_))
+            Err(AgentError::InvalidArgument(_))
         ));
     }
 

@@ -1,0 +1,156 @@
+//! Planning and applying interfaces and routes against a fake rtnetlink.
+
+use std::io;
+
+use husk_protocol::rtnl::route::link::{LinkAttribute, LinkMessage};
+use husk_protocol::rtnl::route::RouteNetlinkMessage;
+use husk_protocol::rtnl::Netlink;
+
+use super::*;
+
+#[derive(Default)]
+struct Fake {
+    links: Vec<(u32, &'static str, [u8; 6])>,
+    sent: Vec<RouteNetlinkMessage>,
+}
+
+impl Netlink for Fake {
+    fn request(&mut self, msg: RouteNetlinkMessage, _flags: u16) -> io::Result<()> {
+        self.sent.push(msg);
+        Ok(())
+    }
+    fn dump(&mut self, _msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        Ok(self
+            .links
+            .iter()
+            .map(|(i, n, mac)| {
+                let mut l = LinkMessage::default();
+                l.header.index = *i;
+                l.attributes.push(LinkAttribute::IfName(n.to_string()));
+                l.attributes.push(LinkAttribute::Address(mac.to_vec()));
+                RouteNetlinkMessage::NewLink(l)
+            })
+            .collect())
+    }
+}
+
+fn request(mac: &str, addrs: &[&str], routes: &[(&str, &str, &str)]) -> api::SetupSandboxRequest {
+    let mut req = api::SetupSandboxRequest::new();
+    let mut i = api::Interface::new();
+    i.mac = mac.into();
+    i.name = "eth0".into();
+    i.mtu = 1400;
+    i.addresses = addrs.iter().map(|a| a.to_string()).collect();
+    req.interfaces.push(i);
+    for (d, g, dev) in routes {
+        let mut r = api::Route::new();
+        r.destination = d.to_string();
+        r.gateway = g.to_string();
+        r.device = dev.to_string();
+        req.routes.push(r);
+    }
+    req
+}
+
+#[test]
+fn cidrs_parse_and_bad_ones_are_refused() {
+    assert_eq!(
+        parse_cidr("10.88.0.5/16").unwrap(),
+        ("10.88.0.5".parse().unwrap(), 16)
+    );
+    assert_eq!(parse_cidr("fd00::5/64").unwrap().1, 64);
+    for bad in ["10.0.0.1", "10.0.0.1/33", "fd00::1/129", "x/8", "10.0.0.1/"] {
+        let e = parse_cidr(bad).unwrap_err();
+        assert!(matches!(e, AgentError::InvalidArgument(_)), "{bad}");
+        assert!(e.to_string().contains(bad), "{e}");
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_naming_the_value() {
+    let e = plan(&request("02:00:00:00:00", &[], &[])).unwrap_err();
+    assert!(e.to_string().contains("02:00:00:00:00"), "{e}");
+    let e = plan(&request("02:00:00:00:00:01", &["10.0.0.2"], &[])).unwrap_err();
+    assert!(e.to_string().contains("10.0.0.2"), "{e}");
+    let e = plan(&request("02:00:00:00:00:01", &[], &[("", "nope", "eth0")])).unwrap_err();
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = plan(&request("02:00:00:00:00:01", &[], &[("", "fd00::1", "")])).unwrap_err();
+    assert!(matches!(e, AgentError::InvalidArgument(_)));
+    let e = plan(&request(
+        "02:00:00:00:00:01",
+        &[],
+        &[("10.0.0.0/8", "fd00::1", "eth0")],
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("mixed"), "{e}");
+}
+
+#[test]
+fn an_unknown_mac_is_not_found() {
+    let req = request("02:00:00:00:00:09", &["10.0.0.2/24"], &[]);
+    let (i, r) = plan(&req).unwrap();
+    let mut nl = Fake {
+        links: vec![(1, "lo", [0; 6]), (2, "eth0", [2, 0, 0, 0, 0, 1])],
+        ..Fake::default()
+    };
+    let e = apply(&mut nl, &i, &r).unwrap_err();
+    assert!(matches!(e, AgentError::NotFound(_)));
+    assert!(e.to_string().contains("02:00:00:00:00:09"), "{e}");
+    assert!(nl.sent.is_empty(), "nothing changes");
+}
+
+#[test]
+fn the_nic_is_renamed_configured_brought_up_and_routed() {
+    let req = request(
+        "02:00:00:00:00:01",
+        &["10.99.0.2/24"],
+        &[("", "10.99.0.1", "eth0")],
+    );
+    let (i, r) = plan(&req).unwrap();
+    let mut nl = Fake {
+        links: vec![(1, "lo", [0; 6]), (7, "enp0", [2, 0, 0, 0, 0, 1])],
+        ..Fake::default()
+    };
+    apply(&mut nl, &i, &r).unwrap();
+    let kinds: Vec<&str> = nl
+        .sent
+        .iter()
+        .map(|m| match m {
+            RouteNetlinkMessage::SetLink(l)
+                if l.attributes.contains(&LinkAttribute::IfName("eth0".into())) =>
+            {
+                assert!(l.header.flags.is_empty(), "renamed while down");
+                "rename"
+            }
+            RouteNetlinkMessage::SetLink(l) if l.attributes.contains(&LinkAttribute::Mtu(1400)) => {
+                "mtu"
+            }
+            RouteNetlinkMessage::SetLink(l) if l.header.flags.contains(LinkFlags::Up) => "up",
+            RouteNetlinkMessage::NewAddress(a) => {
+                assert_eq!((a.header.index, a.header.prefix_len), (7, 24));
+                "addr"
+            }
+            RouteNetlinkMessage::NewRoute(r) => {
+                assert!(r.attributes.contains(&RouteAttribute::Oif(7)));
+                assert_eq!(r.header.destination_prefix_length, 0);
+                assert_eq!(r.header.scope, RouteScope::Universe);
+                "route"
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(kinds, ["rename", "mtu", "addr", "up", "route"]);
+}
+
+#[test]
+fn a_route_without_gateway_is_link_scope() {
+    let r = RoutePlan {
+        destination: Some(("fd00::".parse().unwrap(), 64)),
+        gateway: None,
+        device: "eth0".into(),
+    };
+    let m = route_message(&r, 3);
+    assert_eq!(m.header.scope, RouteScope::Link);
+    assert_eq!(m.header.address_family, AddressFamily::Inet6);
+    assert_eq!(m.header.destination_prefix_length, 64);
+}

@@ -1,0 +1,397 @@
+//! `husk install`: places the shim, VMM, this tool, the guest kernel and image under a prefix,
+//! links the shim into a directory on containerd's PATH, writes `/etc/husk/config.toml` if
+//! there is none, registers the `husk` handler in containerd's config, and optionally labels
+//! the node and restarts containerd. Everything it changes goes into the install record
+//! (`<prefix>/share/husk/install.json`, see [`crate::record`]), also when a step fails, so
+//! `husk uninstall` can undo a partial install.
+//!
+//! Nothing is touched before every input checked out: the artifacts are all found, the
+//! containerd config is a version husk edits and has no conflicting `husk` handler, and the
+//! shim link does not clobber someone else's file.
+
+use std::path::{Path, PathBuf};
+
+use crate::artifacts::{MissingArtifacts, Sources};
+use crate::commands::{self, CommandError, Runner};
+use crate::containerd::{self, ContainerdConfigError, Registered};
+use crate::fsops;
+use crate::paths::{Layout, Root, INITRD, KERNEL, SHIM, VMM};
+use crate::record::{ContainerdEdit, InstallRecord, RecordError};
+
+/// The husk config example (`runtimeclass/config/husk-config.toml`), the base of what install
+/// writes.
+const CONFIG_EXAMPLE: &str = include_str!("../../runtimeclass/config/husk-config.toml");
+
+/// Why install stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Artifacts are missing.
+    #[error(transparent)]
+    Artifacts(#[from] MissingArtifacts),
+    /// containerd's config cannot take the handler.
+    #[error("containerd config {path}: {source}")]
+    Containerd {
+        /// The file (host path).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: ContainerdConfigError,
+    },
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What install was doing.
+        what: &'static str,
+        /// The path (host path).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The shim link would replace a file install does not own.
+    #[error(
+        "{path} exists and is not husk's link to {target}: move it away or pass --force to \
+         replace it"
+    )]
+    LinkConflict {
+        /// The link path (host path).
+        path: PathBuf,
+        /// What the link should point to.
+        target: PathBuf,
+    },
+    /// The record.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// kubectl or systemctl.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A path option is not absolute.
+    #[error("{0} must be an absolute path when --root is given")]
+    Relative(PathBuf),
+}
+
+/// What to install where (all paths are host paths).
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// Where the host's `/` is.
+    pub root: Root,
+    /// The install prefix.
+    pub prefix: PathBuf,
+    /// containerd's config file.
+    pub containerd_config: PathBuf,
+    /// husk's config file (the handler's `ConfigPath`).
+    pub husk_config: PathBuf,
+    /// A directory on containerd's PATH for the shim link.
+    pub link_dir: PathBuf,
+    /// Where the artifacts come from.
+    pub sources: Sources,
+    /// Replace a conflicting handler or link.
+    pub force: bool,
+    /// `systemctl restart containerd` after changing its config.
+    pub restart_containerd: bool,
+    /// Label this node `husk.io/runtime=true`.
+    pub label_node: Option<String>,
+}
+
+/// What a run did, one line per step, and whether anything changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Human-readable steps.
+    pub lines: Vec<String>,
+    /// True when the node changed.
+    pub changed: bool,
+}
+
+impl Report {
+    fn changed(&mut self, line: String) {
+        tracing::info!(step = %line, "changed");
+        self.lines.push(line);
+        self.changed = true;
+    }
+    fn same(&mut self, line: String) {
+        self.lines.push(line);
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io { what, path, source }
+}
+
+/// The husk config install writes for a prefix: the example with the artifact paths set.
+pub fn husk_config_text(layout: &Layout) -> String {
+    let set = |key: &str, p: PathBuf| {
+        format!(
+            "{key} = {}",
+            toml_edit::Value::from(p.display().to_string())
+        )
+    };
+    let mut out = String::from(
+        "# Written by `husk install` (it never overwrites this file; `husk uninstall` removes it\n\
+         # unless it was changed).\n",
+    );
+    for line in CONFIG_EXAMPLE.lines() {
+        let line = if line.starts_with("#vmm = ") {
+            set("vmm", layout.bin().join(VMM))
+        } else if line.starts_with("#kernel = ") {
+            set("kernel", layout.share().join(KERNEL))
+        } else if line.starts_with("#initramfs = ") {
+            set("initramfs", layout.share().join(INITRD))
+        } else {
+            line.to_string()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The planned containerd edit: the text before (None: no file) and after.
+struct ConfigPlan {
+    before: Option<String>,
+    after: String,
+    version: containerd::Version,
+    outcome: Registered,
+}
+
+fn plan_containerd(opts: &InstallOptions) -> Result<ConfigPlan, InstallError> {
+    let file = opts.root.at(&opts.containerd_config);
+    let before = match std::fs::read_to_string(&file) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("reading containerd config", &opts.containerd_config)(e)),
+    };
+    let base = before.as_deref().unwrap_or(containerd::MINIMAL_V2);
+    let config_path = opts.husk_config.display().to_string();
+    let (after, version, outcome) =
+        containerd::register(base, &config_path, opts.force).map_err(|source| {
+            InstallError::Containerd {
+                path: opts.containerd_config.clone(),
+                source,
+            }
+        })?;
+    Ok(ConfigPlan {
+        before,
+        after,
+        version,
+        outcome,
+    })
+}
+
+/// The link's state: `Ok(true)` it is ours already, `Ok(false)` free (or forced).
+fn link_state(opts: &InstallOptions, link: &Path, target: &Path) -> Result<bool, InstallError> {
+    match std::fs::read_link(opts.root.at(link)) {
+        Ok(t) if t == target => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        _ if opts.force => Ok(false),
+        _ => Err(InstallError::LinkConflict {
+            path: link.to_path_buf(),
+            target: target.to_path_buf(),
+        }),
+    }
+}
+
+/// Installs husk; `runner` runs kubectl and systemctl.
+pub fn install(opts: &InstallOptions, runner: &dyn Runner) -> Result<Report, InstallError> {
+    if !opts.root.is_system() {
+        for p in [
+            &opts.prefix,
+            &opts.containerd_config,
+            &opts.husk_config,
+            &opts.link_dir,
+        ] {
+            if !p.is_absolute() {
+                return Err(InstallError::Relative(p.clone()));
+            }
+        }
+    }
+    let layout = Layout {
+        prefix: opts.prefix.clone(),
+    };
+    // Everything is checked before anything changes.
+    let artifacts = opts.sources.resolve()?;
+    let plan = plan_containerd(opts)?;
+    let link = opts.link_dir.join(SHIM);
+    let target = layout.bin().join(SHIM);
+    let want_link = opts.root.at(&opts.link_dir) != opts.root.at(&layout.bin());
+    let link_ok = want_link && link_state(opts, &link, &target)?;
+
+    let record_file = opts.root.at(&layout.record());
+    let old = InstallRecord::load(&record_file)?;
+    let mut rec = old
+        .clone()
+        .unwrap_or_else(|| InstallRecord::new(&opts.prefix));
+    let mut report = Report::default();
+    let result = apply(
+        opts,
+        runner,
+        &layout,
+        &artifacts,
+        plan,
+        (want_link, link_ok, &link, &target),
+        &mut rec,
+        &mut report,
+    );
+    if old.as_ref() != Some(&rec) && !rec.is_empty() {
+        rec.save(&record_file)?;
+        if old.is_none() {
+            report.changed(format!(
+                "recorded the install in {}",
+                layout.record().display()
+            ));
+        }
+    }
+    result?;
+    if let Some(node) = &opts.label_node {
+        runner.run(&commands::label_node(node))?;
+        if rec.node_label.as_deref() != Some(node) {
+            rec.node_label = Some(node.clone());
+            rec.save(&record_file)?;
+            report.changed(format!(
+                "labelled node {node} {}=true",
+                crate::paths::NODE_LABEL
+            ));
+        } else {
+            report.same(format!("node {node} is labelled (label re-applied)"));
+        }
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    opts: &InstallOptions,
+    runner: &dyn Runner,
+    layout: &Layout,
+    artifacts: &[crate::artifacts::Artifact],
+    plan: ConfigPlan,
+    (want_link, link_ok, link, target): (bool, bool, &Path, &Path),
+    rec: &mut InstallRecord,
+    report: &mut Report,
+) -> Result<(), InstallError> {
+    let root = &opts.root;
+    let mkdirs = |host: &Path, rec: &mut InstallRecord| -> Result<(), InstallError> {
+        let created = fsops::create_dirs(&root.at(host), host).map_err(io("creating", host))?;
+        for d in created {
+            if !rec.dirs.contains(&d) {
+                rec.dirs.push(d);
+            }
+        }
+        Ok(())
+    };
+
+    // Artifacts.
+    mkdirs(&layout.bin(), rec)?;
+    mkdirs(&layout.share(), rec)?;
+    for a in artifacts {
+        let host = opts.prefix.join(&a.dest);
+        let dst = root.at(&host);
+        if fsops::same_file(&a.source, &dst, a.mode).map_err(io("comparing", &host))? {
+            report.same(format!("{} is up to date", host.display()));
+            continue;
+        }
+        let existed = dst.exists();
+        fsops::copy_atomic(&a.source, &dst, a.mode).map_err(io("copying to", &host))?;
+        if existed {
+            report.changed(format!(
+                "updated {} from {}",
+                host.display(),
+                a.source.display()
+            ));
+        } else {
+            if !rec.files.contains(&host) {
+                rec.files.push(host.clone());
+            }
+            report.changed(format!(
+                "installed {} from {}",
+                host.display(),
+                a.source.display()
+            ));
+        }
+    }
+
+    // The shim on containerd's PATH.
+    if !want_link {
+        report.same(format!(
+            "{} is the link directory itself",
+            layout.bin().display()
+        ));
+    } else if link_ok {
+        report.same(format!(
+            "{} -> {} is in place",
+            link.display(),
+            target.display()
+        ));
+    } else {
+        mkdirs(&opts.link_dir, rec)?;
+        let at = root.at(link);
+        if at.symlink_metadata().is_ok() {
+            std::fs::remove_file(&at).map_err(io("replacing", link))?;
+        }
+        std::os::unix::fs::symlink(target, &at).map_err(io("linking", link))?;
+        rec.link = Some(link.to_path_buf());
+        report.changed(format!("linked {} -> {}", link.display(), target.display()));
+    }
+
+    // husk's config, only if there is none.
+    let cfg = root.at(&opts.husk_config);
+    if cfg.exists() {
+        report.same(format!(
+            "{} exists (kept as it is)",
+            opts.husk_config.display()
+        ));
+    } else {
+        if let Some(parent) = opts.husk_config.parent() {
+            mkdirs(parent, rec)?;
+        }
+        fsops::write_atomic(&cfg, husk_config_text(layout).as_bytes(), 0o644)
+            .map_err(io("writing", &opts.husk_config))?;
+        rec.husk_config = Some(opts.husk_config.clone());
+        report.changed(format!("wrote {}", opts.husk_config.display()));
+    }
+
+    // containerd's config.
+    let ccfg = &opts.containerd_config;
+    let header = plan.version.header();
+    if plan.outcome == Registered::AlreadyPresent && plan.before.is_some() {
+        report.same(format!("{} already registers [{header}]", ccfg.display()));
+        return Ok(());
+    }
+    let at = root.at(ccfg);
+    let mode = std::fs::metadata(&at)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        .unwrap_or(0o644);
+    if let Some(parent) = ccfg.parent() {
+        mkdirs(parent, rec)?;
+    }
+    fsops::write_atomic(&at, plan.after.as_bytes(), mode).map_err(io("writing", ccfg))?;
+    // A second (forced) edit keeps the first install's original.
+    let original = match &rec.containerd {
+        Some(prev) if prev.path == *ccfg => prev.original.clone(),
+        _ => plan.before.clone(),
+    };
+    rec.containerd = Some(ContainerdEdit {
+        path: ccfg.clone(),
+        version: plan.version,
+        original,
+        installed: plan.after,
+    });
+    let verb = match (plan.before.is_none(), plan.outcome) {
+        (true, _) => "created with",
+        (false, Registered::Replaced) => "replaced (--force)",
+        _ => "added",
+    };
+    report.changed(format!(
+        "{}: {verb} [{header}] (config version {})",
+        ccfg.display(),
+        plan.version.number()
+    ));
+    if opts.restart_containerd {
+        runner.run(&commands::restart_containerd(root))?;
+        report.changed("restarted containerd".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,20 @@
+//! `husk`, the node tool: [`install`] places husk on a node and registers it with containerd,
+//! [`uninstall`] undoes exactly what install recorded ([`record`]), [`check`] tells whether a
+//! host can run husk.
+//!
+//! Installed layout (what the shim's config module expects, see `husk_shim::config`):
+//! `<prefix>/bin/{containerd-shim-husk-v2,husk-vmm,husk}`,
+//! `<prefix>/share/husk/{vmlinux,husk-initrd.img,install.json}`, `/etc/husk/config.toml`, and
+//! `containerd-shim-husk-v2` linked into a directory on containerd's PATH. Every host path goes
+//! through a [`paths::Root`], so the same code installs onto `/` or onto a host mounted at
+//! `/host` (the DaemonSet) or a test's temporary directory.
+
+pub mod artifacts;
+pub mod check;
+pub mod commands;
+pub mod containerd;
+pub mod fsops;
+pub mod install;
+pub mod paths;
+pub mod record;
+pub mod uninstall;

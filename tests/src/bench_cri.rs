@@ -1,0 +1,150 @@
+//! `make bench BENCH=cri`: the cost of a Kubernetes pod on husk against runc, through
+//! containerd's CRI plugin as kubelet drives it (src/cri/), in one private containerd and one
+//! run.
+//!
+//! - `pod_ready_ms`: RunPodSandbox → CreateContainer → StartContainer → the container RUNNING
+//!   in ContainerStatus; husk and runc interleaved, medians of at least 10 runs after a
+//!   warm-up each. Removing the pod is not timed.
+//! - `pod_host_mib`: host memory of one idle pod (pause + a `sleep` container): husk's shim PSS,
+//!   plus husk-vmm's PSS outside guest RAM, plus guest RAM the guest touched; against runc's
+//!   shim PSS plus the PSS of the pod's two processes.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::bench::{self, Record};
+use crate::bench_ctr::pss_kib;
+use crate::containerd::{processes_with, Containerd, HuskArtifacts, HuskSettings};
+use crate::cri::{self, container_config, pod_config, running, wait_container, Cri};
+
+/// Fewest measured runs per side.
+pub const MIN_RUNS: usize = 10;
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn record(metric: &str, unit: &str, husk: Option<f64>, runc: Option<f64>, runs: usize) -> Record {
+    Record::versus_runc("cri", metric, unit, husk, runc, runs)
+}
+
+/// Starts pod `name` with one `sleep` container under `handler` and waits until it runs;
+/// returns (ms, pod id, container id).
+fn ready(
+    cri: &Cri,
+    logs: &Path,
+    handler: &str,
+    name: &str,
+) -> anyhow::Result<(f64, String, String)> {
+    let dir = logs.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let cfg = pod_config(name, &dir);
+    let started = Instant::now();
+    let pod = cri.run_pod(&cfg, handler)?;
+    let ctr = cri.create_and_start(&pod, &cfg, &container_config("c", &["sleep", "3600"]))?;
+    wait_container(cri, &ctr, READY_TIMEOUT, running)?;
+    Ok((started.elapsed().as_secs_f64() * 1000.0, pod, ctr))
+}
+
+fn pod_ready(cri: &Cri, logs: &Path, handler: &str, name: &str) -> anyhow::Result<f64> {
+    let (ms, pod, _) = ready(cri, logs, handler, name)?;
+    cri.stop_and_remove_pod(&pod)?;
+    Ok(ms)
+}
+
+/// The task pid ctr reports for `id` in `k8s.io`.
+fn task_pid(c: &Containerd, id: &str) -> anyhow::Result<u32> {
+    let out = c.ctr(&["task", "ls"], None, READY_TIMEOUT);
+    out.stdout
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id)).then(|| f.get(1).and_then(|p| p.parse().ok()))?
+        })
+        .with_context(|| format!("no task {id} in `ctr task ls`: {out}"))
+}
+
+fn shim_pid(c: &Containerd, binary: &str, pod: &str) -> anyhow::Result<u32> {
+    let sock = c.socket().display().to_string();
+    processes_with(&format!("-id {pod} "))
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains(binary) && cmd.contains(&sock) && !cmd.contains(" start"))
+        .map(|(pid, _)| pid)
+        .with_context(|| format!("no {binary} process for pod {pod}"))
+}
+
+/// Host memory of one idle pod in KiB: (shim + VMM overhead, guest RAM touched) for husk,
+/// (shim + the pod's processes, 0) for runc.
+fn idle_pod_kib(
+    c: &Containerd,
+    cri: &Cri,
+    logs: &Path,
+    handler: &str,
+    guest_mib: u32,
+) -> anyhow::Result<(u64, u64)> {
+    let (_, pod, ctr) = ready(cri, logs, handler, &format!("mem-{handler}"))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let result = (|| {
+        if handler == "husk" {
+            let shim = pss_kib(shim_pid(c, "containerd-shim-husk-v2", &pod)?)?;
+            let vm_json = format!("{}/{pod}/vm.json", c.husk_state.display());
+            let vmm = processes_with(&vm_json)
+                .first()
+                .map(|(p, _)| *p)
+                .with_context(|| format!("no husk-vmm running {vm_json}"))?;
+            let (overhead, guest) = bench::vmm_memory_kib(vmm, u64::from(guest_mib) * 1024)?;
+            Ok((shim + overhead, guest))
+        } else {
+            let shim = pss_kib(shim_pid(c, "containerd-shim-runc-v2", &pod)?)?;
+            let procs = pss_kib(task_pid(c, &pod)?)? + pss_kib(task_pid(c, &ctr)?)?;
+            Ok((shim + procs, 0))
+        }
+    })();
+    cri.stop_and_remove_pod(&pod)?;
+    result
+}
+
+/// Runs the benchmark with `runs` measured runs per side (at least [`MIN_RUNS`]).
+pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
+    let runs = runs.max(MIN_RUNS);
+    let artifacts = HuskArtifacts::from_env().map_err(anyhow::Error::msg)?;
+    let settings = HuskSettings::new(artifacts);
+    let c = Containerd::start_cri(Some(&settings))?;
+    cri::import_images(&c)?;
+    let cri = Cri::connect(&c.socket())?;
+    let logs = c.base().join("pods");
+    pod_ready(&cri, &logs, "runc", "warm-runc")?;
+    pod_ready(&cri, &logs, "husk", "warm-husk")?;
+    let (mut h, mut r) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        r.push(pod_ready(&cri, &logs, "runc", &format!("runc-{i}"))?);
+        h.push(pod_ready(&cri, &logs, "husk", &format!("husk-{i}"))?);
+        eprintln!(
+            "husk-bench: cri pod {}: husk {:.0} ms, runc {:.0} ms",
+            i + 1,
+            h[i],
+            r[i]
+        );
+    }
+    let (husk_host, guest) = idle_pod_kib(&c, &cri, &logs, "husk", settings.memory_mib)?;
+    let (runc_host, _) = idle_pod_kib(&c, &cri, &logs, "runc", 0)?;
+    eprintln!(
+        "husk-bench: idle pod: husk shim + husk-vmm {husk_host} KiB + guest RAM touched {guest} KiB; runc shim + processes {runc_host} KiB"
+    );
+    let mib = |k: u64| k as f64 / 1024.0;
+    Ok(vec![
+        record(
+            "pod_ready_ms",
+            "ms",
+            bench::median(&h),
+            bench::median(&r),
+            runs,
+        ),
+        record(
+            "pod_host_mib",
+            "MiB",
+            Some(mib(husk_host + guest)),
+            Some(mib(runc_host)),
+            1,
+        ),
+    ])
+}
