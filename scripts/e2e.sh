@@ -18,7 +18,9 @@ artifacts="$repo/target/e2e-artifacts"
 rm -rf "$artifacts" && mkdir -p "$artifacts"
 echo "e2e: ${#bins[@]} test binaries; kernel $HUSK_KERNEL; logs of failures go to $artifacts"
 # Every binary runs even when an earlier one failed, so one failure does not hide another; the
-# run fails at the end, naming each failed binary.
+# run fails at the end, naming each failed binary. A binary that fails is run once more: in the
+# nested test host about one guest boot in a few dozen dies or hangs in early kernel memory setup
+# (issue 3, open; cause not found yet). A pass on the retry is reported as FLAKY, never silently.
 # Known failures, excluded by name and announced on every run (never counted as passed): each
 # names the open issue that tracks it. Override with HUSK_E2E_EXCLUDE='' to run them too.
 #  - cri_ten_husk_pods_in_parallel (issue 6): ten nested guests booting at once in the TCG test
@@ -33,11 +35,22 @@ done
 "$TESTHOST" --timeout "${HUSK_E2E_TIMEOUT:-2700}" --rw "$artifacts" -- "
   export HUSK_E2E_ARTIFACTS='$artifacts'
   failed=''
+  retried=''
   for b in ${bins[*]}; do
     echo \"== e2e: \$(basename \$b)\"
     start=\$(date +%s)
-    \$b --ignored --test-threads=1 $skip_args || failed=\"\$failed \$(basename \$b)\"
+    if ! \$b --ignored --test-threads=1 $skip_args; then
+      echo \"== e2e: RETRYING \$(basename \$b) once after a failure (output above)\"
+      if \$b --ignored --test-threads=1 $skip_args; then
+        retried=\"\$retried \$(basename \$b)\"
+      else
+        failed=\"\$failed \$(basename \$b)\"
+      fi
+    fi
     echo \"== e2e: \$(basename \$b) took \$(( \$(date +%s) - start )) s\"
   done
+  if [ -n \"\$retried\" ]; then
+    echo \"e2e: *** FLAKY: failed once, passed on the retry:\$retried (the nested early-boot failure, issue 3) ***\" >&2
+  fi
   if [ -n \"\$failed\" ]; then echo \"e2e: FAILED:\$failed\" >&2; exit 1; fi
   echo 'e2e: all passed'"
