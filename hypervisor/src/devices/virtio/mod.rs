@@ -35,7 +35,8 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemory as _;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::memory::GuestMemory;
@@ -66,6 +67,47 @@ pub struct Activation {
     pub interrupt: Arc<dyn VirtioInterrupt>,
     /// The features the driver accepted.
     pub acked_features: u64,
+}
+
+impl Activation {
+    /// Checks that the driver set up exactly `count` queues (and eventfds), each ready and with
+    /// its rings inside guest RAM: what every device needs before its worker starts.
+    pub fn check_queues(&self, count: usize) -> Result<(), ActivateError> {
+        if self.queues.len() != count || self.queue_evts.len() != count {
+            return Err(ActivateError::QueueCount {
+                expected: count,
+                got: self.queues.len().min(self.queue_evts.len()),
+            });
+        }
+        for (index, q) in self.queues.iter().enumerate() {
+            if !q.ready() {
+                return Err(ActivateError::BadQueue {
+                    index,
+                    why: "not ready",
+                });
+            }
+            if !q.is_valid(&self.mem) || self.mem.num_regions() == 0 {
+                return Err(ActivateError::BadQueue {
+                    index,
+                    why: "rings outside guest RAM",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A config-space read of any width at any offset: the bytes of `config` from `offset`, zero
+/// past its end (a driver reading beyond the structure gets zeros, never a fault).
+pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|at| config.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
 }
 
 /// A device could not start.

@@ -11,8 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use husk_protocol::vm_config::{FsCache, FsShare};
-use virtio_queue::QueueT;
-use vm_memory::GuestMemory as _;
 
 use super::backend::new_server;
 use super::event_loop::FsEventLoop;
@@ -21,7 +19,8 @@ use super::{FsError, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
 use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
-    ActivateError, Activation, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_window, ActivateError, Activation, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Size of the config space: the tag, then `le32 num_request_queues`.
@@ -98,14 +97,7 @@ impl VirtioDevice for VirtioFs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| self.config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_window(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -116,26 +108,7 @@ impl VirtioDevice for VirtioFs {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if a.queues.len() != 2 || a.queue_evts.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: a.queues.len().min(a.queue_evts.len()),
-            });
-        }
-        for (index, q) in a.queues.iter().enumerate() {
-            if !q.ready() {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    why: "not ready",
-                });
-            }
-            if !q.is_valid(&a.mem) || a.mem.num_regions() == 0 {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    why: "rings outside guest RAM",
-                });
-            }
-        }
+        a.check_queues(2)?;
         let server = new_server(&self.root, self.cache).map_err(ActivateError::Start)?;
         let count = ActivateError::QueueCount {
             expected: 2,

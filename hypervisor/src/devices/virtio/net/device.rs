@@ -19,8 +19,6 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
     VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
-use virtio_queue::QueueT;
-use vm_memory::GuestMemory as _;
 
 use super::event_loop::NetEventLoop;
 use super::handler::NetQueues;
@@ -30,7 +28,8 @@ use super::{NetError, NetStats, PollableTap, TapIo, QUEUE_SIZE};
 use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
-    ActivateError, Activation, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    read_config_window, ActivateError, Activation, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Size of the config space: mac, status, max_virtqueue_pairs, mtu.
@@ -145,14 +144,7 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| self.config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_window(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -163,26 +155,7 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if a.queues.len() != 2 || a.queue_evts.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: a.queues.len().min(a.queue_evts.len()),
-            });
-        }
-        for (index, q) in a.queues.iter().enumerate() {
-            if !q.ready() {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    why: "not ready",
-                });
-            }
-            if !q.is_valid(&a.mem) || a.mem.num_regions() == 0 {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    why: "rings outside guest RAM",
-                });
-            }
-        }
+        a.check_queues(2)?;
         self.tap
             .set_offload(tap_offloads(a.acked_features))
             .map_err(ActivateError::Start)?;

@@ -12,8 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use husk_protocol::vm_config::VsockConfig;
-use virtio_queue::QueueT;
-use vm_memory::GuestMemory as _;
 
 use super::defs::{EVQ, QUEUE_SIZE, RXQ, TXQ};
 use super::event_loop::VsockEventLoop;
@@ -23,7 +21,7 @@ use super::VsockError;
 use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
-    ActivateError, Activation, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    read_config_window, ActivateError, Activation, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
 
@@ -96,14 +94,7 @@ impl VirtioDevice for Vsock {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
         let config = self.guest_cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|at| config.get(at))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_window(&config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -114,26 +105,7 @@ impl VirtioDevice for Vsock {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if a.queues.len() != 3 || a.queue_evts.len() != 3 {
-            return Err(ActivateError::QueueCount {
-                expected: 3,
-                got: a.queues.len().min(a.queue_evts.len()),
-            });
-        }
-        for (index, q) in a.queues.iter().enumerate() {
-            if !q.ready() {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    why: "not ready",
-                });
-            }
-            if !q.is_valid(&a.mem) || a.mem.num_regions() == 0 {
-                return Err(ActivateError::BadQueue {
-                    index,
-                    why: "rings outside guest RAM",
-                });
-            }
-        }
+        a.check_queues(3)?;
         let listener = self.listener.try_clone().map_err(ActivateError::Start)?;
         let socket = self.socket.0.clone();
         let muxer = Muxer::new(listener, socket, self.guest_cid, &self.allowed_guest_ports)
