@@ -1,0 +1,85 @@
+//! Queue access shared by the receive and transmit paths: taking the next chain (and telling
+//! a bad chain from a broken queue), publishing used entries with one index update, and reading
+//! the driver's `used_event`.
+
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use super::NetFault;
+use crate::devices::virtio::chain::{ChainError, GuestChain};
+use crate::memory::GuestMemory;
+
+pub(super) enum Next {
+    Chain(GuestChain),
+    Bad(NetFault, u16),
+    Empty,
+    Broken(NetFault),
+}
+
+pub(super) fn next_chain(q: &mut Queue, mem: &GuestMemory, queue: &'static str) -> Next {
+    let chain = match q.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(e) => {
+            return Next::Broken(NetFault::Broken {
+                queue,
+                why: e.to_string(),
+            })
+        }
+    };
+    let Some(chain) = chain else {
+        return Next::Empty;
+    };
+    let head = chain.head_index();
+    match GuestChain::parse(chain) {
+        Ok(c) => Next::Chain(c),
+        Err(e @ ChainError::Empty { .. }) => Next::Broken(NetFault::Broken {
+            queue,
+            why: e.to_string(),
+        }),
+        Err(source) => Next::Bad(NetFault::Chain { queue, source }, head),
+    }
+}
+
+/// Puts `entries` (head, length) in the used ring and then publishes them with one index
+/// update, so the driver sees all of a frame's buffers or none.
+pub(super) fn publish_used(
+    q: &mut Queue,
+    mem: &GuestMemory,
+    entries: &[(u16, u32)],
+) -> Result<(), String> {
+    let size = q.size();
+    let ring = GuestAddress(q.used_ring());
+    let base = Wrapping(q.next_used());
+    for (i, (head, len)) in entries.iter().enumerate() {
+        if *head >= size {
+            return Err(format!("head {head} is past the queue size {size}"));
+        }
+        let slot = (base + Wrapping(i as u16)).0 % size;
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&u32::from(*head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        let at = ring
+            .checked_add(4 + 8 * u64::from(slot))
+            .ok_or("used ring address overflows")?;
+        mem.write_slice(&elem, at).map_err(|e| e.to_string())?;
+    }
+    let next = base + Wrapping(entries.len() as u16);
+    let idx = ring.checked_add(2).ok_or("used ring address overflows")?;
+    // Release: the elements are visible before the index that publishes them.
+    mem.store(next.0.to_le(), idx, Ordering::Release)
+        .map_err(|e| e.to_string())?;
+    q.set_next_used(next.0);
+    Ok(())
+}
+
+/// The driver's `used_event` (the used index it wants an interrupt at), read from the end of
+/// the available ring.
+pub(super) fn used_event(q: &Queue, mem: &GuestMemory) -> Option<Wrapping<u16>> {
+    let at = GuestAddress(q.avail_ring()).checked_add(4 + 2 * u64::from(q.size()))?;
+    mem.load::<u16>(at, Ordering::Acquire)
+        .ok()
+        .map(|v| Wrapping(u16::from_le(v)))
+}
