@@ -13,6 +13,7 @@
 //! - [`vcpu`]: vCPU threads, their gate (run, park, stop) and the stop signal.
 //! - [`vmm`]: building and running a VM from a [`VmConfig`]; [`control`]: the control socket.
 
+pub mod affinity;
 pub mod arch;
 pub mod bus;
 pub mod control;

@@ -121,10 +121,20 @@ struct VcpuThread {
     mmio: Arc<Bus>,
     gate: Arc<RunGate>,
     stop: Arc<StopSignal>,
+    /// The host CPU this thread is pinned to, if any.
+    cpu: Option<u32>,
 }
 
 impl VcpuThread {
     fn run(mut self) {
+        if let Some(cpu) = self.cpu {
+            if let Err(e) = crate::affinity::pin_current_thread(cpu) {
+                let id = self.id;
+                let why = format!("vCPU {id}: pinning to host CPU {cpu}: {e}");
+                self.stop.raise(StopReason::Fault(why));
+                return;
+            }
+        }
         while self.gate.wait_runnable() {
             if let Some(reason) = self.step() {
                 self.stop.raise(reason);
@@ -205,12 +215,14 @@ pub struct Vcpus {
 pub struct KickTimeout(usize, usize, &'static str, Duration);
 
 impl Vcpus {
-    /// Starts one thread per configured vCPU.
+    /// Starts one thread per configured vCPU, each pinned to its host CPU of `affinity`
+    /// (see [`crate::affinity`]; empty: not pinned).
     pub fn start(
         fds: Vec<VcpuFd>,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         stop: Arc<StopSignal>,
+        affinity: &[u32],
     ) -> std::io::Result<Self> {
         let gate = Arc::new(RunGate::default());
         let mut threads = Vec::with_capacity(fds.len());
@@ -222,6 +234,7 @@ impl Vcpus {
                 mmio: mmio.clone(),
                 gate: gate.clone(),
                 stop: stop.clone(),
+                cpu: crate::affinity::cpu_of(affinity, id),
             };
             threads.push(
                 std::thread::Builder::new()

@@ -308,8 +308,16 @@ impl Machine {
         }
 
         install_kick_handler().map_err(setup("installing the vCPU kick handler"))?;
-        let vcpus = Vcpus::start(fds, self.pio.clone(), self.mmio.clone(), self.stop.clone())
-            .map_err(setup("starting vCPU threads"))?;
+        let affinity = &self.config.vcpu_affinity;
+        crate::affinity::check(affinity).map_err(setup("vcpu_affinity"))?;
+        let vcpus = Vcpus::start(
+            fds,
+            self.pio.clone(),
+            self.mmio.clone(),
+            self.stop.clone(),
+            affinity,
+        )
+        .map_err(setup("starting vCPU threads"))?;
         let mut state = VmState::Created
             .transition(VmState::Running)
             .map_err(setup("starting"))?;

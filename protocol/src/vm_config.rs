@@ -48,7 +48,14 @@ pub struct VmConfig {
     /// virtio-net devices, each backed by a host tap device.
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// Host CPUs the vCPU threads are pinned to: vCPU `i` runs only on
+    /// `vcpu_affinity[i % len]`. Empty (the default): the host scheduler places them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vcpu_affinity: Vec<u32>,
 }
+
+/// Highest host CPU number `vcpu_affinity` may name (the size of the kernel's `cpu_set_t`).
+pub const MAX_HOST_CPU: u32 = 1023;
 
 /// A host directory served to the guest by an in-process virtio-fs device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +160,11 @@ pub enum VmConfigError {
     /// A virtio-fs path that is not absolute.
     #[error("fs share {0:?}: the path must be absolute")]
     FsPath(PathBuf),
+    /// A vcpu_affinity list that is too long or names an impossible CPU.
+    #[error(
+        "vcpu_affinity: {0} (at most {MAX_VCPUS} entries, each a host CPU 0..={MAX_HOST_CPU})"
+    )]
+    VcpuAffinity(String),
     /// A tap name that is empty, too long or has odd characters.
     #[error("net tap {0:?} must be 1 to 15 bytes of letters, digits, '-', '_' or '.'")]
     TapName(String),
@@ -263,6 +275,13 @@ impl VmConfig {
                 return Err(VmConfigError::NetnsPath(ns.clone()));
             }
         }
+        if self.vcpu_affinity.len() > usize::from(MAX_VCPUS) {
+            let n = self.vcpu_affinity.len();
+            return Err(VmConfigError::VcpuAffinity(format!("{n} entries")));
+        }
+        if let Some(cpu) = self.vcpu_affinity.iter().find(|c| **c > MAX_HOST_CPU) {
+            return Err(VmConfigError::VcpuAffinity(format!("CPU {cpu}")));
+        }
         let devices = usize::from(self.vsock.is_some()) + self.fs.len() + self.net.len();
         if devices > MAX_DEVICES {
             return Err(VmConfigError::TooManyDevices(devices));
@@ -285,6 +304,21 @@ mod tests {
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.memory_mib, 256);
         assert!(c.vsock.is_none());
+    }
+
+    #[test]
+    fn vcpu_affinity_is_optional_bounded_and_round_trips() {
+        let mut c = minimal();
+        assert!(c.vcpu_affinity.is_empty());
+        assert!(!c.to_json().contains("vcpu_affinity"));
+        c.vcpu_affinity = vec![1, 0];
+        c.validate().unwrap();
+        assert_eq!(VmConfig::from_json(&c.to_json()), Ok(c.clone()));
+        c.vcpu_affinity = vec![MAX_HOST_CPU + 1];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("vcpu_affinity: CPU 1024"), "{e}");
+        c.vcpu_affinity = vec![0; usize::from(MAX_VCPUS) + 1];
+        assert!(matches!(c.validate(), Err(VmConfigError::VcpuAffinity(_))));
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct HuskConfig {
     pub shutdown_timeout_secs: u64,
     /// Per-sandbox state (`<state_dir>/<sandbox-id>`); keep it short (Unix socket paths).
     pub state_dir: PathBuf,
+    /// Pin each vCPU thread to one host CPU (see `vm::pinning`).
+    pub pin_vcpus: bool,
     /// Log level of the shim (`error`, `warn`, `info`, `debug`, `trace`); containerd's
     /// `-debug` raises it to `debug`.
     pub log_level: String,
@@ -98,6 +100,7 @@ impl Default for HuskConfig {
             boot_timeout_secs: 30,
             shutdown_timeout_secs: 10,
             state_dir: PathBuf::from("/run/husk"),
+            pin_vcpus: false,
             log_level: "info".into(),
         }
     }

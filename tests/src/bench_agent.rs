@@ -58,6 +58,7 @@ pub fn ready_ms(vmm: &Path, kernel: &Path, image: &Path, runs: usize) -> anyhow:
         let config = serde_json::json!({
             "kernel": kernel, "initramfs": image, "extra_cmdline": "quiet",
             "vcpus": 1, "memory_mib": 256, "serial_log": "/proc/self/fd/1",
+            "vcpu_affinity": crate::e2e::vcpu_affinity(1),
         });
         let path = dir.path().join("vm.json");
         std::fs::write(&path, serde_json::to_vec(&config)?)?;

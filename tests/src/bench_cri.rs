@@ -40,9 +40,38 @@ fn ready(
     let cfg = pod_config(name, &dir);
     let started = Instant::now();
     let pod = cri.run_pod(&cfg, handler)?;
-    let ctr = cri.create_and_start(&pod, &cfg, &container_config("c", &["sleep", "3600"]))?;
-    wait_container(cri, &ctr, READY_TIMEOUT, running)?;
-    Ok((started.elapsed().as_secs_f64() * 1000.0, pod, ctr))
+    let started_ctr = (|| {
+        let ctr = cri.create_and_start(&pod, &cfg, &container_config("c", &["sleep", "3600"]))?;
+        wait_container(cri, &ctr, READY_TIMEOUT, running)?;
+        Ok::<_, anyhow::Error>(ctr)
+    })();
+    match started_ctr {
+        Ok(ctr) => Ok((started.elapsed().as_secs_f64() * 1000.0, pod, ctr)),
+        Err(e) => {
+            let _ = cri.stop_and_remove_pod(&pod);
+            Err(e)
+        }
+    }
+}
+
+/// Failed runs are reported and not counted; past this many the benchmark gives up. On the
+/// nested test host a few percent of guest boots die in early kernel setup under any VMM
+/// (scripts/boot-stress.sh, issue 3), and kubelet would retry such a pod.
+const MAX_FAILED_RUNS: usize = 3;
+
+/// Failed runs so far, each printed when it happens.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn note(&mut self, what: &str, e: &anyhow::Error) -> anyhow::Result<()> {
+        eprintln!("husk-bench: *** {what} FAILED (not counted): {e:#}");
+        self.0.push(format!("{what}: {e:#}"));
+        if self.0.len() > MAX_FAILED_RUNS {
+            anyhow::bail!("{} runs failed: {:#?}", self.0.len(), self.0);
+        }
+        Ok(())
+    }
 }
 
 fn pod_ready(cri: &Cri, logs: &Path, handler: &str, name: &str) -> anyhow::Result<f64> {
@@ -112,21 +141,40 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     cri::import_images(&c)?;
     let cri = Cri::connect(&c.socket())?;
     let logs = c.base().join("pods");
-    pod_ready(&cri, &logs, "runc", "warm-runc")?;
-    pod_ready(&cri, &logs, "husk", "warm-husk")?;
+    let mut failures = Failures::default();
+    for handler in ["runc", "husk"] {
+        let name = format!("warm-{handler}");
+        if let Err(e) = pod_ready(&cri, &logs, handler, &name) {
+            failures.note(&name, &e)?;
+        }
+    }
     let (mut h, mut r) = (Vec::new(), Vec::new());
-    for i in 0..runs {
-        r.push(pod_ready(&cri, &logs, "runc", &format!("runc-{i}"))?);
-        h.push(pod_ready(&cri, &logs, "husk", &format!("husk-{i}"))?);
+    let mut attempt = 0;
+    while h.len() < runs || r.len() < runs {
+        attempt += 1;
+        for (handler, times) in [("runc", &mut r), ("husk", &mut h)] {
+            if times.len() < runs {
+                let name = format!("{handler}-{attempt}");
+                match pod_ready(&cri, &logs, handler, &name) {
+                    Ok(ms) => times.push(ms),
+                    Err(e) => failures.note(&name, &e)?,
+                }
+            }
+        }
         eprintln!(
-            "husk-bench: cri pod {}: husk {:.0} ms, runc {:.0} ms",
-            i + 1,
-            h[i],
-            r[i]
+            "husk-bench: cri round {attempt}: husk {:.0} ms, runc {:.0} ms",
+            h.last().copied().unwrap_or(f64::NAN),
+            r.last().copied().unwrap_or(f64::NAN)
         );
     }
-    let (husk_host, guest) = idle_pod_kib(&c, &cri, &logs, "husk", settings.memory_mib)?;
-    let (runc_host, _) = idle_pod_kib(&c, &cri, &logs, "runc", 0)?;
+    let mut idle = |handler: &str, guest_mib: u32| loop {
+        match idle_pod_kib(&c, &cri, &logs, handler, guest_mib) {
+            Ok(kib) => return Ok::<_, anyhow::Error>(kib),
+            Err(e) => failures.note(&format!("idle {handler} pod"), &e)?,
+        }
+    };
+    let (husk_host, guest) = idle("husk", settings.memory_mib)?;
+    let (runc_host, _) = idle("runc", 0)?;
     eprintln!(
         "husk-bench: idle pod: husk shim + husk-vmm {husk_host} KiB + guest RAM touched {guest} KiB; runc shim + processes {runc_host} KiB"
     );

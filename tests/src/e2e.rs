@@ -47,3 +47,25 @@ pub fn require() -> E2eEnv {
         vmm: path_var("HUSK_VMM", "made by `make build`"),
     }
 }
+
+/// Whether husk VMs started by the harness pin their vCPU threads (`pin_vcpus` in the husk
+/// config, `vcpu_affinity` for husk-vmm run directly): yes inside the nested test host
+/// (`HUSK_IN_TESTHOST`), unless `HUSK_PIN_VCPUS=0`.
+///
+/// Why: under QEMU TCG's emulated SVM, guest boots whose vCPU threads migrate between the test
+/// host's CPUs die in early kernel setup about one time in twenty, under husk-vmm and QEMU's
+/// microvm alike; pinned, about one in a hundred (`scripts/boot-stress.sh`, issue 3).
+pub fn pin_vcpus() -> bool {
+    std::env::var_os("HUSK_IN_TESTHOST").is_some()
+        && std::env::var("HUSK_PIN_VCPUS").as_deref() != Ok("0")
+}
+
+/// The `vcpu_affinity` for a husk-vmm the harness runs directly: vCPU `i` on the test host's
+/// CPU `i % n`, or empty where [`pin_vcpus`] says no.
+pub fn vcpu_affinity(vcpus: u32) -> Vec<u32> {
+    if !pin_vcpus() {
+        return Vec::new();
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    (0..vcpus).map(|i| i % n).collect()
+}

@@ -147,6 +147,7 @@ pub fn husk_vmm_with(
         "serial_log": "/proc/self/fd/1",
         "control_socket": opts.control_socket,
         "vsock": vsock,
+        "vcpu_affinity": crate::e2e::vcpu_affinity(spec.vcpus),
     });
     let path = dir.join("vm.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;

@@ -38,6 +38,7 @@ fn vmm_with_vsock(env: &e2e::E2eEnv, dir: &Path) -> (Command, PathBuf) {
         "memory_mib": 256,
         "serial_log": "/proc/self/fd/1",
         "vsock": {"guest_cid": 3, "socket": vsock, "allowed_guest_ports": [1026]},
+        "vcpu_affinity": e2e::vcpu_affinity(1),
     });
     let path = dir.join("vm.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();

@@ -22,6 +22,7 @@ pub fn vm_config(
     extra_cmdline: &str,
     paths: &SandboxPaths,
     net: Vec<NetConfig>,
+    vcpu_affinity: Vec<u32>,
 ) -> VmConfig {
     VmConfig {
         kernel: artifacts.kernel.clone(),
@@ -42,6 +43,7 @@ pub fn vm_config(
             cache: FsCache::Auto,
         }],
         net,
+        vcpu_affinity,
     }
 }
 
@@ -64,6 +66,7 @@ mod tests {
             },
             "quiet",
             &paths,
+            Vec::new(),
             Vec::new(),
         );
         c.validate().unwrap();

@@ -5,6 +5,7 @@
 //! husk-vmm; unit tests plug in a fake that serves an in-process agent.
 
 pub mod config;
+pub mod pinning;
 pub mod size;
 pub mod spawn;
 
@@ -304,12 +305,21 @@ impl VmmBooter {
             .map_err(host(format!("setting the mode of {}", root.display())))?;
         std::fs::create_dir_all(req.paths.shared())
             .map_err(host(format!("creating {}", req.paths.shared().display())))?;
+        let affinity = if req.config.pin_vcpus {
+            let allowed = pinning::allowed_cpus()
+                .map_err(|e| host("reading the shim's CPU affinity")(e.into()))?;
+            let sandbox = req.paths.root().file_name().unwrap_or_default();
+            pinning::choose(&allowed, req.size.vcpus, &sandbox.to_string_lossy())
+        } else {
+            Vec::new()
+        };
         let vm = config::vm_config(
             &a,
             req.size,
             &req.config.extra_cmdline,
             &req.paths,
             req.net.clone(),
+            affinity,
         );
         vm.validate()?;
         std::fs::write(req.paths.vm_config(), vm.to_json())

@@ -84,10 +84,13 @@ pub struct HuskSettings {
     pub vcpus: u8,
     /// Guest RAM.
     pub memory_mib: u32,
+    /// `pin_vcpus` in the husk config: on in the nested test host (see [`crate::e2e::pin_vcpus`]).
+    pub pin_vcpus: bool,
 }
 
 impl HuskSettings {
-    /// Test defaults: 120 s boot timeout, `quiet`, 1 vCPU, 256 MiB.
+    /// Test defaults: 120 s boot timeout, `quiet`, 1 vCPU, 256 MiB, vCPUs pinned in the
+    /// nested test host.
     pub fn new(artifacts: HuskArtifacts) -> HuskSettings {
         HuskSettings {
             artifacts,
@@ -95,6 +98,7 @@ impl HuskSettings {
             extra_cmdline: "quiet".into(),
             vcpus: 1,
             memory_mib: 256,
+            pin_vcpus: crate::e2e::pin_vcpus(),
         }
     }
 
@@ -103,7 +107,7 @@ impl HuskSettings {
         format!(
             "# written by husk-tests (src/containerd/husk.rs)\nvmm = {:?}\nkernel = {:?}\ninitramfs = {:?}\n\
              state_dir = {:?}\nboot_timeout_secs = {}\nextra_cmdline = {:?}\nvcpus = {}\n\
-             memory_mib = {}\nshutdown_timeout_secs = 20\n",
+             memory_mib = {}\nshutdown_timeout_secs = 20\npin_vcpus = {}\n",
             a.vmm.display().to_string(),
             a.kernel.display().to_string(),
             a.initramfs.display().to_string(),
@@ -112,6 +116,7 @@ impl HuskSettings {
             self.extra_cmdline,
             self.vcpus,
             self.memory_mib,
+            self.pin_vcpus,
         )
     }
 }

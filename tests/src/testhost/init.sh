@@ -5,6 +5,7 @@
 # the command and powers off. Parameters come from the kernel command line:
 #   husk.rundir=DIR   the run directory (shared writable): cmd.sh in, stdout/stderr/exit out
 #   husk.rw=A,B       further host directories shared writable at the same paths (tags rw1, rw2, ...)
+#   husk.kvm_amd=P,Q  kvm_amd module parameters (e.g. npt=0)
 /bin/busybox mkdir -p /bin /sbin /proc /sys /dev
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -19,19 +20,24 @@ die() {
   poweroff -f
 }
 
-kver=$(uname -r)
-while read -r m; do
-  insmod "/lib/modules/$kver/$m" || die "insmod $m failed"
-done < /etc/modules.load
-
 rundir=
 rw=
+kvm_amd=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     husk.rundir=*) rundir=${arg#*=} ;;
     husk.rw=*) rw=${arg#*=} ;;
+    husk.kvm_amd=*) kvm_amd=$(echo "${arg#*=}" | tr ',' ' ') ;;
   esac
 done
+
+kver=$(uname -r)
+while read -r m; do
+  params=
+  case "$m" in */kvm-amd.ko) params=$kvm_amd ;; esac
+  # shellcheck disable=SC2086 # the parameters are separate words
+  insmod "/lib/modules/$kver/$m" $params || die "insmod $m $params failed"
+done < /etc/modules.load
 [ -n "$rundir" ] || die "no husk.rundir= on the kernel command line"
 
 p9="trans=virtio,version=9p2000.L,msize=512000"

@@ -73,11 +73,37 @@ impl Follower {
     }
 }
 
+/// kvm_amd's parameters in the test host: the module's defaults unless `HUSK_TESTHOST_KVM_AMD`
+/// names some (comma-separated, e.g. `npt=0`), for experiments on the nested KVM.
+///
+/// Tried against the early-boot guest failures of issue 3 (`scripts/boot-stress.sh`, four
+/// guests at once, where husk-vmm and QEMU's microvm each lose about one boot in twenty):
+/// `vgif=0` changed nothing; `npt=0` (shadow paging) ran 52 boots clean and then panicked the
+/// test host's kernel (a stack overflow in KVM's shadow-paging path). So the defaults stay.
+const KVM_AMD_PARAMS: &str = "";
+
+/// QEMU's TCG threading for the test host: `multi` (one host thread per vCPU) unless
+/// `HUSK_TESTHOST_TCG` says `single`.
+fn tcg_threads() -> String {
+    match std::env::var("HUSK_TESTHOST_TCG").as_deref() {
+        Ok("single") => "single".into(),
+        _ => "multi".into(),
+    }
+}
+
+fn kvm_amd_params() -> String {
+    std::env::var("HUSK_TESTHOST_KVM_AMD").unwrap_or_else(|_| KVM_AMD_PARAMS.into())
+}
+
 fn qemu_command(spec: &RunSpec, assets: &Assets, rundir: &Path, rw: &[PathBuf]) -> Command {
     let mut cmdline = format!(
         "console=ttyS0 quiet loglevel=3 panic=-1 husk.rundir={}",
         rundir.display()
     );
+    let kvm_amd = kvm_amd_params();
+    if !kvm_amd.is_empty() {
+        cmdline.push_str(&format!(" husk.kvm_amd={kvm_amd}"));
+    }
     if !rw.is_empty() {
         let list: Vec<_> = rw
             .iter()
@@ -86,7 +112,8 @@ fn qemu_command(spec: &RunSpec, assets: &Assets, rundir: &Path, rw: &[PathBuf]) 
         cmdline.push_str(&format!(" husk.rw={}", list.join(",")));
     }
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", "max"])
+    let accel = format!("tcg,thread={}", tcg_threads());
+    cmd.args(["-accel", &accel, "-M", "q35", "-cpu", "max"])
         .args([
             "-smp",
             &spec.cpus.to_string(),
@@ -190,8 +217,12 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
         if ready_secs.is_none() && dir.join("ready").exists() {
             let secs = started.elapsed().as_secs_f64();
             ready_secs = Some(secs);
+            let params = match kvm_amd_params() {
+                p if p.is_empty() => String::new(),
+                p => format!(", kvm_amd {p}"),
+            };
             eprintln!(
-                "husk-testhost: test host ({}) ready in {secs:.1}s",
+                "husk-testhost: test host ({}{params}) ready in {secs:.1}s",
                 assets.release
             );
         }
