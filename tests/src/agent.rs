@@ -37,12 +37,27 @@ async fn read_line(s: &mut UnixStream, max: usize) -> std::io::Result<String> {
 
 /// Connects to `port` through the hybrid socket `socket`.
 pub async fn connect(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(socket).await?;
-    s.write_all(hybrid::connect_line(port).as_bytes()).await?;
-    let line = read_line(&mut s, hybrid::MAX_LINE).await?;
-    hybrid::parse_ok(line.as_bytes()).map_err(std::io::Error::other)?;
-    Ok(s)
+    let handshake = async {
+        let mut s = UnixStream::connect(socket).await?;
+        s.write_all(hybrid::connect_line(port).as_bytes()).await?;
+        let line = read_line(&mut s, hybrid::MAX_LINE).await?;
+        hybrid::parse_ok(line.as_bytes()).map_err(std::io::Error::other)?;
+        Ok(s)
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer to CONNECT {port} within {CONNECT_TIMEOUT:?} (guest hung?)"),
+            ))
+        })
 }
+
+/// How long a hybrid vsock CONNECT may take to be answered.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an output stream may stay open once a test collects it.
+const COLLECT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A ttrpc client of the agent behind `socket`.
 pub async fn client(socket: &Path) -> std::io::Result<AgentClient> {
@@ -140,15 +155,22 @@ impl Output {
         Ok(o)
     }
 
-    /// Waits for both output streams' EOF: (stdout, stderr).
+    /// Waits for both output streams' EOF: (stdout, stderr). Panics, naming the stream, when
+    /// one stays open for [`COLLECT_TIMEOUT`] (a hung guest must fail the test, not stall it).
     pub async fn collect(self) -> (Vec<u8>, Vec<u8>) {
-        let get = |h: Option<tokio::task::JoinHandle<Vec<u8>>>| async move {
-            match h {
-                Some(h) => h.await.unwrap_or_default(),
-                None => Vec::new(),
+        let get = |h: Option<tokio::task::JoinHandle<Vec<u8>>>, name: &'static str| async move {
+            let Some(mut h) = h else {
+                return Vec::new();
+            };
+            match tokio::time::timeout(COLLECT_TIMEOUT, &mut h).await {
+                Ok(v) => v.unwrap_or_default(),
+                Err(_) => {
+                    h.abort();
+                    panic!("{name} did not reach EOF within {COLLECT_TIMEOUT:?} (guest hung?)")
+                }
             }
         };
-        (get(self.out).await, get(self.err).await)
+        (get(self.out, "stdout").await, get(self.err, "stderr").await)
     }
 }
 

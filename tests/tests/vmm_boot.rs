@@ -48,6 +48,7 @@ fn assert_stopped_by_sigterm(vm: &mut RunningVm, socket: &Path) {
 fn control(socket: &Path, request: &str) -> String {
     let mut s =
         UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s.write_all(request.as_bytes()).unwrap();
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
