@@ -33,16 +33,33 @@ for t in $exclude; do
   skip_args="$skip_args --skip $t"
 done
 [ -z "$skip_args" ] || skip_args="$skip_args --exact"
+# Each binary is bounded (HUSK_E2E_BINARY_TIMEOUT, default 900 s; the slowest takes about 4
+# minutes), so one hung guest costs one binary, not the whole run. Output is not captured, so a
+# binary killed at its bound still shows how far it got. After a binary is killed, whatever it
+# left running (containerd, shims, VMMs) is killed too, so the next binary's leak checks start
+# from a clean host.
+bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
 "$TESTHOST" --timeout "${HUSK_E2E_TIMEOUT:-2700}" --rw "$artifacts" -- "
   export HUSK_E2E_ARTIFACTS='$artifacts'
   failed=''
   retried=''
+  run_one() {
+    timeout -k 30 $bound \$1 --ignored --test-threads=1 --nocapture $skip_args
+    rc=\$?
+    if [ \$rc = 124 ] || [ \$rc = 137 ]; then
+      echo \"== e2e: *** \$(basename \$1) KILLED after ${bound} s; killing what it left running ***\"
+      pkill -9 -f containerd-shim-husk-v2; pkill -9 -x husk-vmm; pkill -9 -x containerd
+      pkill -9 -f containerd-shim-runc-v2; pkill -9 -x qemu-system-x86_64
+      sleep 1
+    fi
+    return \$rc
+  }
   for b in ${bins[*]}; do
     echo \"== e2e: \$(basename \$b)\"
     start=\$(date +%s)
-    if ! \$b --ignored --test-threads=1 $skip_args; then
+    if ! run_one \$b; then
       echo \"== e2e: RETRYING \$(basename \$b) once after a failure (output above)\"
-      if \$b --ignored --test-threads=1 $skip_args; then
+      if run_one \$b; then
         retried=\"\$retried \$(basename \$b)\"
       else
         failed=\"\$failed \$(basename \$b)\"

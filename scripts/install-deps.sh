@@ -9,7 +9,7 @@ packages=(
   # guest image and nested test host
   busybox-static cpio qemu-system-x86 zstd kmod
   # containerd and its peers for the end-to-end tests and the demo
-  containerd runc containernetworking-plugins iproute2 iptables
+  containerd runc containernetworking-plugins iproute2 iptables procps
   # agent protocol generation
   protobuf-compiler
   # husk-agent: seccomp from the OCI spec, linked statically into the guest's /init

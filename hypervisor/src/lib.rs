@@ -10,6 +10,7 @@
 //! - [`bus`], [`devices`]: port/MMIO dispatch and the devices behind it; [`device_manager`]
 //!   places virtio-mmio devices (ioeventfds, irqfd, bus window, command line).
 //! - [`logger`]: rate-limited warnings for anything the guest can trigger.
+//! - [`timeline`]: where setup time went, printed once when the vCPUs start.
 //! - [`vcpu`]: vCPU threads, their gate (run, park, stop) and the stop signal.
 //! - [`vmm`]: building and running a VM from a [`VmConfig`]; [`control`]: the control socket.
 
@@ -21,6 +22,7 @@ pub mod device_manager;
 pub mod devices;
 pub mod logger;
 pub mod memory;
+pub mod timeline;
 pub mod vcpu;
 pub mod vm;
 pub mod vm_state;

@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_protocol::{ControlRequest, VmConfig, VmmExit};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -27,6 +27,7 @@ use crate::devices::legacy::{
 use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::net::VirtioNet;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::timeline::Timeline;
 use crate::vcpu::{install_kick_handler, StopReason, StopSignal, Vcpus};
 use crate::vm::{Vm, VmError};
 use crate::vm_state::VmState;
@@ -187,6 +188,7 @@ pub struct Machine {
     stop: Arc<StopSignal>,
     signals: OwnedFd,
     entry: vm_memory::GuestAddress,
+    timeline: Timeline,
 }
 
 impl std::fmt::Debug for Machine {
@@ -199,9 +201,11 @@ impl std::fmt::Debug for Machine {
 
 impl Machine {
     /// Builds the VM: memory, interrupt controllers, legacy devices, kernel and boot structures.
-    pub fn build(config: VmConfig) -> Result<Self, VmmError> {
+    /// `timeline` started when the process did; build adds its phases.
+    pub fn build(config: VmConfig, mut timeline: Timeline) -> Result<Self, VmmError> {
         let signals = termination_signalfd().map_err(setup("blocking termination signals"))?;
         let vm = Vm::create(config.memory_mib)?;
+        timeline.mark("vm+memory");
         let stop = Arc::new(StopSignal::new().map_err(setup("creating the stop eventfd"))?);
 
         let mut pio = Bus::default();
@@ -235,13 +239,16 @@ impl Machine {
             let device = Box::new(VirtioNet::new(net).map_err(setup("virtio-net"))?);
             virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
         }
+        timeline.mark("devices");
 
         let kernel = boot::load_kernel(&vm.memory, &config.kernel)?;
+        timeline.mark("kernel");
         let initramfs = match &config.initramfs {
             Some(path) => Some(boot::load_initramfs(&vm.memory, path, kernel.end)?),
             None => None,
         };
         boot::write_boot_structures(&vm.memory, &cmdline, &kernel, initramfs, config.vcpus)?;
+        timeline.mark("initramfs");
 
         Ok(Machine {
             config,
@@ -252,11 +259,12 @@ impl Machine {
             stop,
             signals,
             entry: kernel.entry,
+            timeline,
         })
     }
 
     /// Runs the VM until the guest shuts down, a fault, a signal or a shutdown request.
-    pub fn run(self) -> Result<VmmExit, VmmError> {
+    pub fn run(mut self) -> Result<VmmExit, VmmError> {
         let count = self.config.vcpus;
         let cpuid = self
             .vm
@@ -321,6 +329,8 @@ impl Machine {
         let mut state = VmState::Created
             .transition(VmState::Running)
             .map_err(setup("starting"))?;
+        self.timeline.mark("vcpus");
+        eprintln!("husk-vmm: vCPUs running; {}", self.timeline);
 
         let mut events = vec![EpollEvent::default(); 8];
         let exit = 'run: loop {
@@ -407,9 +417,10 @@ fn answer_control(request: ControlRequest, state: &mut VmState, vcpus: &Vcpus) -
     (format!("ok {state}"), false)
 }
 
-/// Builds and runs the VM described by `config`.
-pub fn run(config: VmConfig) -> Result<VmmExit, VmmError> {
-    Machine::build(config)?.run()
+/// Builds and runs the VM described by `config`; `started` is when the process started, where
+/// the setup timeline begins.
+pub fn run(config: VmConfig, started: Instant) -> Result<VmmExit, VmmError> {
+    Machine::build(config, Timeline::new(started))?.run()
 }
 
 #[cfg(test)]

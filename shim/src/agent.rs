@@ -17,6 +17,10 @@ use tokio::net::UnixStream;
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Deadline for one health check while booting.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest pause between two readiness polls while the guest boots. A refused attempt costs a
+/// Unix connect and one vsock request the guest kernel resets, so polling often is cheap, and
+/// every millisecond between the agent listening and the next poll is pod start latency.
+const POLL_MAX: Duration = Duration::from_millis(40);
 
 /// A failed agent call.
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +289,6 @@ pub async fn wait_ready(
             return Err(state);
         }
         tokio::time::sleep(delay.min(deadline - now)).await;
-        delay = (delay * 3 / 2).min(Duration::from_millis(250));
+        delay = (delay * 3 / 2).min(POLL_MAX);
     }
 }

@@ -27,31 +27,68 @@ fn record(metric: &str, unit: &str, husk: Option<f64>, runc: Option<f64>, runs: 
     Record::versus_runc("cri", metric, unit, husk, runc, runs)
 }
 
+/// Where a pod's start time went, in ms: RunPodSandbox (husk boots the VM there) and the rest
+/// (CreateContainer, StartContainer, until ContainerStatus says RUNNING).
+#[derive(Debug, Clone, Copy)]
+struct Phases {
+    run_pod: f64,
+    container: f64,
+}
+
+impl Phases {
+    fn total(&self) -> f64 {
+        self.run_pod + self.container
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
 /// Starts pod `name` with one `sleep` container under `handler` and waits until it runs;
-/// returns (ms, pod id, container id).
+/// returns (phases, pod id, container id).
 fn ready(
     cri: &Cri,
     logs: &Path,
     handler: &str,
     name: &str,
-) -> anyhow::Result<(f64, String, String)> {
+) -> anyhow::Result<(Phases, String, String)> {
     let dir = logs.join(name);
     std::fs::create_dir_all(&dir)?;
     let cfg = pod_config(name, &dir);
     let started = Instant::now();
     let pod = cri.run_pod(&cfg, handler)?;
+    let run_pod = ms_since(started);
+    let container_started = Instant::now();
     let started_ctr = (|| {
         let ctr = cri.create_and_start(&pod, &cfg, &container_config("c", &["sleep", "3600"]))?;
         wait_container(cri, &ctr, READY_TIMEOUT, running)?;
         Ok::<_, anyhow::Error>(ctr)
     })();
     match started_ctr {
-        Ok(ctr) => Ok((started.elapsed().as_secs_f64() * 1000.0, pod, ctr)),
+        Ok(ctr) => {
+            let container = ms_since(container_started);
+            Ok((Phases { run_pod, container }, pod, ctr))
+        }
         Err(e) => {
             let _ = cri.stop_and_remove_pod(&pod);
             Err(e)
         }
     }
+}
+
+/// The numbers after `field` on the lines of containerd's log (which carries the shims' logs)
+/// that contain `needle`: e.g. the shim's "the guest agent is ready ... ms=1834".
+fn logged_numbers(log: &str, needle: &str, field: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            let rest = &l[l.find(needle)?..];
+            let rest = &rest[rest.find(field)? + field.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
 }
 
 /// Failed runs are reported and not counted; past this many the benchmark gives up. On the
@@ -74,10 +111,10 @@ impl Failures {
     }
 }
 
-fn pod_ready(cri: &Cri, logs: &Path, handler: &str, name: &str) -> anyhow::Result<f64> {
-    let (ms, pod, _) = ready(cri, logs, handler, name)?;
+fn pod_ready(cri: &Cri, logs: &Path, handler: &str, name: &str) -> anyhow::Result<Phases> {
+    let (phases, pod, _) = ready(cri, logs, handler, name)?;
     cri.stop_and_remove_pod(&pod)?;
-    Ok(ms)
+    Ok(phases)
 }
 
 /// The task pid ctr reports for `id` in `k8s.io`.
@@ -156,17 +193,45 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             if times.len() < runs {
                 let name = format!("{handler}-{attempt}");
                 match pod_ready(&cri, &logs, handler, &name) {
-                    Ok(ms) => times.push(ms),
+                    Ok(phases) => times.push(phases),
                     Err(e) => failures.note(&name, &e)?,
                 }
             }
         }
+        let last = |v: &Vec<Phases>| v.last().map_or(f64::NAN, Phases::total);
         eprintln!(
             "husk-bench: cri round {attempt}: husk {:.0} ms, runc {:.0} ms",
-            h.last().copied().unwrap_or(f64::NAN),
-            r.last().copied().unwrap_or(f64::NAN)
+            last(&h),
+            last(&r)
         );
     }
+    for (handler, times) in [("husk", &h), ("runc", &r)] {
+        let med = |f: fn(&Phases) -> f64| {
+            bench::median(&times.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+        };
+        eprintln!(
+            "husk-bench: {handler} medians: RunPodSandbox {:.0} ms, container create+start+running {:.0} ms",
+            med(|p| p.run_pod),
+            med(|p| p.container)
+        );
+    }
+    let log = c.log_tail(usize::MAX);
+    let boots = logged_numbers(&log, "the guest agent is ready", " ms=");
+    let setups = logged_numbers(&log, "vCPUs running; setup ", "setup ");
+    let guest_ready = logged_numbers(&log, "the guest agent is ready", "guest_ready_ms=");
+    let guest_uptime = logged_numbers(&log, "the guest agent is ready", "guest_uptime_ms=");
+    let med = |v: &[f64]| bench::median(v).unwrap_or(f64::NAN);
+    eprintln!(
+        "husk-bench: husk VM boot, medians of {} from the shim's log: husk-vmm spawned -> agent answers {:.0} ms; \
+         husk-vmm setup before the vCPUs run {:.0} ms; guest uptime when the agent began serving {:.0} ms, \
+         when it answered {:.0} ms",
+        boots.len(),
+        med(&boots),
+        med(&setups),
+        med(&guest_ready),
+        med(&guest_uptime),
+    );
+    let totals = |v: &[Phases]| v.iter().map(Phases::total).collect::<Vec<_>>();
     let mut idle = |handler: &str, guest_mib: u32| loop {
         match idle_pod_kib(&c, &cri, &logs, handler, guest_mib) {
             Ok(kib) => return Ok::<_, anyhow::Error>(kib),
@@ -183,8 +248,8 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         record(
             "pod_ready_ms",
             "ms",
-            bench::median(&h),
-            bench::median(&r),
+            bench::median(&totals(&h)),
+            bench::median(&totals(&r)),
             runs,
         ),
         record(
@@ -195,4 +260,23 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             1,
         ),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_times_are_read_from_the_shim_log() {
+        let log = "x INFO husk_shim::vm: the guest agent is ready pid=7 agent=\"0.1\" ms=1834\n\
+                   y INFO other ms=5\n\
+                   w INFO husk-vmm: vCPUs running; setup 412 ms (vm+memory 40 ms, kernel 300 ms)\n\
+                   z INFO husk_shim::vm: the guest agent is ready pid=9 guest_ready_ms=700 ms=1200\n";
+        let ready = logged_numbers(log, "the guest agent is ready", " ms=");
+        assert_eq!(ready, vec![1834.0, 1200.0]);
+        let setup = logged_numbers(log, "vCPUs running; setup ", "setup ");
+        assert_eq!(setup, vec![412.0]);
+        let guest = logged_numbers(log, "the guest agent is ready", "guest_ready_ms=");
+        assert_eq!(guest, vec![700.0]);
+    }
 }

@@ -15,7 +15,9 @@ use husk_tests::containerd::{
 };
 use husk_tests::oci_image::BUSYBOX_REF;
 
-const T: Duration = Duration::from_secs(300);
+/// Bound of one ctr step: above the shim's boot timeout in the harness (120 s), so a slow
+/// nested boot is not cut short, but low enough that a hung guest costs minutes, not the run.
+const T: Duration = Duration::from_secs(180);
 
 /// What a case observed: normalized stdout and the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,7 +413,9 @@ fn ctr_table_under_runc() {
     let c = Containerd::start(None).unwrap();
     c.import_busybox().unwrap();
     let mut failures = Vec::new();
+    let started = Instant::now();
     for case in table() {
+        eprintln!("[{:>4} s] case {}", started.elapsed().as_secs(), case.name);
         let id = format!("{}-runc", case.name);
         let o = (case.run)(&c, RUNC, &id);
         eprintln!("runc {:<8} {o:?}", case.name);
@@ -435,7 +439,9 @@ fn ctr_table_husk_matches_runc() {
     let c = Containerd::start(Some(&settings)).unwrap();
     c.import_busybox().unwrap();
     let mut failures = Vec::new();
+    let started = Instant::now();
     for case in table() {
+        eprintln!("[{:>4} s] case {}", started.elapsed().as_secs(), case.name);
         let runc = (case.run)(&c, RUNC, &format!("{}-runc", case.name));
         let husk = (case.run)(&c, HUSK, &format!("{}-husk", case.name));
         eprintln!("{:<8} runc {runc:?}\n{:<8} husk {husk:?}", case.name, "");

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::Parser;
 use husk_hypervisor::VmmExit;
@@ -19,6 +20,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    let started = Instant::now();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
             eprintln!("husk-vmm: error: {e}");
             VmmExit::Error
         }
-        Ok(config) => match husk_hypervisor::vmm::run(config) {
+        Ok(config) => match husk_hypervisor::vmm::run(config, started) {
             Ok(exit) => exit,
             Err(e) => {
                 eprintln!("husk-vmm: error: {e}");

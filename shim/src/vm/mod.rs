@@ -366,6 +366,8 @@ impl Booter for VmmBooter {
                     pid = process.pid,
                     agent = info.agent_version.as_str(),
                     kernel = info.kernel_release.as_str(),
+                    guest_ready_ms = info.ready_ms,
+                    guest_uptime_ms = info.uptime_ms,
                     ms = started.elapsed().as_millis() as u64,
                     "the guest agent is ready"
                 );
