@@ -5,6 +5,7 @@
 //! husk-vmm; unit tests plug in a fake that serves an in-process agent.
 
 pub mod config;
+pub mod diagnose;
 pub mod pinning;
 pub mod size;
 pub mod spawn;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use crate::agent::{self, Agent, AgentError};
 use crate::config::HuskConfig;
 use crate::paths::SandboxPaths;
+use diagnose::diagnose;
 use size::VmSize;
 use spawn::{SharedTail, VmmEnd, VmmProcess};
 
@@ -212,51 +214,6 @@ fn require(what: &'static str, path: &Path, hint: &'static str) -> Result<(), Bo
             hint,
         })
     }
-}
-
-/// Why the agent did not come up, from what the VM said.
-pub fn diagnose(console: &spawn::Tail, stderr: &spawn::Tail, wait: &agent::NotReady) -> String {
-    for (needle, cause) in [
-        ("kernel", "husk-vmm could not load the guest kernel"),
-        (
-            "initramfs",
-            "husk-vmm could not load the guest image (initramfs)",
-        ),
-        ("vsock", "husk-vmm could not set up its vsock device"),
-        (
-            "virtio-fs",
-            "husk-vmm could not set up its virtio-fs device",
-        ),
-        ("/dev/kvm", "husk-vmm could not use /dev/kvm"),
-    ] {
-        if let Some(line) = stderr.find(needle) {
-            return format!("{cause} ({line})");
-        }
-    }
-    if let Some(line) = console.find("Kernel panic") {
-        if line.contains("No working init") || line.contains("VFS") {
-            return format!(
-                "the guest image has no usable /init: is it a husk-agent initramfs? ({line})"
-            );
-        }
-        return format!("the guest kernel panicked ({line})");
-    }
-    if !wait.socket_seen {
-        return "husk-vmm never created its vsock socket (does this husk-vmm have virtio-vsock?)"
-            .into();
-    }
-    if wait.connected {
-        return "the agent accepted a connection on vsock port 1024 but did not answer Check"
-            .into();
-    }
-    if console.is_empty() {
-        return "nothing answered on vsock port 1024 and the guest console is empty \
-                (is the kernel a husk guest kernel with virtio-vsock? `quiet` hides boot messages)"
-            .into();
-    }
-    "the guest booted but nothing answered on vsock port 1024 \
-     (is the image a husk-agent initramfs, and does the kernel have virtio-vsock?)"
-        .into()
 }
 
 /// Forwards the agent's log lines (guest-initiated vsock port 1026) to the shim's log.

@@ -52,6 +52,11 @@ impl Tail {
         self.lines.iter().any(|l| l.contains(needle))
     }
 
+    /// The kept lines, oldest first.
+    pub fn lines(&self) -> impl Iterator<Item = &str> {
+        self.lines.iter().map(String::as_str)
+    }
+
     /// The first kept line containing `needle`.
     pub fn find(&self, needle: &str) -> Option<String> {
         self.lines.iter().find(|l| l.contains(needle)).cloned()
