@@ -15,7 +15,8 @@ use husk_tests::testhost::{self, RunSpec, TestHostError};
 #[derive(Debug, Parser)]
 #[command(name = "husk-testhost", version)]
 struct Args {
-    /// Give up after this many seconds (test host boot included); exit code 124.
+    /// Give up after this many seconds (test host boot included); exit code 124, as for a test
+    /// host whose heartbeat stalls for two minutes.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
     /// Host directory the command may write to (shared writable at the same path; repeatable).
@@ -89,7 +90,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("husk-testhost: error: {e}");
             ExitCode::from(match e {
-                TestHostError::Timeout(..) => 124,
+                TestHostError::Timeout(..) | TestHostError::Wedged(..) => 124,
                 TestHostError::Interrupted(_) => 130,
                 _ => 125,
             })

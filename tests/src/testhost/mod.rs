@@ -74,6 +74,11 @@ pub enum TestHostError {
     /// The deadline passed; the command (and QEMU) were killed.
     #[error("command timed out after {0:?} and was killed{1}")]
     Timeout(Duration, String),
+    /// The test host stopped answering (no heartbeat for this long); it was killed.
+    #[error(
+        "the test host wedged: no heartbeat from its userspace for {0:?}, so it was killed{1}"
+    )]
+    Wedged(Duration, String),
     /// Interrupted by a signal; everything was stopped.
     #[error("interrupted; the command was stopped{0}")]
     Interrupted(String),

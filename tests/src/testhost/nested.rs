@@ -177,6 +177,21 @@ fn check_visible(path: &Path) -> Result<(), TestHostError> {
     }
 }
 
+/// How long the test host's heartbeat (written every 5 s by its init) may stall before the
+/// test host counts as wedged. Generous: a loaded test host still runs a shell loop within
+/// seconds, and a wedged one never does.
+const WEDGED_AFTER: Duration = Duration::from_secs(120);
+
+/// Whether the heartbeat file was last written more than [`WEDGED_AFTER`] ago. A heartbeat
+/// that does not exist yet (the command just started) is not stalled.
+fn heartbeat_stalled(path: &Path) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > WEDGED_AFTER)
+}
+
 pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostError> {
     check_visible(&spec.cwd)?;
     for d in &spec.rw_dirs {
@@ -236,6 +251,8 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
             Some(TestHostError::Interrupted(stopped))
         } else if Instant::now() >= deadline {
             Some(TestHostError::Timeout(spec.timeout, stopped))
+        } else if ready_secs.is_some() && heartbeat_stalled(&dir.join("heartbeat")) {
+            Some(TestHostError::Wedged(WEDGED_AFTER, stopped))
         } else {
             None
         };
@@ -276,6 +293,23 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_heartbeat_is_a_stall_and_a_fresh_or_missing_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let beat = dir.path().join("heartbeat");
+        assert!(!heartbeat_stalled(&beat));
+        fs::write(&beat, "1").unwrap();
+        assert!(!heartbeat_stalled(&beat));
+        let old = std::time::SystemTime::now() - WEDGED_AFTER - Duration::from_secs(5);
+        fs::File::options()
+            .write(true)
+            .open(&beat)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert!(heartbeat_stalled(&beat));
+    }
 
     #[test]
     fn hidden_directories_are_refused_by_name() {
