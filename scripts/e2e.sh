@@ -48,7 +48,7 @@ run_one() {
     export HUSK_E2E_ARTIFACTS='$artifacts'
     $1 --ignored --test-threads=1 --nocapture $skip_args" || rc=$?
   if [ "$rc" = 124 ]; then
-    echo "== e2e: *** $(basename "$1") KILLED after ${bound} s ***"
+    echo "== e2e: *** $(basename "$1") KILLED (its ${bound} s bound, or a wedged test host) ***"
     pkill -9 -f '/run/hct-' 2>/dev/null || true
   fi
   return "$rc"
