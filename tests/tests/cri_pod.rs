@@ -416,20 +416,11 @@ fn start_pod_like_kubelet(
     if let Some(pod) = &dead {
         // containerd marks the sandbox NOTREADY when it handles the sandbox task's exit event,
         // which can trail the container's failure a little.
-        let notready = Ok(PodSandboxState::SandboxNotready as i32);
-        let mut state = Err(String::new());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            state = cri
-                .pod_status(pod)
-                .map(|s| s.state)
-                .map_err(|e| e.to_string());
-            if state == notready {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if state != notready {
+        let notready = PodSandboxState::SandboxNotready as i32;
+        if !eventually(Duration::from_secs(15), || {
+            cri.pod_status(pod).is_ok_and(|s| s.state == notready)
+        }) {
+            let state = cri.pod_status(pod).map(|s| s.state);
             return Err(format!(
                 "pod {i}: {first} (sandbox state {state:?}: not retried)"
             ));
