@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 GUEST_TARGET := x86_64-unknown-linux-gnu
-GUEST_BIN := target/$(GUEST_TARGET)/release
+GUEST_BIN := target/$(GUEST_TARGET)/guest
 IMAGES := target/images
 HOSTBIN := target/release
 BENCH ?=
@@ -33,14 +33,14 @@ build: deps
 
 # Guest binaries are static: the guest has no libc.
 guest: deps
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(GUEST_TARGET) -p husk-test-init
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile guest --target $(GUEST_TARGET) -p husk-test-init
 	$(MAKE) --no-print-directory agent
 
 # husk-agent, static (it is the guest's /init; host-mode tests run the same binary). libseccomp
 # links statically from Debian's libseccomp-dev.
 agent: deps
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --target $(GUEST_TARGET) -p husk-agent
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile guest --target $(GUEST_TARGET) -p husk-agent
 
 kernel: deps
 	@guest-kernel/build.sh

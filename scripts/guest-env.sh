@@ -6,7 +6,7 @@ HUSK_TEST_IMAGE="$repo/target/images/test-init.cpio.gz"
 HUSK_VMM="$repo/target/release/husk-vmm"
 TESTHOST="$repo/target/release/husk-testhost"
 # husk-agent (static; the guest's /init and the host-mode tests' agent) and its images.
-HUSK_AGENT="$repo/target/x86_64-unknown-linux-gnu/release/husk-agent"
+HUSK_AGENT="$repo/target/x86_64-unknown-linux-gnu/guest/husk-agent"
 HUSK_INITRD="$repo/target/images/husk-initrd.img"
 HUSK_AGENT_TEST_IMAGE="$repo/target/images/husk-agent-test.img"
 export HUSK_KERNEL HUSK_TEST_IMAGE HUSK_VMM HUSK_AGENT HUSK_INITRD HUSK_AGENT_TEST_IMAGE

@@ -189,20 +189,27 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     let mut attempt = 0;
     while h.len() < runs || r.len() < runs {
         attempt += 1;
-        for (handler, times) in [("runc", &mut r), ("husk", &mut h)] {
+        // This round's result per handler (husk, runc): a time, "failed", or "done" when that
+        // side already has its runs.
+        let mut round = [String::from("done"), String::from("done")];
+        for (i, handler, times) in [(1, "runc", &mut r), (0, "husk", &mut h)] {
             if times.len() < runs {
                 let name = format!("{handler}-{attempt}");
-                match pod_ready(&cri, &logs, handler, &name) {
-                    Ok(phases) => times.push(phases),
-                    Err(e) => failures.note(&name, &e)?,
-                }
+                round[i] = match pod_ready(&cri, &logs, handler, &name) {
+                    Ok(phases) => {
+                        times.push(phases);
+                        format!("{:.0} ms", phases.total())
+                    }
+                    Err(e) => {
+                        failures.note(&name, &e)?;
+                        "failed".into()
+                    }
+                };
             }
         }
-        let last = |v: &Vec<Phases>| v.last().map_or(f64::NAN, Phases::total);
         eprintln!(
-            "husk-bench: cri round {attempt}: husk {:.0} ms, runc {:.0} ms",
-            last(&h),
-            last(&r)
+            "husk-bench: cri round {attempt}: husk {}, runc {}",
+            round[0], round[1]
         );
     }
     for (handler, times) in [("husk", &h), ("runc", &r)] {
@@ -220,14 +227,18 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     let setups = logged_numbers(&log, "vCPUs running; setup ", "setup ");
     let guest_ready = logged_numbers(&log, "the guest agent is ready", "guest_ready_ms=");
     let guest_uptime = logged_numbers(&log, "the guest agent is ready", "guest_uptime_ms=");
+    // The agent's console marker (the shim logs the console at debug): the guest's uptime when
+    // the kernel ran /init.
+    let guest_init = logged_numbers(&log, "HUSK-AGENT ready", "init_ms=");
     let med = |v: &[f64]| bench::median(v).unwrap_or(f64::NAN);
     eprintln!(
         "husk-bench: husk VM boot, medians of {} from the shim's log: husk-vmm spawned -> agent answers {:.0} ms; \
-         husk-vmm setup before the vCPUs run {:.0} ms; guest uptime when the agent began serving {:.0} ms, \
-         when it answered {:.0} ms",
+         husk-vmm setup before the vCPUs run {:.0} ms; guest uptime when the kernel ran /init {:.0} ms, \
+         when the agent began serving {:.0} ms, when it answered {:.0} ms",
         boots.len(),
         med(&boots),
         med(&setups),
+        med(&guest_init),
         med(&guest_ready),
         med(&guest_uptime),
     );
@@ -271,12 +282,15 @@ mod tests {
         let log = "x INFO husk_shim::vm: the guest agent is ready pid=7 agent=\"0.1\" ms=1834\n\
                    y INFO other ms=5\n\
                    w INFO husk-vmm: vCPUs running; setup 412 ms (vm+memory 40 ms, kernel 300 ms)\n\
-                   z INFO husk_shim::vm: the guest agent is ready pid=9 guest_ready_ms=700 ms=1200\n";
+                   z INFO husk_shim::vm: the guest agent is ready pid=9 guest_ready_ms=700 ms=1200\n\
+                   v DEBUG husk_shim::vm::spawn: guest: HUSK-AGENT ready init_ms=640 ready_ms=700\n";
         let ready = logged_numbers(log, "the guest agent is ready", " ms=");
         assert_eq!(ready, vec![1834.0, 1200.0]);
         let setup = logged_numbers(log, "vCPUs running; setup ", "setup ");
         assert_eq!(setup, vec![412.0]);
         let guest = logged_numbers(log, "the guest agent is ready", "guest_ready_ms=");
         assert_eq!(guest, vec![700.0]);
+        let init = logged_numbers(log, "HUSK-AGENT ready", "init_ms=");
+        assert_eq!(init, vec![640.0]);
     }
 }
