@@ -192,6 +192,17 @@ fn heartbeat_stalled(path: &Path) -> bool {
         .is_some_and(|age| age > WEDGED_AFTER)
 }
 
+/// Whether a test host has stopped: ready and its heartbeat stalled, or never ready after
+/// [`WEDGED_AFTER`] (it is ready in about 8 s; one seen in CI never printed anything and
+/// held its binary for the whole 900 s bound).
+fn wedged(ready: bool, running: Duration, heartbeat: &Path) -> bool {
+    if ready {
+        heartbeat_stalled(heartbeat)
+    } else {
+        running > WEDGED_AFTER
+    }
+}
+
 pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostError> {
     check_visible(&spec.cwd)?;
     for d in &spec.rw_dirs {
@@ -251,7 +262,11 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
             Some(TestHostError::Interrupted(stopped))
         } else if Instant::now() >= deadline {
             Some(TestHostError::Timeout(spec.timeout, stopped))
-        } else if ready_secs.is_some() && heartbeat_stalled(&dir.join("heartbeat")) {
+        } else if wedged(
+            ready_secs.is_some(),
+            started.elapsed(),
+            &dir.join("heartbeat"),
+        ) {
             Some(TestHostError::Wedged(WEDGED_AFTER, stopped))
         } else {
             None
@@ -293,6 +308,16 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_test_host_that_never_gets_ready_is_wedged_after_the_same_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let beat = dir.path().join("heartbeat");
+        assert!(!wedged(false, Duration::from_secs(30), &beat));
+        assert!(wedged(false, WEDGED_AFTER + Duration::from_secs(1), &beat));
+        // Once ready, only the heartbeat counts (a missing one is not yet a stall).
+        assert!(!wedged(true, WEDGED_AFTER * 5, &beat));
+    }
 
     #[test]
     fn a_stale_heartbeat_is_a_stall_and_a_fresh_or_missing_one_is_not() {
