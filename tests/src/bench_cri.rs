@@ -189,28 +189,26 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     let mut attempt = 0;
     while h.len() < runs || r.len() < runs {
         attempt += 1;
-        // This round's result per handler (husk, runc): a time, "failed", or "done" when that
-        // side already has its runs.
-        let mut round = [String::from("done"), String::from("done")];
-        for (i, handler, times) in [(1, "runc", &mut r), (0, "husk", &mut h)] {
-            if times.len() < runs {
-                let name = format!("{handler}-{attempt}");
-                round[i] = match pod_ready(&cri, &logs, handler, &name) {
-                    Ok(phases) => {
-                        times.push(phases);
-                        format!("{:.0} ms", phases.total())
-                    }
-                    Err(e) => {
-                        failures.note(&name, &e)?;
-                        "failed".into()
-                    }
-                };
+        // One side's run this round: its time, "failed", or "done" when it has its runs.
+        let mut one = |handler: &str, times: &mut Vec<Phases>| -> anyhow::Result<String> {
+            if times.len() >= runs {
+                return Ok("done".into());
             }
-        }
-        eprintln!(
-            "husk-bench: cri round {attempt}: husk {}, runc {}",
-            round[0], round[1]
-        );
+            let name = format!("{handler}-{attempt}");
+            Ok(match pod_ready(&cri, &logs, handler, &name) {
+                Ok(phases) => {
+                    times.push(phases);
+                    format!("{:.0} ms", phases.total())
+                }
+                Err(e) => {
+                    failures.note(&name, &e)?;
+                    "failed".into()
+                }
+            })
+        };
+        let runc = one("runc", &mut r)?;
+        let husk = one("husk", &mut h)?;
+        eprintln!("husk-bench: cri round {attempt}: husk {husk}, runc {runc}");
     }
     for (handler, times) in [("husk", &h), ("runc", &r)] {
         let med = |f: fn(&Phases) -> f64| {
