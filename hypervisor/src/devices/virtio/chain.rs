@@ -10,7 +10,7 @@
 
 use std::ops::Deref;
 
-use virtio_queue::DescriptorChain;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory as _};
 
 use crate::memory::GuestMemory;
@@ -208,6 +208,43 @@ impl GuestChain {
 }
 
 /// Test helpers: guest memory and a queue laid out in it, with chains written by hand.
+/// What a queue's next available chain turned out to be ([`pop_chain`]).
+#[derive(Debug)]
+pub enum Popped {
+    /// A chain that passed [`GuestChain::parse`].
+    Chain(GuestChain),
+    /// A chain the device refuses; it goes back to the driver unused, at `head`.
+    Bad {
+        /// The chain's head index.
+        head: u16,
+        /// Why it was refused.
+        error: ChainError,
+    },
+    /// The driver has made no chain available.
+    Empty,
+    /// The queue itself is unusable: its available ring cannot be read, or it names a head
+    /// past the descriptor table (which cannot be returned in the used ring). The device must
+    /// stop using it.
+    Broken(String),
+}
+
+/// Takes the next available chain of `q` and validates it.
+pub fn pop_chain(q: &mut Queue, mem: &GuestMemory) -> Popped {
+    let chain = match q.iter(mem) {
+        Ok(mut it) => it.next(),
+        Err(e) => return Popped::Broken(e.to_string()),
+    };
+    let Some(chain) = chain else {
+        return Popped::Empty;
+    };
+    let head = chain.head_index();
+    match GuestChain::parse(chain) {
+        Ok(c) => Popped::Chain(c),
+        Err(e @ ChainError::Empty { .. }) => Popped::Broken(e.to_string()),
+        Err(error) => Popped::Bad { head, error },
+    }
+}
+
 #[cfg(test)]
 pub mod testing {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};

@@ -97,6 +97,38 @@ impl Activation {
     }
 }
 
+/// An [`Activation`] of exactly `N` checked queues, in index order, with their eventfds.
+#[derive(Debug)]
+pub struct ActiveQueues<const N: usize> {
+    /// Guest RAM.
+    pub mem: GuestMemory,
+    /// The queues, in index order.
+    pub queues: [Queue; N],
+    /// Each queue's notification eventfd, in the same order.
+    pub queue_evts: [EventFd; N],
+    /// How the device interrupts the driver.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// The features the driver accepted.
+    pub acked_features: u64,
+}
+
+impl Activation {
+    /// [`Activation::check_queues`] for `N` queues, then the queues and eventfds as arrays: the
+    /// shape a device's worker takes them in.
+    pub fn into_queues<const N: usize>(self) -> Result<ActiveQueues<N>, ActivateError> {
+        self.check_queues(N)?;
+        let got = self.queues.len().min(self.queue_evts.len());
+        let count = || ActivateError::QueueCount { expected: N, got };
+        Ok(ActiveQueues {
+            queues: self.queues.try_into().map_err(|_| count())?,
+            queue_evts: self.queue_evts.try_into().map_err(|_| count())?,
+            mem: self.mem,
+            interrupt: self.interrupt,
+            acked_features: self.acked_features,
+        })
+    }
+}
+
 /// A config-space read of any width at any offset: the bytes of `config` from `offset`, zero
 /// past its end (a driver reading beyond the structure gets zeros, never a fault).
 pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {

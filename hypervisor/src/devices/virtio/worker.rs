@@ -10,11 +10,14 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+
+use super::interrupt::{InterruptReason, VirtioInterrupt};
 
 /// The epoll token of the kill eventfd; handlers must not use it.
 pub const KILL_TOKEN: u64 = u64::MAX;
@@ -53,6 +56,18 @@ pub fn add_fd(epoll: &Epoll, fd: &impl AsRawFd, token: u64) -> io::Result<()> {
 }
 
 impl Worker {
+    /// Starts a device's worker thread `name`: if `handler` fails or panics, the device sets
+    /// DEVICE_NEEDS_RESET and interrupts the driver through `interrupt`, and the VMM goes on.
+    pub fn spawn_for_device<H: EpollHandler>(
+        name: &str,
+        handler: H,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> io::Result<Worker> {
+        Self::spawn(name, handler, move || {
+            let _ = interrupt.trigger(InterruptReason::NeedsReset);
+        })
+    }
+
     /// Starts thread `name` running `handler`; `on_panic` runs if the handler panics.
     pub fn spawn<H: EpollHandler>(
         name: &str,

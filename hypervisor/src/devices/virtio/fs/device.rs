@@ -8,7 +8,6 @@
 //! had the server open; the next activation starts from scratch.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use husk_protocol::vm_config::{FsCache, FsShare};
 
@@ -16,7 +15,6 @@ use super::backend::new_server;
 use super::event_loop::FsEventLoop;
 use super::handler::FsQueues;
 use super::{FsError, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
-use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
@@ -108,27 +106,15 @@ impl VirtioDevice for VirtioFs {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        a.check_queues(2)?;
+        let a = a.into_queues::<2>()?;
         let server = new_server(&self.root, self.cache).map_err(ActivateError::Start)?;
-        let count = ActivateError::QueueCount {
-            expected: 2,
-            got: 0,
-        };
-        let queues: [_; 2] = a.queues.try_into().map_err(|_| count)?;
-        let evts: [_; 2] = a
-            .queue_evts
-            .try_into()
-            .map_err(|_| ActivateError::QueueCount {
-                expected: 2,
-                got: 0,
-            })?;
-        let interrupt = a.interrupt.clone();
-        let handler = FsQueues::new(a.mem, queues, a.interrupt, server);
-        let on_panic = move || {
-            let _ = Arc::clone(&interrupt).trigger(InterruptReason::NeedsReset);
-        };
-        let worker = Worker::spawn(&self.thread_name, FsEventLoop::new(handler, evts), on_panic)
-            .map_err(ActivateError::Start)?;
+        let handler = FsQueues::new(a.mem, a.queues, a.interrupt.clone(), server);
+        let worker = Worker::spawn_for_device(
+            &self.thread_name,
+            FsEventLoop::new(handler, a.queue_evts),
+            a.interrupt,
+        )
+        .map_err(ActivateError::Start)?;
         self.worker = Some(worker);
         Ok(())
     }

@@ -25,7 +25,6 @@ use super::handler::NetQueues;
 use super::header::tap_offloads;
 use super::tap::Tap;
 use super::{NetError, NetStats, PollableTap, TapIo, QUEUE_SIZE};
-use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -155,32 +154,22 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        a.check_queues(2)?;
+        let a = a.into_queues::<2>()?;
         self.tap
             .set_offload(tap_offloads(a.acked_features))
             .map_err(ActivateError::Start)?;
-        let count = || ActivateError::QueueCount {
-            expected: 2,
-            got: 0,
-        };
-        let queues: [_; 2] = a.queues.try_into().map_err(|_| count())?;
-        let evts: [_; 2] = a.queue_evts.try_into().map_err(|_| count())?;
-        let interrupt = a.interrupt.clone();
         let handler = NetQueues::new(
             a.mem,
-            queues,
-            a.interrupt,
+            a.queues,
+            a.interrupt.clone(),
             self.tap.clone(),
             a.acked_features,
             self.stats.clone(),
         );
-        let on_panic = move || {
-            let _ = interrupt.trigger(InterruptReason::NeedsReset);
-        };
-        let worker = Worker::spawn(
+        let worker = Worker::spawn_for_device(
             &self.thread_name,
-            NetEventLoop::new(handler, evts),
-            on_panic,
+            NetEventLoop::new(handler, a.queue_evts),
+            a.interrupt,
         )
         .map_err(ActivateError::Start)?;
         self.worker = Some(worker);

@@ -9,7 +9,6 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use husk_protocol::vm_config::VsockConfig;
 
@@ -18,7 +17,6 @@ use super::event_loop::VsockEventLoop;
 use super::handler::VsockQueues;
 use super::unix::muxer::Muxer;
 use super::VsockError;
-use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
@@ -105,26 +103,20 @@ impl VirtioDevice for Vsock {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        a.check_queues(3)?;
+        let a = a.into_queues::<3>()?;
         let listener = self.listener.try_clone().map_err(ActivateError::Start)?;
         let socket = self.socket.0.clone();
         let muxer = Muxer::new(listener, socket, self.guest_cid, &self.allowed_guest_ports)
             .map_err(ActivateError::Start)?;
-        let interrupt = a.interrupt.clone();
-        let mut queues = a.queues;
-        let mut evts = a.queue_evts;
-        // The event queue (index 2) is never used: the device posts no events.
-        let (_evq, tx, rx) = (queues.remove(EVQ), queues.remove(TXQ), queues.remove(RXQ));
-        let [rx_evt, tx_evt, ev_evt] = [evts.remove(0), evts.remove(0), evts.remove(0)];
-        let handler = VsockQueues::new(a.mem, rx, tx, a.interrupt, muxer);
-        let evts = [rx_evt, tx_evt, ev_evt];
-        let on_panic = move || {
-            let _ = Arc::clone(&interrupt).trigger(InterruptReason::NeedsReset);
-        };
-        let worker = Worker::spawn(
+        // The queues in the spec's order; the event queue is never used: the device posts
+        // no events.
+        const _: () = assert!(RXQ == 0 && TXQ == 1 && EVQ == 2);
+        let [rx, tx, _evq] = a.queues;
+        let handler = VsockQueues::new(a.mem, rx, tx, a.interrupt.clone(), muxer);
+        let worker = Worker::spawn_for_device(
             &self.thread_name,
-            VsockEventLoop::new(handler, evts),
-            on_panic,
+            VsockEventLoop::new(handler, a.queue_evts),
+            a.interrupt,
         )
         .map_err(ActivateError::Start)?;
         self.worker = Some(worker);

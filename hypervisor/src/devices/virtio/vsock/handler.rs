@@ -22,7 +22,7 @@ use super::defs::MAX_PKT_PAYLOAD;
 use super::packet::{self, PacketError, HDR_LEN};
 use super::unix::MuxerError;
 use super::VsockBackend;
-use crate::devices::virtio::chain::{ChainError, GuestChain};
+use crate::devices::virtio::chain::{pop_chain, Popped};
 use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
 use crate::memory::GuestMemory;
 
@@ -56,37 +56,6 @@ pub struct VsockQueues<B> {
     payload: Vec<u8>,
     rx_buf: Vec<u8>,
     broken: bool,
-}
-
-enum Next {
-    Chain(GuestChain),
-    Bad(VsockFault, Option<u16>),
-    Empty,
-    Broken(VsockFault),
-}
-
-fn next_chain(q: &mut Queue, mem: &GuestMemory, name: &'static str) -> Next {
-    let chain = match q.iter(mem) {
-        Ok(mut it) => it.next(),
-        Err(e) => {
-            return Next::Broken(VsockFault::Broken {
-                queue: name,
-                why: e.to_string(),
-            })
-        }
-    };
-    let Some(chain) = chain else {
-        return Next::Empty;
-    };
-    let head = chain.head_index();
-    match GuestChain::parse(chain) {
-        Ok(c) => Next::Chain(c),
-        Err(e @ ChainError::Empty { .. }) => Next::Broken(VsockFault::Broken {
-            queue: name,
-            why: e.to_string(),
-        }),
-        Err(e) => Next::Bad(PacketError::from(e).into(), Some(head)),
-    }
 }
 
 impl<B: VsockBackend> VsockQueues<B> {
@@ -154,16 +123,16 @@ impl<B: VsockBackend> VsockQueues<B> {
         loop {
             let _ = self.tx.disable_notification(&self.mem);
             loop {
-                let (head, result) = match next_chain(&mut self.tx, &self.mem, "tx") {
-                    Next::Empty => break,
-                    Next::Broken(f) => {
-                        self.break_device(f, &mut faults);
+                let (head, result) = match pop_chain(&mut self.tx, &self.mem) {
+                    Popped::Empty => break,
+                    Popped::Broken(why) => {
+                        self.break_device(VsockFault::Broken { queue: "tx", why }, &mut faults);
                         return faults;
                     }
-                    Next::Bad(f, head) => (head, Err(f)),
-                    Next::Chain(chain) => {
+                    Popped::Bad { head, error } => (head, Err(PacketError::from(error).into())),
+                    Popped::Chain(chain) => {
                         let r = packet::read_tx(&self.mem, &chain, &mut self.payload);
-                        (Some(chain.head()), r.map_err(VsockFault::from))
+                        (chain.head(), r.map_err(VsockFault::from))
                     }
                 };
                 match result {
@@ -174,13 +143,11 @@ impl<B: VsockBackend> VsockQueues<B> {
                     }
                     Err(f) => faults.push(f),
                 }
-                if let Some(head) = head {
-                    if let Err(f) = Self::used(&mut self.tx, &self.mem, head, 0) {
-                        self.break_device(f, &mut faults);
-                        return faults;
-                    }
-                    used_any = true;
+                if let Err(f) = Self::used(&mut self.tx, &self.mem, head, 0) {
+                    self.break_device(f, &mut faults);
+                    return faults;
                 }
+                used_any = true;
             }
             match self.tx.enable_notification(&self.mem) {
                 Ok(true) => continue,
@@ -202,24 +169,22 @@ impl<B: VsockBackend> VsockQueues<B> {
         let mut used_any = false;
         'refill: loop {
             while self.backend.has_pending_rx() {
-                let chain = match next_chain(&mut self.rx, &self.mem, "rx") {
-                    Next::Empty => break,
-                    Next::Broken(f) => {
-                        self.break_device(f, &mut faults);
+                let chain = match pop_chain(&mut self.rx, &self.mem) {
+                    Popped::Empty => break,
+                    Popped::Broken(why) => {
+                        self.break_device(VsockFault::Broken { queue: "rx", why }, &mut faults);
                         return faults;
                     }
-                    Next::Bad(f, head) => {
-                        faults.push(f);
-                        if let Some(head) = head {
-                            if let Err(f) = Self::used(&mut self.rx, &self.mem, head, 0) {
-                                self.break_device(f, &mut faults);
-                                return faults;
-                            }
-                            used_any = true;
+                    Popped::Bad { head, error } => {
+                        faults.push(PacketError::from(error).into());
+                        if let Err(f) = Self::used(&mut self.rx, &self.mem, head, 0) {
+                            self.break_device(f, &mut faults);
+                            return faults;
                         }
+                        used_any = true;
                         continue;
                     }
-                    Next::Chain(c) => c,
+                    Popped::Chain(c) => c,
                 };
                 let written = match packet::rx_capacity(&chain) {
                     Err(e) => {

@@ -1,6 +1,7 @@
 //! The device as the transport sees it: config space, queue checks, and activation, reset and
 //! re-activation with a real worker thread serving FUSE.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{InitIn, Opcode};
@@ -15,7 +16,7 @@ use crate::devices::virtio::chain::testing::{memory, TestQueue};
 use crate::devices::virtio::fs::handler;
 use crate::devices::virtio::fs::handler::tests::request;
 use crate::devices::virtio::fs::REQUEST_QUEUE;
-use crate::devices::virtio::interrupt::FakeInterrupt;
+use crate::devices::virtio::interrupt::{FakeInterrupt, InterruptReason};
 use crate::memory::GuestMemory;
 
 fn device(dir: &std::path::Path, tag: &str) -> VirtioFs {

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::virtio::chain::testing::{memory, TestQueue};
-use crate::devices::virtio::interrupt::FakeInterrupt;
+use crate::devices::virtio::interrupt::{FakeInterrupt, InterruptReason};
 use crate::devices::virtio::net::handler::tests::{frame, OFFLOADS};
 use crate::devices::virtio::net::header::{NetHeader, HDR_LEN};
 use crate::devices::virtio::net::{RX_QUEUE, TX_QUEUE};

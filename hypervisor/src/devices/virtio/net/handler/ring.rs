@@ -1,47 +1,13 @@
-//! Queue access shared by the receive and transmit paths: taking the next chain (and telling
-//! a bad chain from a broken queue), publishing used entries with one index update, and reading
-//! the driver's `used_event`.
+//! Queue access shared by the receive and transmit paths: publishing used entries with one
+//! index update, and reading the driver's `used_event`.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use super::NetFault;
-use crate::devices::virtio::chain::{ChainError, GuestChain};
 use crate::memory::GuestMemory;
-
-pub(super) enum Next {
-    Chain(GuestChain),
-    Bad(NetFault, u16),
-    Empty,
-    Broken(NetFault),
-}
-
-pub(super) fn next_chain(q: &mut Queue, mem: &GuestMemory, queue: &'static str) -> Next {
-    let chain = match q.iter(mem) {
-        Ok(mut it) => it.next(),
-        Err(e) => {
-            return Next::Broken(NetFault::Broken {
-                queue,
-                why: e.to_string(),
-            })
-        }
-    };
-    let Some(chain) = chain else {
-        return Next::Empty;
-    };
-    let head = chain.head_index();
-    match GuestChain::parse(chain) {
-        Ok(c) => Next::Chain(c),
-        Err(e @ ChainError::Empty { .. }) => Next::Broken(NetFault::Broken {
-            queue,
-            why: e.to_string(),
-        }),
-        Err(source) => Next::Bad(NetFault::Chain { queue, source }, head),
-    }
-}
 
 /// Puts `entries` (head, length) in the used ring and then publishes them with one index
 /// update, so the driver sees all of a frame's buffers or none.

@@ -16,9 +16,9 @@ use std::sync::atomic::{fence, Ordering};
 
 use virtio_queue::QueueT;
 
-use super::ring::{next_chain, publish_used, used_event, Next};
+use super::ring::{publish_used, used_event};
 use super::{NetFault, NetQueues, Run};
-use crate::devices::virtio::chain::ChainError;
+use crate::devices::virtio::chain::{pop_chain, ChainError, Popped};
 use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::net::header::{
     self, NetHeader, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN, NUM_BUFFERS_OFFSET,
@@ -181,8 +181,8 @@ impl<T: TapIo> NetQueues<T> {
         // Where to come back to when the frame cannot be placed yet.
         let mut resume = self.rx.next_avail();
         while room < len && (mrg || self.rx_chains.is_empty()) {
-            let (fault, head) = match next_chain(&mut self.rx, &self.mem, "rx") {
-                Next::Empty => {
+            let (fault, head) = match pop_chain(&mut self.rx, &self.mem) {
+                Popped::Empty => {
                     if self.rx_chains.len() >= usize::from(self.rx.size()) {
                         // The whole ring is ours and still too small: no buffer the driver
                         // can still add would help. The buffers stay for the next frame.
@@ -194,12 +194,21 @@ impl<T: TapIo> NetQueues<T> {
                     self.rx_chains.clear();
                     return Delivery::NoRoom(resume);
                 }
-                Next::Broken(fault) => {
-                    self.break_device(fault, run);
+                Popped::Broken(why) => {
+                    self.break_device(NetFault::Broken { queue: "rx", why }, run);
                     return Delivery::Broken;
                 }
-                Next::Bad(fault, head) => (fault, head),
-                Next::Chain(c) => {
+                Popped::Bad { head, error } => {
+                    let queue = "rx";
+                    (
+                        NetFault::Chain {
+                            queue,
+                            source: error,
+                        },
+                        head,
+                    )
+                }
+                Popped::Chain(c) => {
                     let head = c.head();
                     if c.readable_len() > 0 {
                         let queue = "rx";

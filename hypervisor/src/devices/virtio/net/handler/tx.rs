@@ -9,9 +9,8 @@ use std::io;
 
 use virtio_queue::{QueueOwnedT, QueueT};
 
-use super::ring::{next_chain, Next};
 use super::{NetFault, NetQueues, Run};
-use crate::devices::virtio::chain::GuestChain;
+use crate::devices::virtio::chain::{pop_chain, GuestChain, Popped};
 use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::net::header::{self, NetHeader, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN};
 use crate::devices::virtio::net::{NetStats, TapIo, BATCH};
@@ -40,18 +39,22 @@ impl<T: TapIo> NetQueues<T> {
                     run.more = true;
                     break 'refill;
                 }
-                let head = match next_chain(&mut self.tx, &self.mem, "tx") {
-                    Next::Empty => break,
-                    Next::Broken(fault) => {
-                        self.break_device(fault, &mut run);
+                let head = match pop_chain(&mut self.tx, &self.mem) {
+                    Popped::Empty => break,
+                    Popped::Broken(why) => {
+                        self.break_device(NetFault::Broken { queue: "tx", why }, &mut run);
                         return run;
                     }
-                    Next::Bad(fault, head) => {
+                    Popped::Bad { head, error } => {
                         NetStats::add(&self.stats.tx_dropped, 1);
-                        run.faults.push(fault);
+                        let queue = "tx";
+                        run.faults.push(NetFault::Chain {
+                            queue,
+                            source: error,
+                        });
                         head
                     }
-                    Next::Chain(c) => match self.transmit(&c) {
+                    Popped::Chain(c) => match self.transmit(&c) {
                         Sent::Ok => c.head(),
                         Sent::Blocked => {
                             // Leave the chain in the queue for the retry.
