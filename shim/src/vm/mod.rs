@@ -237,6 +237,14 @@ fn tail_text(t: &SharedTail) -> String {
     t.lock().map(|t| t.text()).unwrap_or_default()
 }
 
+/// Why the agent did not come up, from what the VM printed.
+fn cause(process: &VmmProcess, not_ready: &agent::NotReady) -> String {
+    match (process.console.lock(), process.stderr.lock()) {
+        (Ok(console), Ok(stderr)) => diagnose(&console, &stderr, not_ready),
+        _ => "unknown".into(),
+    }
+}
+
 impl VmmBooter {
     async fn prepare(&self, req: &BootRequest) -> Result<PathBuf, BootError> {
         let a = req.config.artifacts(&self.bindir);
@@ -304,18 +312,10 @@ impl Booter for VmmBooter {
             "husk-vmm started"
         );
         let deadline = started + req.config.boot_timeout();
-        let mut ended = process.ended.clone();
         let vsock = req.paths.vsock();
-        let vmm_end = async move {
-            ended
-                .wait_for(Option::is_some)
-                .await
-                .ok()
-                .and_then(|e| e.clone())
-        };
         let outcome = tokio::select! {
             r = agent::wait_ready(&vsock, deadline) => Ok(r),
-            end = vmm_end => Err(end),
+            end = process.end() => Err(end),
         };
         let failure = match outcome {
             Ok(Ok((agent, info))) => {
@@ -329,19 +329,11 @@ impl Booter for VmmBooter {
                     "the guest agent is ready"
                 );
                 let (gone_tx, gone) = watch::channel(None);
-                let mut ended = process.ended.clone();
+                let end = process.end();
                 let console = process.console.clone();
                 let tx = gone_tx.clone();
                 tokio::spawn(async move {
-                    let end = async move {
-                        ended
-                            .wait_for(Option::is_some)
-                            .await
-                            .ok()
-                            .and_then(|e| e.clone())
-                    }
-                    .await;
-                    let exit = end.map(|e| e.exit).unwrap_or(VmmExit::Error);
+                    let exit = end.await.map(|e| e.exit).unwrap_or(VmmExit::Error);
                     let detail = format!(
                         "{}; guest console tail:\n{}",
                         VmmEnd { exit },
@@ -361,20 +353,11 @@ impl Booter for VmmBooter {
             Ok(Err(not_ready)) => {
                 process.signal(Signal::SIGKILL);
                 process.wait(Duration::from_secs(10)).await;
-                let console = process.console.lock().map(|t| t.text()).unwrap_or_default();
-                let cause = {
-                    let c = process.console.lock();
-                    let s = process.stderr.lock();
-                    match (c, s) {
-                        (Ok(c), Ok(s)) => diagnose(&c, &s, &not_ready),
-                        _ => "unknown".into(),
-                    }
-                };
                 BootError::AgentTimeout {
                     secs: req.config.boot_timeout_secs,
-                    cause,
+                    cause: cause(&process, &not_ready),
                     last_error: not_ready.last_error,
-                    console,
+                    console: tail_text(&process.console),
                 }
             }
             Err(end) => {
@@ -385,19 +368,11 @@ impl Booter for VmmBooter {
                     socket_seen: req.paths.vsock().exists(),
                     connected: false,
                 };
-                let cause = {
-                    let c = process.console.lock();
-                    let s = process.stderr.lock();
-                    match (c, s) {
-                        (Ok(c), Ok(s)) => diagnose(&c, &s, &not_ready),
-                        _ => "unknown".into(),
-                    }
-                };
                 BootError::VmmExited {
                     end: end.unwrap_or(VmmEnd {
                         exit: VmmExit::Error,
                     }),
-                    cause,
+                    cause: cause(&process, &not_ready),
                     stderr: tail_text(&process.stderr),
                     console: tail_text(&process.console),
                 }

@@ -188,14 +188,19 @@ impl VmmProcess {
 
     /// Waits for the end, at most `limit`.
     pub async fn wait(&self, limit: Duration) -> Option<VmmEnd> {
+        tokio::time::timeout(limit, self.end()).await.ok().flatten()
+    }
+
+    /// Resolves when it ended (`None` if the reaper is gone without saying how); it does not
+    /// borrow the process, so it can outlive it.
+    pub fn end(&self) -> impl std::future::Future<Output = Option<VmmEnd>> + Send + 'static {
         let mut rx = self.ended.clone();
-        let done = async move {
+        async move {
             rx.wait_for(Option::is_some)
                 .await
                 .ok()
                 .and_then(|v| v.clone())
-        };
-        tokio::time::timeout(limit, done).await.ok().flatten()
+        }
     }
 
     /// SIGTERM, then SIGKILL after `grace`; returns once it was reaped (or 10 s after SIGKILL).
