@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -135,12 +135,7 @@ fn run(req: Request, fds: Vec<OwnedFd>, console: Option<&Path>) -> Result<i32, L
             no_pivot,
             ..
         } => {
-            let builder = with_stdio(
-                ContainerBuilder::new(container_id, SyscallType::default())
-                    .with_root_path(state_root)?,
-                fds,
-                console,
-            );
+            let builder = builder(container_id, state_root, fds, console)?;
             let container = builder
                 .as_init(bundle)
                 .with_systemd(false)
@@ -155,12 +150,7 @@ fn run(req: Request, fds: Vec<OwnedFd>, console: Option<&Path>) -> Result<i32, L
             process_json,
             ..
         } => {
-            let builder = with_stdio(
-                ContainerBuilder::new(container_id, SyscallType::default())
-                    .with_root_path(state_root)?,
-                fds,
-                console,
-            );
+            let builder = builder(container_id, state_root, fds, console)?;
             let pid = builder
                 .as_tenant()
                 .with_process(Some(process_json))
@@ -179,13 +169,18 @@ fn run(req: Request, fds: Vec<OwnedFd>, console: Option<&Path>) -> Result<i32, L
     }
 }
 
-fn with_stdio(
-    builder: ContainerBuilder,
+/// A builder for `container_id` under `state_root` with the process's stdio: the console
+/// socket when there is one, or else stdin, stdout and stderr from `fds`, in that order.
+fn builder(
+    container_id: String,
+    state_root: PathBuf,
     fds: Vec<OwnedFd>,
     console: Option<&Path>,
-) -> ContainerBuilder {
+) -> Result<ContainerBuilder, LibcontainerError> {
+    let builder =
+        ContainerBuilder::new(container_id, SyscallType::default()).with_root_path(state_root)?;
     if console.is_some() {
-        return builder.with_console_socket(console);
+        return Ok(builder.with_console_socket(console));
     }
     let mut fds = fds.into_iter();
     let mut builder = builder;
@@ -198,7 +193,7 @@ fn with_stdio(
     if let Some(fd) = fds.next() {
         builder = builder.with_stderr(fd);
     }
-    builder
+    Ok(builder)
 }
 
 fn listen(path: &Path) -> std::io::Result<UnixListener> {
