@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use husk_tests::containerd::{
-    processes_with, run_bounded, Containerd, HuskArtifacts, HuskSettings, HUSK,
+    processes_with, run_bounded, Containerd, CtrOutput, HuskArtifacts, HuskSettings, HUSK,
 };
 use husk_tests::oci_image::BUSYBOX_REF;
 
@@ -92,29 +92,27 @@ fn remove(c: &Containerd, id: &str) {
     c.ctr(&["container", "rm", id], None, T);
 }
 
+/// `ctr run --rm` of busybox as `id` with `extra` flags, which must fail; then the container
+/// record is removed. Returns what ctr printed.
+fn failing_run(c: &Containerd, id: &str, extra: &[&str]) -> CtrOutput {
+    let mut args = vec!["run", "--rm", "--runtime", HUSK];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[BUSYBOX_REF, id, "true"]);
+    let out = c.ctr(&args, None, T);
+    assert_ne!(out.code, 0, "{out}");
+    c.ctr(&["container", "rm", id], None, T);
+    out
+}
+
 #[test]
 #[ignore = "end-to-end: needs containerd and the husk shim; run with `make e2e`"]
 fn a_missing_kernel_fails_create_naming_it_and_leaves_nothing() {
     let c = started(&settings_without_vm());
-    let out = c.ctr(
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            HUSK,
-            BUSYBOX_REF,
-            "nokernel",
-            "true",
-        ],
-        None,
-        T,
-    );
-    assert_ne!(out.code, 0, "{out}");
+    let out = failing_run(&c, "nokernel", &[]);
     assert!(
         out.stderr.contains("/nonexistent/husk/vmlinux") && out.stderr.contains("guest kernel"),
         "the error must name the missing kernel: {out}"
     );
-    c.ctr(&["container", "rm", "nokernel"], None, T);
     assert_clean(&c, "nokernel");
 }
 
@@ -122,27 +120,11 @@ fn a_missing_kernel_fails_create_naming_it_and_leaves_nothing() {
 #[ignore = "end-to-end: needs containerd and the husk shim; run with `make e2e`"]
 fn a_bad_size_annotation_fails_create_naming_it() {
     let c = started(&settings_without_vm());
-    let out = c.ctr(
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            HUSK,
-            "--annotation",
-            "io.husk.vcpus=lots",
-            BUSYBOX_REF,
-            "badsize",
-            "true",
-        ],
-        None,
-        T,
-    );
-    assert_ne!(out.code, 0, "{out}");
+    let out = failing_run(&c, "badsize", &["--annotation", "io.husk.vcpus=lots"]);
     assert!(
         out.stderr.contains("io.husk.vcpus") && out.stderr.contains("whole number of vCPUs"),
         "the error must name the annotation: {out}"
     );
-    c.ctr(&["container", "rm", "badsize"], None, T);
     assert_clean(&c, "badsize");
 }
 
@@ -160,20 +142,7 @@ fn an_agent_that_never_answers_times_out_naming_the_cause() {
     settings.boot_timeout_secs = 20;
     let c = started(&settings);
     let started_at = Instant::now();
-    let out = c.ctr(
-        &[
-            "run",
-            "--rm",
-            "--runtime",
-            HUSK,
-            BUSYBOX_REF,
-            "noagent",
-            "true",
-        ],
-        None,
-        T,
-    );
-    assert_ne!(out.code, 0, "{out}");
+    let out = failing_run(&c, "noagent", &[]);
     assert!(
         out.stderr
             .contains("the guest agent was not ready after 20 s"),
@@ -188,7 +157,6 @@ fn an_agent_that_never_answers_times_out_naming_the_cause() {
         "the error must quote the guest console: {out}"
     );
     assert!(started_at.elapsed() < Duration::from_secs(200));
-    c.ctr(&["container", "rm", "noagent"], None, T);
     assert_clean(&c, "noagent");
 }
 
