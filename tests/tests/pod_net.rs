@@ -1,9 +1,9 @@
-//! Pod networking end to end: a network namespace shaped like CNI's (a veth whose namespace side
-//! is `eth0` with 10.99.0.2/24, MTU 1400 and a default route via the host side 10.99.0.1), a
-//! busybox container started with `ctr run --with-ns network:<netns> --runtime husk`, and
-//! traffic both ways: the test host connects to the container's TCP server at 10.99.0.2, the
-//! container connects to a listener on 10.99.0.1. `ip` in the container shows the address, the
-//! MTU and the default route. After kill and delete no tap, no ingress qdisc and no husk-vmm is
+//! Pod networking end to end: a dual-stack network namespace shaped like CNI's (a veth whose
+//! namespace side is `eth0` with 10.99.0.2/24 and fd00:99::2/64, MTU 1400 and default routes
+//! via the host side's 10.99.0.1 and fd00:99::1), a busybox container started with `ctr run
+//! --with-ns network:<netns> --runtime husk`, and traffic both ways in both families: the test
+//! host connects to the container's TCP server, the container connects to a listener in the
+//! test host. `ip` in the container shows the addresses, the MTU and the default routes. After kill and delete no tap, no ingress qdisc and no husk-vmm is
 //! left; a missing namespace path fails `ctr run` naming it and leaves nothing.
 
 use std::io::{BufRead, BufReader, Write};
@@ -17,6 +17,8 @@ use husk_tests::oci_image::BUSYBOX_REF;
 const T: Duration = Duration::from_secs(300);
 const POD_IP: &str = "10.99.0.2";
 const HOST_IP: &str = "10.99.0.1";
+const POD_IP6: &str = "fd00:99::2";
+const HOST_IP6: &str = "fd00:99::1";
 const MTU: &str = "1400";
 const SERVE_PORT: u16 = 8080;
 const HOST_PORT: u16 = 9090;
@@ -74,6 +76,16 @@ impl PodNs {
             "dev",
             &ns.host_veth,
         ]);
+        // No duplicate address detection on either side, as CNI's bridge plugin does, so the
+        // addresses are usable at once.
+        ip(&[
+            "addr",
+            "add",
+            &format!("{HOST_IP6}/64"),
+            "dev",
+            &ns.host_veth,
+            "nodad",
+        ]);
         ip(&["link", "set", &ns.host_veth, "mtu", MTU, "up"]);
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ip(&["-n", &ns.name, "link", "set", "eth0", "mtu", MTU, "up"]);
@@ -86,7 +98,20 @@ impl PodNs {
             "dev",
             "eth0",
         ]);
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{POD_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ip(&["-n", &ns.name, "route", "add", "default", "via", HOST_IP]);
+        ip(&[
+            "-n", &ns.name, "-6", "route", "add", "default", "via", HOST_IP6,
+        ]);
         ns
     }
 
@@ -119,9 +144,10 @@ fn ok(out: &CtrOutput, what: &str, c: &Containerd) {
     assert_eq!(out.code, 0, "{what}: {out}\n{}", c.log_tail(80));
 }
 
-/// Connects to the container's server until it answers (the VM boots first), reads one line.
-fn read_greeting() -> String {
-    let addr: SocketAddr = format!("{POD_IP}:{SERVE_PORT}").parse().unwrap();
+/// Connects to the container's server at `ip` until it answers (the VM boots first), reads
+/// one line.
+fn read_greeting(ip: &str) -> String {
+    let addr = SocketAddr::new(ip.parse().unwrap(), SERVE_PORT);
     let deadline = Instant::now() + T;
     loop {
         let attempt =
@@ -143,6 +169,45 @@ fn read_greeting() -> String {
             }
         }
     }
+}
+
+/// Has the container connect to a listener on `host_ip` in the test host and send a line;
+/// returns the line.
+fn from_the_pod(c: &Containerd, id: &str, host_ip: &str) -> String {
+    let listener = TcpListener::bind(SocketAddr::new(host_ip.parse().unwrap(), HOST_PORT)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let accept = std::thread::spawn(move || -> std::io::Result<String> {
+        let deadline = Instant::now() + T;
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut text = String::new();
+        BufReader::new(&mut s).read_line(&mut text)?;
+        s.write_all(b"bye\n").ok();
+        Ok(text)
+    });
+    let send = format!("echo from-the-pod | nc {host_ip} {HOST_PORT}");
+    let exec_id = format!("send-{}", host_ip.replace(['.', ':'], "-"));
+    let out = c.ctr(
+        &["task", "exec", "--exec-id", &exec_id, id, "sh", "-c", &send],
+        None,
+        T,
+    );
+    ok(&out, &format!("nc {host_ip} from the container"), c);
+    accept
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("accepting on {host_ip}: {e}"))
 }
 
 #[test]
@@ -192,40 +257,14 @@ fn a_pod_network_namespace_reaches_the_vm_both_ways() {
 
     eprintln!("pod-net: running; tap and redirect in place");
     // Test host → container.
-    assert_eq!(read_greeting().trim(), GREETING);
+    assert_eq!(read_greeting(POD_IP).trim(), GREETING);
+    assert_eq!(read_greeting(POD_IP6).trim(), GREETING);
 
     eprintln!("pod-net: test host -> container ok");
     // Container → test host.
-    let listener = TcpListener::bind(format!("{HOST_IP}:{HOST_PORT}")).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let accept = std::thread::spawn(move || -> std::io::Result<String> {
-        let deadline = Instant::now() + T;
-        let mut s = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(Duration::from_secs(120)))?;
-        let mut text = String::new();
-        BufReader::new(&mut s).read_line(&mut text)?;
-        s.write_all(b"bye\n").ok();
-        Ok(text)
-    });
-    let send = format!("echo from-the-pod | nc {HOST_IP} {HOST_PORT}");
-    let out = c.ctr(
-        &["task", "exec", "--exec-id", "send", id, "sh", "-c", &send],
-        None,
-        T,
-    );
-    ok(&out, "nc from the container", &c);
-    assert_eq!(accept.join().unwrap().unwrap().trim(), "from-the-pod");
+    for host_ip in [HOST_IP, HOST_IP6] {
+        assert_eq!(from_the_pod(&c, id, host_ip).trim(), "from-the-pod");
+    }
 
     eprintln!("pod-net: container -> test host ok");
     // The guest's view: the CNI address, MTU and default route.
@@ -246,7 +285,9 @@ fn a_pod_network_namespace_reaches_the_vm_both_ways() {
     );
     ok(&addr, "ip addr", &c);
     assert!(
-        addr.stdout.contains(&format!("{POD_IP}/24")) && addr.stdout.contains("mtu 1400"),
+        addr.stdout.contains(&format!("{POD_IP}/24"))
+            && addr.stdout.contains(&format!("{POD_IP6}/64"))
+            && addr.stdout.contains("mtu 1400"),
         "{}",
         addr.stdout
     );
@@ -264,7 +305,33 @@ fn a_pod_network_namespace_reaches_the_vm_both_ways() {
         route.stdout
     );
 
-    eprintln!("pod-net: guest view ok:\n{}{}", addr.stdout, route.stdout);
+    let route6 = c.ctr(
+        &[
+            "task",
+            "exec",
+            "--exec-id",
+            "route6",
+            id,
+            "ip",
+            "-6",
+            "route",
+        ],
+        None,
+        T,
+    );
+    ok(&route6, "ip -6 route", &c);
+    assert!(
+        route6
+            .stdout
+            .contains(&format!("default via {HOST_IP6} dev eth0")),
+        "{}",
+        route6.stdout
+    );
+
+    eprintln!(
+        "pod-net: guest view ok:\n{}{}{}",
+        addr.stdout, route.stdout, route6.stdout
+    );
     // Teardown: nothing of the pod network is left in the namespace, no husk-vmm anywhere.
     let kill = c.ctr(&["task", "kill", "-s", "SIGKILL", id], None, T);
     ok(&kill, "ctr task kill", &c);

@@ -3,7 +3,7 @@
 //! The request is checked completely first ([`plan`]: MACs, CIDRs, names, gateways), so bad
 //! input is refused before anything changes. Then [`apply`], for each interface: find the
 //! link by MAC (NOT_FOUND naming the MAC if none), take it down and rename it if asked, set
-//! the MTU, add the addresses, bring it up; then add the routes in request order (the shim
+//! the MTU, add the addresses (IPv6 ones without DAD: see [`address_message`]), bring it up; then add the routes in request order (the shim
 //! sends link-scope routes first, so gateways are reachable). Routes are added with
 //! `NLM_F_REPLACE`, so a route the kernel already made for an address is not an error.
 
@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use husk_protocol::agent::api;
 use husk_protocol::rtnl::core::{NLM_F_CREATE, NLM_F_REPLACE};
-use husk_protocol::rtnl::route::address::{AddressAttribute, AddressMessage};
+use husk_protocol::rtnl::route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use husk_protocol::rtnl::route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use husk_protocol::rtnl::route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -188,15 +188,27 @@ fn set_link(
     nl.request(RouteNetlinkMessage::SetLink(m), 0)
 }
 
-fn add_address(nl: &mut dyn Netlink, index: u32, ip: IpAddr, len: u8) -> std::io::Result<()> {
+/// The RTM_NEWADDR message for `ip/len` on link `index`. An IPv6 address goes in without
+/// duplicate address detection (`IFA_F_NODAD`): CNI already owns it in the pod's namespace,
+/// and DAD would leave it tentative for a second or more, in which a container binding it
+/// fails with EADDRNOTAVAIL and traffic from it leaves with another source.
+pub fn address_message(index: u32, ip: IpAddr, len: u8) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = family(ip);
     m.header.prefix_len = len;
     m.header.index = index;
     m.attributes.push(AddressAttribute::Local(ip));
     m.attributes.push(AddressAttribute::Address(ip));
+    if ip.is_ipv6() {
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    m
+}
+
+fn add_address(nl: &mut dyn Netlink, index: u32, ip: IpAddr, len: u8) -> std::io::Result<()> {
     nl.request(
-        RouteNetlinkMessage::NewAddress(m),
+        RouteNetlinkMessage::NewAddress(address_message(index, ip, len)),
         NLM_F_CREATE | NLM_F_REPLACE,
     )
 }

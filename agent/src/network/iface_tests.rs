@@ -154,3 +154,23 @@ fn a_route_without_gateway_is_link_scope() {
     assert_eq!(m.header.address_family, AddressFamily::Inet6);
     assert_eq!(m.header.destination_prefix_length, 64);
 }
+
+#[test]
+fn ipv6_addresses_skip_dad_and_ipv4_ones_carry_no_flags() {
+    let flags = |m: &AddressMessage| {
+        m.attributes
+            .iter()
+            .filter_map(|a| match a {
+                AddressAttribute::Flags(f) => Some(*f),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let v6 = address_message(3, "fd00:99::2".parse().unwrap(), 64);
+    assert_eq!(v6.header.family, AddressFamily::Inet6);
+    assert_eq!(v6.header.prefix_len, 64);
+    assert_eq!(flags(&v6), [AddressFlags::Nodad]);
+    let v4 = address_message(3, "10.99.0.2".parse().unwrap(), 24);
+    assert_eq!(v4.header.family, AddressFamily::Inet);
+    assert!(flags(&v4).is_empty());
+}
