@@ -139,6 +139,28 @@ impl VirtioMmioDevices {
             .collect()
     }
 
+    /// Every device's transport state, in attach order, on one line: the control socket's
+    /// `queues` answer.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .devices
+            .iter()
+            .map(|d| {
+                let snapshot = d
+                    .transport
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .snapshot();
+                format!("[irq {} {snapshot}]", d.slot.irq)
+            })
+            .collect();
+        if parts.is_empty() {
+            "no virtio devices".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+
     /// Device `index`'s line was lowered by the guest's EOI: raise it again if needed.
     pub fn resample(&self, index: usize) {
         if let Some(d) = self.devices.get(index) {

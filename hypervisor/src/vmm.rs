@@ -368,7 +368,8 @@ impl Machine {
                             continue;
                         };
                         while let Ok(Pending { request, reply }) = requests.try_recv() {
-                            let (answer, shutdown) = answer_control(request, &mut state, &vcpus);
+                            let (answer, shutdown) =
+                                answer_control(request, &mut state, &vcpus, &self.virtio);
                             let _ = reply.send(answer);
                             if shutdown {
                                 eprintln!("husk-vmm: stopping on a shutdown request");
@@ -394,9 +395,15 @@ impl Machine {
     }
 }
 
-fn answer_control(request: ControlRequest, state: &mut VmState, vcpus: &Vcpus) -> (String, bool) {
+fn answer_control(
+    request: ControlRequest,
+    state: &mut VmState,
+    vcpus: &Vcpus,
+    virtio: &VirtioMmioDevices,
+) -> (String, bool) {
     let target = match request {
         ControlRequest::Ping => return (format!("ok {state}"), false),
+        ControlRequest::Queues => return (format!("ok {}", virtio.describe()), false),
         ControlRequest::Shutdown => return ("ok stopping".into(), true),
         ControlRequest::Pause => VmState::Paused,
         ControlRequest::Resume => VmState::Running,

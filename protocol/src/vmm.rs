@@ -47,6 +47,9 @@ pub enum ControlRequest {
     Resume,
     /// Stop the VM now and exit (as on SIGTERM).
     Shutdown,
+    /// Each virtio device's status, InterruptStatus and ring indices, on one line: who holds
+    /// the ball when a guest stalls on a device.
+    Queues,
 }
 
 impl ControlRequest {
@@ -57,8 +60,9 @@ impl ControlRequest {
             "pause" => Ok(ControlRequest::Pause),
             "resume" => Ok(ControlRequest::Resume),
             "shutdown" => Ok(ControlRequest::Shutdown),
+            "queues" => Ok(ControlRequest::Queues),
             other => Err(format!(
-                "unknown control request {other:?} (ping, pause, resume, shutdown)"
+                "unknown control request {other:?} (ping, pause, resume, shutdown, queues)"
             )),
         }
     }
@@ -70,6 +74,7 @@ impl ControlRequest {
             ControlRequest::Pause => "pause\n",
             ControlRequest::Resume => "resume\n",
             ControlRequest::Shutdown => "shutdown\n",
+            ControlRequest::Queues => "queues\n",
         }
     }
 }
@@ -101,6 +106,7 @@ mod tests {
             ControlRequest::Pause,
             ControlRequest::Resume,
             ControlRequest::Shutdown,
+            ControlRequest::Queues,
         ] {
             assert_eq!(ControlRequest::parse(r.line()), Ok(r));
         }

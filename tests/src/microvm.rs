@@ -313,6 +313,18 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
 }
 
+/// Sends one request line (`"ping\n"`, `"queues\n"`, ...) to husk-vmm's control socket and
+/// returns its answer line without the newline.
+pub fn control(socket: &Path, request: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(request.as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
 /// Opens a hybrid-vsock connection to guest port `port` through the VM's socket: sends
 /// `CONNECT <port>`, reads the `OK <host port>` line byte by byte (so no payload is swallowed)
 /// and returns the stream, ready for data. `timeout` bounds the handshake.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use husk_tests::e2e;
 use husk_tests::microvm::{
-    husk_vmm_with_fs, FsShareOptions, GuestSpec, RunningVm, VmmOptions, TEST_INIT_MARKER,
+    self, husk_vmm_with_fs, FsShareOptions, GuestSpec, RunningVm, VmmOptions, TEST_INIT_MARKER,
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -68,10 +68,16 @@ impl Drop for Mounted {
     }
 }
 
-fn step(vm: &mut RunningVm, name: &str) -> String {
+/// Waits for the guest's line for step `name`, which must say ok. A step that never comes
+/// fails with the VMM's queue state (`queues` on its control socket) beside the console, which
+/// tells a request the device never completed from an interrupt the guest never took.
+fn step(vm: &mut RunningVm, control: &Path, name: &str) -> String {
     let needle = format!("HUSK-TEST-INIT fs {name} ");
     let line = vm.wait_for(&needle, STEP_TIMEOUT);
-    let line = line.unwrap_or_else(|| panic!("no `fs {name}` line:\n{}", vm.console));
+    let line = line.unwrap_or_else(|| {
+        let queues = microvm::control(control, "queues\n").unwrap_or_else(|e| e.to_string());
+        panic!("no `fs {name}` line; husk-vmm: {queues}\n{}", vm.console)
+    });
     assert!(
         line.contains(&format!("fs {name} ok")),
         "step {name}: {line}\n{}",
@@ -107,18 +113,22 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
         path: &shared,
         cache: "auto",
     };
-    let opts = VmmOptions::default();
+    let control = dir.path().join("control.sock");
+    let opts = VmmOptions {
+        control_socket: Some(&control),
+        vsock: None,
+    };
     let cmd = husk_vmm_with_fs(&env.vmm, &spec, dir.path(), &opts, &[share]).unwrap();
     let mut vm = RunningVm::spawn(cmd).unwrap();
     let marker = vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT);
     marker.unwrap_or_else(|| panic!("no marker:\n{}", vm.console));
 
-    step(&mut vm, "mount");
-    let read = step(&mut vm, "read");
+    step(&mut vm, &control, "mount");
+    let read = step(&mut vm, &control, "read");
     assert!(read.ends_with("text=written by the host"), "{read}");
-    let before = step(&mut vm, "before");
+    let before = step(&mut vm, &control, "before");
     assert!(before.ends_with("changing=v1 late=0 bound=0"), "{before}");
-    step(&mut vm, "write");
+    step(&mut vm, &control, "write");
     assert_eq!(
         std::fs::read_to_string(shared.join("guest-wrote.txt")).unwrap(),
         GUEST_TEXT
@@ -130,15 +140,26 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
     std::fs::write(shared.join("late/inside.txt"), "in the tmpfs\n").unwrap();
     let bound = Mounted::new(outside.path(), &shared.join("bound"), "", libc::MS_BIND);
 
-    let change = step(&mut vm, "change");
+    let change = step(&mut vm, &control, "change");
     eprintln!("{change}");
-    let mounts = step(&mut vm, "mounts");
+    let mounts = step(&mut vm, &control, "mounts");
     eprintln!("{mounts}");
     assert!(
         mounts.contains("late=in the tmpfs bound=bound in"),
         "{mounts}"
     );
-    step(&mut vm, "done");
+    // The device as the VMM sees it at the end: active, both queues set up.
+    let queues = microvm::control(&control, "queues\n").unwrap();
+    assert!(
+        queues.starts_with("ok [irq ") && queues.contains(" fs status=DriverOk active=true "),
+        "{queues}"
+    );
+    assert!(
+        queues.contains(" q0=avail:") && queues.contains(" q1=avail:"),
+        "{queues}"
+    );
+    eprintln!("{queues}");
+    step(&mut vm, &control, "done");
 
     let code = vm.wait(BOOT_TIMEOUT);
     assert_eq!(

@@ -23,6 +23,9 @@ use crate::bus::BusDevice;
 use crate::guest_warn;
 use crate::memory::GuestMemory;
 
+mod snapshot;
+pub use snapshot::{QueueSnapshot, TransportSnapshot};
+
 /// "virt", little-endian.
 pub const MAGIC: u32 = 0x7472_6976;
 /// The modern (virtio 1.x) register layout.
