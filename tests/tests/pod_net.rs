@@ -197,9 +197,13 @@ fn from_the_pod(c: &Containerd, id: &str, host_ip: &str) -> String {
         Ok(text)
     });
     let send = format!("echo from-the-pod | nc {host_ip} {HOST_PORT}");
-    let exec_id = format!("send-{}", host_ip.replace(['.', ':'], "-"));
+    let exec_id = if host_ip.contains(':') {
+        "send-v6"
+    } else {
+        "send-v4"
+    };
     let out = c.ctr(
-        &["task", "exec", "--exec-id", &exec_id, id, "sh", "-c", &send],
+        &["task", "exec", "--exec-id", exec_id, id, "sh", "-c", &send],
         None,
         T,
     );
