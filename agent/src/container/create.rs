@@ -142,7 +142,7 @@ pub async fn cleanup(id: &str, bundle: &Path, state_dir: &Path) {
 
 /// Starts the init: the runner stopped it before exec, waiting on libcontainer's notify socket.
 pub async fn start_init(sb: &Sandbox, c: &Container) -> Result<i32> {
-    c.init.begin_start()?;
+    c.init.begin_start().await?;
     let pid = c.init.pid().unwrap_or(0);
     if c.poststart_hooks {
         let request = Request::Start {

@@ -48,7 +48,7 @@ pub fn register(
 /// Starts a registered exec; returns its pid.
 pub async fn start(sb: &Sandbox, c: &Container, p: &Arc<Process>) -> Result<i32> {
     c.status().check(Action::Exec)?;
-    p.begin_start()?;
+    p.begin_start().await?;
     let fds = p
         .take_process_ends()
         .map(|e| Vec::from(e.0))

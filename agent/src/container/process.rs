@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use husk_protocol::stdio::StreamKind;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::cgroup;
@@ -24,6 +24,11 @@ use crate::stdio::{index, StdioRequest};
 /// pipes that a daemonized grandchild still holds. After that whatever the streams have is
 /// closed, and the exit is reported.
 pub const EXIT_DRAIN_GRACE: Duration = Duration::from_secs(3);
+
+/// How long a start waits for a stream whose hello was accepted to attach. The stdio listener
+/// writes `ok` and then attaches the connection, so a client that starts the process as soon
+/// as it reads `ok` can reach the start a moment before the attach does.
+pub const ATTACH_GRACE: Duration = Duration::from_secs(5);
 
 /// A stream's place in a process: nobody yet, promised to a connection that is being answered,
 /// or attached.
@@ -80,6 +85,8 @@ pub struct Process {
     cgroup: PathBuf,
     state: Mutex<State>,
     done: watch::Sender<Option<Finished>>,
+    /// Woken when a reserved stream attaches or is given up.
+    slot_changed: Notify,
 }
 
 impl Process {
@@ -101,6 +108,7 @@ impl Process {
             cgroup,
             state: Mutex::new(state),
             done: watch::channel(None).0,
+            slot_changed: Notify::new(),
         })
     }
 
@@ -179,6 +187,8 @@ impl Process {
         if matches!(st.slots[index(kind)], Slot::Reserved) {
             st.slots[index(kind)] = Slot::Empty;
         }
+        drop(st);
+        self.slot_changed.notify_waiters();
     }
 
     /// Attaches the connection to a reserved stream.
@@ -187,25 +197,57 @@ impl Process {
         if matches!(st.slots[index(kind)], Slot::Reserved) {
             st.slots[index(kind)] = Slot::Attached(conn);
         }
+        drop(st);
+        self.slot_changed.notify_waiters();
     }
 
-    /// Created → Running, if every requested stream is attached; starts the copy loops for the
-    /// stdio that exists already. The caller then starts the process itself.
-    pub fn begin_start(&self) -> Result<()> {
+    /// Created → Running once every requested stream is attached; starts the copy loops for
+    /// the stdio that exists already. The caller then starts the process itself. A stream that
+    /// was never asked for fails at once; one whose hello was accepted and is attaching is
+    /// waited for, up to [`ATTACH_GRACE`].
+    pub async fn begin_start(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + ATTACH_GRACE;
+        loop {
+            let changed = self.slot_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so an attach between the check and the wait wakes it.
+            changed.as_mut().enable();
+            let Some(kind) = self.try_begin_start()? else {
+                return Ok(());
+            };
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(AgentError::Precondition(format!(
+                    "the {kind} stream did not attach within {} s of its hello",
+                    ATTACH_GRACE.as_secs()
+                )));
+            }
+        }
+    }
+
+    /// [`Process::begin_start`] without waiting: `Some(kind)` while `kind` is still attaching.
+    fn try_begin_start(&self) -> Result<Option<StreamKind>> {
         let mut st = self.lock();
         let status = st.status.unwrap_or(Status::Stopped);
         status.check(Action::Start)?;
+        let mut attaching = None;
         for kind in self.stdio.kinds() {
-            if !matches!(st.slots[index(kind)], Slot::Attached(_)) {
-                return Err(AgentError::Precondition(format!(
-                    "the {kind} stream is not attached yet"
-                )));
+            match st.slots[index(kind)] {
+                Slot::Attached(_) => {}
+                Slot::Reserved => attaching = attaching.or(Some(kind)),
+                Slot::Empty => {
+                    return Err(AgentError::Precondition(format!(
+                        "the {kind} stream is not attached yet"
+                    )))
+                }
             }
+        }
+        if attaching.is_some() {
+            return Ok(attaching);
         }
         st.oom_baseline = cgroup::oom_kills(&self.cgroup);
         st.status = Some(Status::Running);
         spawn_pumps(&mut st);
-        Ok(())
+        Ok(None)
     }
 
     /// The process could not be started: it is Stopped with status 255 (as runc's exec fails).
@@ -370,3 +412,6 @@ fn spawn_pumps(st: &mut State) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
