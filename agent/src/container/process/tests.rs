@@ -53,7 +53,8 @@ async fn a_stream_never_asked_for_is_refused_at_once() {
     let p = stdout_only();
     let e = p.begin_start().await.unwrap_err();
     assert!(
-        e.to_string().contains("the stdout stream is not attached yet"),
+        e.to_string()
+            .contains("the stdout stream is not attached yet"),
         "{e}"
     );
     assert_eq!(p.status(), Status::Created);
