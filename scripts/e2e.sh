@@ -69,7 +69,7 @@ for b in "${bins[@]}"; do
   echo "== e2e: $(basename "$b") took $(( $(date +%s) - start )) s"
 done
 if [ -n "$retried" ]; then
-  echo "e2e: *** FLAKY: failed once, passed on the retry:$retried (see the first failure's output above: a guest that died in early kernel setup is the nested early-boot failure of issue 3; anything else is a bug to chase) ***" >&2
+  echo "e2e: *** FLAKY: failed once, passed on the retry:$retried (see the first failure's output above: a test host killed by its heartbeat, or a guest that died in early kernel setup, is the nested environment (issue 3); anything else is a bug to chase) ***" >&2
 fi
 if [ -n "$failed" ]; then echo "e2e: FAILED:$failed" >&2; exit 1; fi
 echo 'e2e: all passed'
