@@ -69,14 +69,19 @@ impl Drop for Mounted {
 }
 
 /// Waits for the guest's line for step `name`, which must say ok. A step that never comes
-/// fails with the VMM's queue state (`queues` on its control socket) beside the console, which
-/// tells a request the device never completed from an interrupt the guest never took.
+/// fails with the VMM's queue state (`queues` on its control socket), which tells a request
+/// the device never completed from an interrupt the guest never took from a guest that asked
+/// for nothing more, and with how busy each VMM thread is (a vCPU spinning or idle).
 fn step(vm: &mut RunningVm, control: &Path, name: &str) -> String {
     let needle = format!("HUSK-TEST-INIT fs {name} ");
     let line = vm.wait_for(&needle, STEP_TIMEOUT);
     let line = line.unwrap_or_else(|| {
         let queues = microvm::control(control, "queues\n").unwrap_or_else(|e| e.to_string());
-        panic!("no `fs {name}` line; husk-vmm: {queues}\n{}", vm.console)
+        let busy = microvm::thread_busy(vm.pid(), Duration::from_secs(2));
+        panic!(
+            "no `fs {name}` line; husk-vmm: {queues}; its threads: {busy}\n{}",
+            vm.console
+        )
     });
     assert!(
         line.contains(&format!("fs {name} ok")),
