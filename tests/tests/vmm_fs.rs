@@ -126,7 +126,10 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
     let cmd = husk_vmm_with_fs(&env.vmm, &spec, dir.path(), &opts, &[share]).unwrap();
     let mut vm = RunningVm::spawn(cmd).unwrap();
     let marker = vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT);
-    marker.unwrap_or_else(|| panic!("no marker:\n{}", vm.console));
+    marker.unwrap_or_else(|| {
+        let busy = microvm::thread_busy(vm.pid(), Duration::from_secs(2));
+        panic!("no marker; husk-vmm threads: {busy}\n{}", vm.console)
+    });
 
     step(&mut vm, &control, "mount");
     let read = step(&mut vm, &control, "read");
