@@ -35,41 +35,67 @@ done
 [ -z "$skip_args" ] || skip_args="$skip_args --exact"
 # Each binary runs in a test host of its own (natively: a bounded shell), bounded by
 # HUSK_E2E_BINARY_TIMEOUT (default 900 s; the slowest binary takes about 4 minutes). A guest that
-# hangs, or a nested test host whose own kernel wedges under KVM (seen: both of its CPUs busy,
-# its userspace stopped), then costs that binary and its retry, not the run: the test host is
-# killed at the bound with everything in it, and the retry boots a fresh one (about 8 s). Output
+# hangs costs that binary and its retry, not the run: the test host is killed at the bound with
+# everything in it, and the retry boots a fresh one (about 8 s). A nested test host whose own
+# kernel wedges or dies under KVM (seen: both of its CPUs busy and its userspace stopped; a
+# stack overflow in its SVM path) is not the tests' failure: see host_failures_allowed below. Output
 # is not captured, so a killed binary still shows how far it got. Natively, what a killed binary
 # left running (its private containerd under /run/hct-*, shims, husk-vmm) is killed before the
 # next one starts, so leak checks start from a clean host.
 bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
+# husk-testhost exits 75 when the test host itself failed under the binary (it wedged, or its
+# kernel died): that says nothing about the tests, so such a run does not count as the binary's
+# failure, up to $host_failures_allowed times per binary. A failure of the tests gets one retry.
+host_failures_allowed=2
 run_one() {
   local rc=0
   "$TESTHOST" --timeout "$bound" --rw "$artifacts" -- "
     export HUSK_E2E_ARTIFACTS='$artifacts'
     $1 --ignored --test-threads=1 --nocapture $skip_args" || rc=$?
-  if [ "$rc" = 124 ]; then
-    echo "== e2e: *** $(basename "$1") KILLED (its ${bound} s bound, or a wedged test host) ***"
+  case "$rc" in
+    124) echo "== e2e: *** $(basename "$1") KILLED at its ${bound} s bound ***" ;;
+    75) echo "== e2e: *** $(basename "$1"): the test host failed under it (output above) ***" ;;
+  esac
+  if [ "$rc" = 124 ] || [ "$rc" = 75 ]; then
     pkill -9 -f '/run/hct-' 2>/dev/null || true
   fi
   return "$rc"
 }
 failed=''
 retried=''
+host_failed=''
 for b in "${bins[@]}"; do
-  echo "== e2e: $(basename "$b")"
+  name=$(basename "$b")
+  echo "== e2e: $name"
   start=$(date +%s)
-  if ! run_one "$b"; then
-    echo "== e2e: RETRYING $(basename "$b") once after a failure (output above)"
-    if run_one "$b"; then
-      retried="$retried $(basename "$b")"
-    else
-      failed="$failed $(basename "$b")"
+  test_failures=0 host_failures=0
+  while :; do
+    rc=0
+    run_one "$b" || rc=$?
+    if [ "$rc" = 0 ]; then
+      [ "$test_failures" = 0 ] || retried="$retried $name"
+      break
     fi
-  fi
-  echo "== e2e: $(basename "$b") took $(( $(date +%s) - start )) s"
+    if [ "$rc" = 75 ] && [ "$host_failures" -lt "$host_failures_allowed" ]; then
+      host_failures=$((host_failures + 1))
+      case " $host_failed " in *" $name "*) ;; *) host_failed="$host_failed $name" ;; esac
+      echo "== e2e: RUNNING $name again in a fresh test host (test host failure $host_failures of $host_failures_allowed allowed)"
+      continue
+    fi
+    test_failures=$((test_failures + 1))
+    if [ "$test_failures" -ge 2 ]; then
+      failed="$failed $name"
+      break
+    fi
+    echo "== e2e: RETRYING $name once after a failure (output above)"
+  done
+  echo "== e2e: $name took $(( $(date +%s) - start )) s"
 done
+if [ -n "$host_failed" ]; then
+  echo "e2e: *** the test host failed under:$host_failed (each run again in a fresh one) ***" >&2
+fi
 if [ -n "$retried" ]; then
-  echo "e2e: *** FLAKY: failed once, passed on the retry:$retried (see the first failure's output above: a test host killed by its heartbeat, or a guest that died in early kernel setup, is the nested environment (issue 3); anything else is a bug to chase) ***" >&2
+  echo "e2e: *** FLAKY: failed once, passed on the retry:$retried (see the first failure's output above: a guest that died in early kernel setup is the nested environment (issue 3); anything else is a bug to chase) ***" >&2
 fi
 if [ -n "$failed" ]; then echo "e2e: FAILED:$failed" >&2; exit 1; fi
 echo 'e2e: all passed'

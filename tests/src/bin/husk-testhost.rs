@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use husk_tests::hostkind::{detect, SysProbe};
-use husk_tests::testhost::{self, RunSpec, TestHostError};
+use husk_tests::testhost::{self, RunSpec};
 
 /// Run a command with a hardware-virtualization /dev/kvm (natively, or in the nested test host).
 #[derive(Debug, Parser)]
 #[command(name = "husk-testhost", version)]
 struct Args {
-    /// Give up after this many seconds (test host boot included); exit code 124, as for a test
-    /// host whose heartbeat stalls for two minutes.
+    /// Give up after this many seconds (test host boot included); exit code 124. A test host
+    /// that fails under the command (no heartbeat for two minutes, not ready two minutes after
+    /// QEMU started, or its kernel died) exits 75 instead: the environment, not the command.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
     /// Host directory the command may write to (shared writable at the same path; repeatable).
@@ -89,11 +90,7 @@ fn main() -> ExitCode {
         Ok(outcome) => ExitCode::from(u8::try_from(outcome.code).unwrap_or(255)),
         Err(e) => {
             eprintln!("husk-testhost: error: {e}");
-            ExitCode::from(match e {
-                TestHostError::Timeout(..) | TestHostError::Wedged(..) => 124,
-                TestHostError::Interrupted(_) => 130,
-                _ => 125,
-            })
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -96,6 +96,25 @@ pub enum TestHostError {
     },
 }
 
+/// husk-testhost's exit code when the test host itself failed (it wedged, or its kernel died
+/// without reporting the command's exit): EX_TEMPFAIL, a fault of the environment, not of the
+/// command, so a caller may run the command again.
+pub const EXIT_TESTHOST_FAILED: u8 = 75;
+
+impl TestHostError {
+    /// husk-testhost's exit code for this error: 124 when the command's own bound passed (as
+    /// `timeout(1)`), [`EXIT_TESTHOST_FAILED`] when the test host failed under it, 130 when
+    /// interrupted, 125 for everything else (husk-testhost could not run it).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TestHostError::Timeout(..) => 124,
+            TestHostError::Wedged(..) | TestHostError::NoExitCode { .. } => EXIT_TESTHOST_FAILED,
+            TestHostError::Interrupted(_) => 130,
+            TestHostError::Assets(_) | TestHostError::Io { .. } => 125,
+        }
+    }
+}
+
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestHostError {
     let what = what.into();
     move |source| TestHostError::Io { what, source }
@@ -145,6 +164,21 @@ pub fn install_signal_handlers() {
 mod tests {
     use super::*;
     use crate::hostkind::Vendor;
+
+    #[test]
+    fn only_a_failed_test_host_exits_75() {
+        let d = Duration::from_secs(120);
+        let code = |e: TestHostError| e.exit_code();
+        assert_eq!(code(TestHostError::Timeout(d, String::new())), 124);
+        assert_eq!(code(TestHostError::Wedged(d, String::new())), 75);
+        let died = TestHostError::NoExitCode {
+            status: "exit status: 0".into(),
+            console: String::new(),
+        };
+        assert_eq!(code(died), EXIT_TESTHOST_FAILED);
+        assert_eq!(code(TestHostError::Interrupted(String::new())), 130);
+        assert_eq!(code(TestHostError::Assets("no kernel".into())), 125);
+    }
 
     #[test]
     fn hardware_runs_natively_everything_else_nested() {
