@@ -142,6 +142,19 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
         GUEST_TEXT
     );
 
+    // The device as the VMM sees it while the guest polls for the change below (so it cannot
+    // have reset the device yet): active, both queues set up.
+    let queues = microvm::control(&control, "queues\n").unwrap();
+    assert!(
+        queues.starts_with("ok [irq ") && queues.contains(" fs status=DriverOk active=true "),
+        "{queues}"
+    );
+    assert!(
+        queues.contains(" q0=avail:") && queues.contains(" q1=avail:"),
+        "{queues}"
+    );
+    eprintln!("{queues}");
+
     // Changes while the guest runs: a rewritten file, a tmpfs and a bind mount under the share.
     std::fs::write(shared.join("changing.txt"), "v2\n").unwrap();
     let late = Mounted::new(Path::new("husk-e2e"), &shared.join("late"), "tmpfs", 0);
@@ -156,17 +169,6 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
         mounts.contains("late=in the tmpfs bound=bound in"),
         "{mounts}"
     );
-    // The device as the VMM sees it at the end: active, both queues set up.
-    let queues = microvm::control(&control, "queues\n").unwrap();
-    assert!(
-        queues.starts_with("ok [irq ") && queues.contains(" fs status=DriverOk active=true "),
-        "{queues}"
-    );
-    assert!(
-        queues.contains(" q0=avail:") && queues.contains(" q1=avail:"),
-        "{queues}"
-    );
-    eprintln!("{queues}");
     step(&mut vm, &control, "done");
 
     let code = vm.wait(BOOT_TIMEOUT);
