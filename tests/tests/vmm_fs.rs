@@ -15,6 +15,7 @@ use husk_tests::e2e;
 use husk_tests::microvm::{
     self, husk_vmm_with_fs, FsShareOptions, GuestSpec, RunningVm, VmmOptions, TEST_INIT_MARKER,
 };
+use husk_tests::process::thread_busy;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -77,7 +78,7 @@ fn step(vm: &mut RunningVm, control: &Path, name: &str) -> String {
     let line = vm.wait_for(&needle, STEP_TIMEOUT);
     let line = line.unwrap_or_else(|| {
         let queues = microvm::control(control, "queues\n").unwrap_or_else(|e| e.to_string());
-        let busy = microvm::thread_busy(vm.pid(), Duration::from_secs(2));
+        let busy = thread_busy(vm.pid(), Duration::from_secs(2));
         panic!(
             "no `fs {name}` line; husk-vmm: {queues}; its threads: {busy}\n{}",
             vm.console
@@ -127,7 +128,7 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
     let mut vm = RunningVm::spawn(cmd).unwrap();
     let marker = vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT);
     marker.unwrap_or_else(|| {
-        let busy = microvm::thread_busy(vm.pid(), Duration::from_secs(2));
+        let busy = thread_busy(vm.pid(), Duration::from_secs(2));
         panic!("no marker; husk-vmm threads: {busy}\n{}", vm.console)
     });
 
