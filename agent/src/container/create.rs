@@ -41,11 +41,19 @@ pub async fn create(
         .as_ref()
         .and_then(|h| h.poststart().as_ref())
         .is_some_and(|v| !v.is_empty());
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let bundle = sb.config.bundles().join(id);
     let state_dir = sb.config.containers_root().join(id);
     match run_create(sb, id, &spec, stdio, &bundle).await {
         Ok(init) => {
-            let c = Arc::new(Container::new(id, bundle, state_dir, init, poststart_hooks));
+            let c = Arc::new(Container::new(
+                id,
+                bundle,
+                state_dir,
+                init,
+                poststart_hooks,
+                seccomp,
+            ));
             sb.oom.add(id, c.cgroup.clone());
             Ok(c)
         }

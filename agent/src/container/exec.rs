@@ -10,7 +10,7 @@ use super::process::{HostIo, Process};
 use super::state::Action;
 use super::{spec, Container};
 use crate::error::{AgentError, Result};
-use crate::runner::Request;
+use crate::runner::{seccomp, Request};
 use crate::sandbox::Sandbox;
 use crate::stdio::tty::PtyMaster;
 use crate::stdio::{pipes, StdioRequest};
@@ -25,7 +25,10 @@ pub fn register(
     ids::validate(exec_id)?;
     c.status().check(Action::Exec)?;
     c.check_exec_free(exec_id)?;
-    let process = spec::parse_process(process_json)?;
+    let mut process = spec::parse_process(process_json)?;
+    if c.seccomp.is_some() {
+        seccomp::grant_filter_setup(&mut process);
+    }
     let terminal = process.terminal().unwrap_or(false);
     if terminal != stdio.terminal {
         return Err(AgentError::InvalidArgument(format!(
@@ -58,6 +61,7 @@ pub async fn start(sb: &Sandbox, c: &Container, p: &Arc<Process>) -> Result<i32>
         state_root: sb.config.containers_root(),
         process_json: c.bundle.join(format!("exec-{}.json", p.exec_id)),
         console_socket: p.stdio.terminal.then(|| sb.console_socket_path()),
+        seccomp: c.seccomp.clone(),
     };
     let since = sb.reaper.epoch();
     let outcome = match run_runner(sb, request, fds).await {

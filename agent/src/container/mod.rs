@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use oci_spec::runtime::LinuxSeccomp;
 use process::Process;
 use state::Status;
 
@@ -51,6 +52,8 @@ pub struct Container {
     pub init: Arc<Process>,
     /// The spec has poststart hooks (start then runs in a runner: hooks fork and wait).
     pub poststart_hooks: bool,
+    /// The spec's seccomp filter, which every exec gets too ([`crate::runner::seccomp`]).
+    pub seccomp: Option<LinuxSeccomp>,
     inner: Mutex<Inner>,
 }
 
@@ -62,6 +65,7 @@ impl Container {
         state_dir: PathBuf,
         init: Arc<Process>,
         poststart_hooks: bool,
+        seccomp: Option<LinuxSeccomp>,
     ) -> Self {
         Container {
             id: id.into(),
@@ -70,6 +74,7 @@ impl Container {
             state_dir,
             init,
             poststart_hooks,
+            seccomp,
             inner: Mutex::default(),
         }
     }

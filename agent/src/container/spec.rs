@@ -8,7 +8,9 @@
 
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{
+    LinuxNamespace, LinuxNamespaceType, LinuxSeccomp, LinuxSeccompAction, Process, Spec,
+};
 
 use super::cgroup;
 use crate::error::{AgentError, Result};
@@ -53,11 +55,12 @@ pub fn prepare(
             root.display()
         )));
     }
-    check_process(
-        spec.process()
-            .as_ref()
-            .ok_or_else(|| invalid("spec has no process"))?,
-    )?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| invalid("spec has no process"))?;
+    check_process(&mut process)?;
+    spec.set_process(Some(process));
     let sandbox = spec
         .annotations()
         .as_ref()
@@ -68,6 +71,17 @@ pub fn prepare(
         .linux()
         .clone()
         .ok_or_else(|| invalid("spec has no linux section"))?;
+    if let Some(seccomp) = linux.seccomp() {
+        check_seccomp(seccomp)?;
+    }
+    if let Some(label) = linux.mount_label().clone() {
+        tracing::warn!(
+            container_id,
+            label = label.as_str(),
+            "linux.mountLabel ignored: the guest kernel has no SELinux"
+        );
+        linux.set_mount_label(None);
+    }
     if let Some(namespaces) = linux.namespaces().clone() {
         linux.set_namespaces(Some(rewrite_namespaces(namespaces, sandbox)));
     }
@@ -78,13 +92,48 @@ pub fn prepare(
 
 /// Parses an exec's OCI Process.
 pub fn parse_process(json: &[u8]) -> Result<Process> {
-    let p: Process = serde_json::from_slice(json)
+    let mut p: Process = serde_json::from_slice(json)
         .map_err(|e| invalid(format!("process is not OCI Process JSON: {e}")))?;
-    check_process(&p)?;
+    check_process(&mut p)?;
     Ok(p)
 }
 
-fn check_process(p: &Process) -> Result<()> {
+/// A filter the guest cannot honour is refused: notify actions hand the container's syscalls
+/// to a seccomp agent listening on a host socket, which does not exist inside the VM.
+fn check_seccomp(seccomp: &LinuxSeccomp) -> Result<()> {
+    if seccomp.default_action() == LinuxSeccompAction::ScmpActNotify
+        || seccomp.listener_path().is_some()
+        || seccomp
+            .syscalls()
+            .iter()
+            .flatten()
+            .any(|s| s.action() == LinuxSeccompAction::ScmpActNotify)
+    {
+        return Err(invalid(
+            "linux.seccomp: SCMP_ACT_NOTIFY and listenerPath (a seccomp agent on the host) are \
+             not supported inside a husk VM",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a process and drops the LSM labels the guest kernel cannot apply (AppArmor and
+/// SELinux are not built into it: README, "Security"), saying so in the log.
+fn check_process(p: &mut Process) -> Result<()> {
+    if let Some(profile) = p.apparmor_profile().clone() {
+        tracing::warn!(
+            profile = profile.as_str(),
+            "process.apparmorProfile ignored: the guest kernel has no AppArmor"
+        );
+        p.set_apparmor_profile(None);
+    }
+    if let Some(label) = p.selinux_label().clone() {
+        tracing::warn!(
+            label = label.as_str(),
+            "process.selinuxLabel ignored: the guest kernel has no SELinux"
+        );
+        p.set_selinux_label(None);
+    }
     if p.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(invalid("process.args is empty"));
     }
@@ -195,6 +244,26 @@ mod tests {
             assert!(matches!(e, AgentError::InvalidArgument(_)), "{e}");
             assert!(e.to_string().contains(want), "{e} !~ {want}");
         }
+    }
+
+    #[test]
+    fn seccomp_notify_is_refused_and_lsm_labels_are_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let base: serde_json::Value = serde_json::from_slice(&spec_json(d.path(), "")).unwrap();
+        let mut notify = base.clone();
+        notify["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]});
+        let e = prepare("c1", &serde_json::to_vec(&notify).unwrap(), |_| None).unwrap_err();
+        assert!(matches!(e, AgentError::InvalidArgument(_)), "{e}");
+        assert!(e.to_string().contains("SCMP_ACT_NOTIFY"), "{e}");
+        let mut labelled = base;
+        labelled["linux"]["mountLabel"] = "system_u:object_r:x".into();
+        labelled["process"]["apparmorProfile"] = "cri-containerd.apparmor.d".into();
+        labelled["process"]["selinuxLabel"] = "system_u:system_r:x".into();
+        let spec = prepare("c1", &serde_json::to_vec(&labelled).unwrap(), |_| None).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert!(p.apparmor_profile().is_none() && p.selinux_label().is_none());
+        assert!(spec.linux().as_ref().unwrap().mount_label().is_none());
     }
 
     #[test]

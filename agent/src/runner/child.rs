@@ -12,6 +12,7 @@ use libcontainer::container::Container;
 use libcontainer::error::LibcontainerError;
 use libcontainer::syscall::syscall::SyscallType;
 
+use super::seccomp::FilteredExecutor;
 use super::{wire, FailureKind, Reply, Request};
 
 /// How long the runner waits for libcontainer's init to hand over the pty master.
@@ -148,9 +149,13 @@ fn run(req: Request, fds: Vec<OwnedFd>, console: Option<&Path>) -> Result<i32, L
             container_id,
             state_root,
             process_json,
+            seccomp,
             ..
         } => {
-            let builder = builder(container_id, state_root, fds, console)?;
+            let mut builder = builder(container_id, state_root, fds, console)?;
+            if let Some(filter) = seccomp {
+                builder = builder.with_executor(FilteredExecutor::new(filter));
+            }
             let pid = builder
                 .as_tenant()
                 .with_process(Some(process_json))

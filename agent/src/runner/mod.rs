@@ -9,11 +9,13 @@
 //! host mode), whose reaper owns their `waitpid`.
 
 pub mod child;
+pub mod seccomp;
 pub mod spawn;
 pub mod wire;
 
 use std::path::PathBuf;
 
+use oci_spec::runtime::LinuxSeccomp;
 use serde::{Deserialize, Serialize};
 
 /// The internal subcommand that makes `husk-agent` a runner.
@@ -46,6 +48,8 @@ pub enum Request {
         process_json: PathBuf,
         /// Where the runner listens for the pty master (terminal mode).
         console_socket: Option<PathBuf>,
+        /// The container's `linux.seccomp`, installed on the exec ([`seccomp`]).
+        seccomp: Option<LinuxSeccomp>,
     },
     /// `runc start` for a container whose spec has poststart hooks (they fork and wait).
     Start {
@@ -93,6 +97,7 @@ mod tests {
             state_root: "/run/x".into(),
             process_json: "/run/x/p.json".into(),
             console_socket: None,
+            seccomp: None,
         };
         let back: Request = serde_json::from_slice(&serde_json::to_vec(&req).unwrap()).unwrap();
         assert_eq!(back, req);
