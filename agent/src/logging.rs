@@ -1,7 +1,7 @@
 //! Logs: `tracing` events (with `container_id` / `exec_id` fields) to stderr, which is the
-//! console in the guest, and in the guest also to the host over a vsock stream the agent opens
-//! to port 1026. The stream never blocks the agent: lines go through a bounded queue and are
-//! dropped (and counted) when it is full or nobody listens.
+//! console in the guest, and in the guest also to the host over the one vsock stream the agent
+//! opens to port 1026 at its start, before any container exists. The stream never blocks the
+//! agent: lines go through a bounded queue and are dropped (and counted) when it is full.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,7 +81,7 @@ pub fn cmdline_level() -> Option<String> {
 }
 
 /// Installs the subscriber. With `to_host`, returns the queue's receiving end for
-/// [`spawn_vsock_forwarder`].
+/// [`connect_host_log`].
 pub fn init(
     to_host: bool,
     cmdline_level: Option<String>,
@@ -106,41 +106,45 @@ pub fn init(
     (rx, dropped)
 }
 
-/// Forwards queued lines to the host (vsock CID 2, port 1026), reconnecting every few seconds
-/// while nobody listens.
-pub fn spawn_vsock_forwarder(mut rx: mpsc::Receiver<Vec<u8>>, dropped: Arc<AtomicU64>) {
+/// How long the agent tries to open its log stream at start (the shim listens before the VM
+/// starts, so the first attempt normally succeeds).
+const CONNECT_FOR: Duration = Duration::from_secs(2);
+
+/// Opens the log stream to the host (vsock CID 2, port 1026) before anything else runs, then
+/// forwards queued lines over it from a task. The shim takes exactly this one connection and
+/// stops listening (no container can reach a host service on the port afterwards), so a
+/// stream that breaks is not reopened: lines then go to the console only.
+pub async fn connect_host_log(mut rx: mpsc::Receiver<Vec<u8>>, dropped: Arc<AtomicU64>) {
     use tokio_vsock::{VsockAddr, VsockStream};
+    let addr = VsockAddr::new(
+        husk_protocol::hybrid::VSOCK_HOST_CID,
+        husk_protocol::ports::LOG_PORT,
+    );
+    let deadline = tokio::time::Instant::now() + CONNECT_FOR;
+    let mut stream = loop {
+        match VsockStream::connect(addr).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                eprintln!(
+                    "husk-agent: no log stream to the host ({e}); logging to the console only"
+                );
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
     tokio::spawn(async move {
-        let addr = VsockAddr::new(
-            husk_protocol::hybrid::VSOCK_HOST_CID,
-            husk_protocol::ports::LOG_PORT,
-        );
-        let mut pending: Option<Vec<u8>> = None;
-        loop {
-            let mut stream = match VsockStream::connect(addr).await {
-                Ok(s) => s,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
-                }
-            };
+        while let Some(line) = rx.recv().await {
             let lost = dropped.swap(0, Ordering::Relaxed);
             if lost > 0 {
                 let note = format!("husk-agent: {lost} log lines dropped (queue full)\n");
                 let _ = AsyncWriteExt::write_all(&mut stream, note.as_bytes()).await;
             }
-            loop {
-                let line = match pending.take() {
-                    Some(l) => l,
-                    None => match rx.recv().await {
-                        Some(l) => l,
-                        None => return,
-                    },
-                };
-                if AsyncWriteExt::write_all(&mut stream, &line).await.is_err() {
-                    pending = Some(line);
-                    break;
-                }
+            if AsyncWriteExt::write_all(&mut stream, &line).await.is_err() {
+                eprintln!(
+                    "husk-agent: the log stream to the host broke; logging to the console only"
+                );
+                return;
             }
         }
     });

@@ -76,7 +76,7 @@ fn guest_main() -> ExitCode {
     let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
             if let Some(rx) = rx {
-                logging::spawn_vsock_forwarder(rx, dropped);
+                logging::connect_host_log(rx, dropped).await;
             }
             let config = Config {
                 state_dir: GUEST_STATE.into(),

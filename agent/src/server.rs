@@ -59,9 +59,10 @@ pub async fn serve(sb: Arc<Sandbox>, listen: Listen) -> Result<Server> {
             tokio::spawn(async move {
                 loop {
                     match rpc.accept().await {
-                        Ok((s, _)) => {
+                        Ok((s, peer)) if from_host(peer) => {
                             let _ = tx.send(Ok(Conn::Vsock(s))).await;
                         }
+                        Ok((_, peer)) => refused(peer),
                         Err(e) => accept_failed(e).await,
                     }
                 }
@@ -70,12 +71,13 @@ pub async fn serve(sb: Arc<Sandbox>, listen: Listen) -> Result<Server> {
             tokio::spawn(async move {
                 loop {
                     match stdio.accept().await {
-                        Ok((s, _)) => {
+                        Ok((s, peer)) if from_host(peer) => {
                             tokio::spawn(crate::stdio::attach::handle(
                                 Arc::clone(&sb2),
                                 Conn::Vsock(s),
                             ));
                         }
+                        Ok((_, peer)) => refused(peer),
                         Err(e) => accept_failed(e).await,
                     }
                 }
@@ -96,6 +98,20 @@ pub async fn serve(sb: Arc<Sandbox>, listen: Listen) -> Result<Server> {
         }
     }
     Ok(server)
+}
+
+/// Only the host (the shim, through husk-vmm) talks to the agent: a connection from inside
+/// the guest (a container opening AF_VSOCK to the guest's own CID) is closed at once.
+fn from_host(peer: VsockAddr) -> bool {
+    peer.cid() == husk_protocol::hybrid::VSOCK_HOST_CID
+}
+
+fn refused(peer: VsockAddr) {
+    tracing::warn!(
+        cid = peer.cid(),
+        port = peer.port(),
+        "refused a vsock connection that did not come from the host"
+    );
 }
 
 async fn accept_failed(e: std::io::Error) {

@@ -23,8 +23,8 @@ use nix::unistd::Pid;
 use crate::config;
 use crate::events::now;
 use crate::paths::{SandboxPaths, BUNDLE_STATE_LINK};
-use crate::rootfs;
 use crate::spec::Spec;
+use crate::{share, unmount};
 
 /// husk-vmm's pid from `<state>/vmm.pid` when that process is alive and runs this sandbox's
 /// `vm.json` (a recycled pid is not mistaken for it).
@@ -116,17 +116,14 @@ pub fn delete(bundle: &Path, id: &str, shim_address: impl Fn(&str) -> String) ->
             tracing::warn!("killing husk-vmm {pid} of sandbox {sandbox_id} (its shim is gone)");
             kill_vmm(pid);
         }
-        if let Err(e) = rootfs::unmount_and_remove(&paths.container(id)) {
+        if let Err(e) = share::remove_container(&paths, id) {
             tracing::warn!("cleaning up container {id}: {e}");
         }
-        let shared_empty = std::fs::read_dir(paths.shared())
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(true);
-        if id == sandbox_id || shared_empty {
+        if id == sandbox_id || share::is_empty(&paths) {
             if let Err(e) = crate::network::teardown_blocking(paths.root()) {
                 tracing::warn!("removing the pod network of sandbox {sandbox_id}: {e}");
             }
-            if let Err(e) = rootfs::unmount_and_remove(paths.root()) {
+            if let Err(e) = unmount::unmount_and_remove(paths.root()) {
                 tracing::warn!("cleaning up sandbox state {}: {e}", paths.root().display());
             }
         }
@@ -175,8 +172,10 @@ mod tests {
     fn a_pod_container_only_takes_its_own_directory() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("state/sb1");
-        std::fs::create_dir_all(root.join("shared/sb1/rootfs")).unwrap();
-        std::fs::create_dir_all(root.join("shared/c1/rootfs")).unwrap();
+        // The share's two views without the mounts (a root-only test has them: share.rs).
+        std::fs::create_dir_all(root.join(".share/sb1/rootfs")).unwrap();
+        std::fs::create_dir_all(root.join(".share/c1/rootfs")).unwrap();
+        std::os::unix::fs::symlink(".share", root.join("shared")).unwrap();
         let spec = r#"{"annotations":{"io.kubernetes.cri.container-type":"container",
                        "io.kubernetes.cri.sandbox-id":"sb1"}}"#;
         let b = bundle(dir.path(), spec, Some(&root));

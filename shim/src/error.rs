@@ -11,7 +11,9 @@ use crate::agent::AgentError;
 use crate::config::ConfigError;
 use crate::io::IoError;
 use crate::rootfs::RootfsError;
+use crate::share::ShareError;
 use crate::spec::SpecError;
+use crate::unmount::UnmountError;
 use crate::vm::BootError;
 
 /// Everything a task request can fail with.
@@ -47,6 +49,12 @@ pub enum ShimError {
     /// Mounting or unmounting the container's filesystems failed.
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
+    /// The sandbox's share refused or failed an operation.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// Unmounting or removing host state failed.
+    #[error(transparent)]
+    Unmount(#[from] UnmountError),
     /// Setting up the process's stdio failed.
     #[error(transparent)]
     Io(#[from] IoError),
@@ -85,7 +93,11 @@ impl ShimError {
             ShimError::Io(e) => e.code(),
             // A missing artifact is the host's setup, not a fault: fixable, as its message says.
             ShimError::Boot(BootError::Missing { .. }) => Code::FAILED_PRECONDITION,
-            ShimError::Boot(_) | ShimError::Rootfs(_) | ShimError::Host { .. } => Code::INTERNAL,
+            ShimError::Boot(_)
+            | ShimError::Rootfs(_)
+            | ShimError::Share(_)
+            | ShimError::Unmount(_)
+            | ShimError::Host { .. } => Code::INTERNAL,
         }
     }
 }

@@ -4,8 +4,8 @@
 //! Layout: [`service`] is the containerd-shim `Shim` (delete action, daemon), [`start`] the
 //! start action, [`task`] the ttrpc Task service (thin) over [`sandbox`] (VM lifecycle),
 //! [`lifecycle`] and [`control`] (the requests), [`vm`] (husk-vmm and boot), [`agent`] (the
-//! guest agent over hybrid vsock), [`io`] (stdio), [`rootfs`] and [`spec`] (filesystems and the
-//! OCI spec), [`events`], [`metrics`], [`config`], [`cleanup`] (delete without a daemon), [`network`] (the pod network: taps and tc
+//! guest agent over hybrid vsock), [`io`] (stdio), [`share`], [`rootfs`], [`unmount`], [`fsat`] and [`spec`]
+//! (the virtio-fs share, container filesystems, race-free path operations and the OCI spec), [`events`], [`metrics`], [`config`], [`cleanup`] (delete without a daemon), [`network`] (the pod network: taps and tc
 //! redirect in the sandbox's network namespace).
 
 pub mod agent;
@@ -15,8 +15,10 @@ pub mod container;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod fsat;
 pub mod io;
 pub mod lifecycle;
+pub mod lines;
 pub mod logging;
 pub mod metrics;
 pub mod network;
@@ -26,7 +28,9 @@ pub mod process;
 pub mod rootfs;
 pub mod sandbox;
 pub mod service;
+pub mod share;
 pub mod spec;
 pub mod start;
 pub mod task;
+pub mod unmount;
 pub mod vm;

@@ -23,7 +23,7 @@ use crate::process::{ExitInfo, ProcStatus, Process};
 use crate::sandbox::Sandbox;
 use crate::spec::Spec;
 use crate::vm::Vm;
-use crate::{options, rootfs};
+use crate::{options, rootfs, share};
 
 fn check_id(what: &str, id: &str) -> Result<()> {
     husk_protocol::ids::validate(id).map_err(|e| ShimError::InvalidArgument(format!("{what}: {e}")))
@@ -46,10 +46,10 @@ fn prepare_filesystems(
     let binds = spec.host_binds()?;
     let root = spec.root_path(bundle);
     let cid = req.id.as_str();
-    let mounted = rootfs::mount_rootfs(&req.rootfs, root.as_deref(), &paths.rootfs(cid))
-        .and_then(|()| rootfs::share_binds(&binds, |n| paths.mount(cid, n)));
-    if let Err(e) = mounted {
-        let _ = rootfs::unmount_and_remove(&paths.container(cid));
+    if let Err(e) = rootfs::mount_container(paths, cid, &req.rootfs, root.as_deref(), &binds) {
+        if let Err(c) = share::remove_container(paths, cid) {
+            tracing::warn!("removing {cid} from the share after a failed mount: {c}");
+        }
         return Err(e.into());
     }
     spec.rewrite_for_guest(cid, &binds);
@@ -126,7 +126,7 @@ impl Sandbox {
         creq.spec_json = spec.to_json();
         creq.stdio = MessageField::some(stdio.agent_stdio());
         let undo_mounts = || {
-            if let Err(e) = rootfs::unmount_and_remove(&paths.container(cid)) {
+            if let Err(e) = share::remove_container(paths, cid) {
                 tracing::warn!("unmounting {cid}: {e}");
             }
         };
@@ -316,8 +316,8 @@ impl Sandbox {
             let _ = proc_.transition(ProcStatus::Deleted);
         }
         if let Some(paths) = self.paths() {
-            let dir = paths.container(&req.id);
-            tokio::task::spawn_blocking(move || rootfs::unmount_and_remove(&dir))
+            let cid = req.id.clone();
+            tokio::task::spawn_blocking(move || share::remove_container(&paths, &cid))
                 .await
                 .map_err(|e| ShimError::Host {
                     context: "unmounting the container".into(),

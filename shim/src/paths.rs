@@ -82,9 +82,14 @@ impl SandboxPaths {
         self.root.join("vmm.pid")
     }
 
-    /// The virtio-fs share.
+    /// The virtio-fs share as the guest sees it (read-only at its top: [`crate::share`]).
     pub fn shared(&self) -> PathBuf {
         self.root.join("shared")
+    }
+
+    /// The share's staging view, where only the shim creates each container's mount points.
+    pub fn share_staging(&self) -> PathBuf {
+        self.root.join(".share")
     }
 
     /// One container's directory in the share.

@@ -25,7 +25,7 @@ use crate::events::{timestamp, Events, TaskEvent};
 use crate::network::{self, PodNetwork};
 use crate::paths::{self, SandboxPaths};
 use crate::process::{ExitInfo, ProcStatus, Process};
-use crate::rootfs;
+use crate::unmount;
 use crate::vm::{self, BootRequest, Booter, Vm, VmGone};
 
 /// The sandbox VM's life.
@@ -306,7 +306,7 @@ impl Sandbox {
                 if let Err(c) = network::teardown(paths.root()).await {
                     tracing::warn!("removing the pod network: {c}");
                 }
-                if let Err(c) = rootfs::unmount_and_remove(paths.root()) {
+                if let Err(c) = unmount::unmount_and_remove(paths.root()) {
                     tracing::warn!("cleaning up {}: {c}", paths.root().display());
                 }
                 let mut inner = self.lock();
@@ -352,7 +352,7 @@ impl Sandbox {
             if let Err(e) = network::teardown(p.root()).await {
                 tracing::error!("removing the pod network: {e}");
             }
-            if let Err(e) = rootfs::unmount_and_remove(p.root()) {
+            if let Err(e) = unmount::unmount_and_remove(p.root()) {
                 tracing::error!("removing the sandbox state {}: {e}", p.root().display());
             }
         }
@@ -519,7 +519,7 @@ fn claim_state_dir(paths: &SandboxPaths) -> Result<()> {
     if let Err(e) = network::teardown_blocking(paths.root()) {
         tracing::warn!("removing the stale pod network: {e}");
     }
-    rootfs::unmount_and_remove(paths.root())?;
+    unmount::unmount_and_remove(paths.root())?;
     Ok(())
 }
 

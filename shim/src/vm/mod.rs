@@ -17,12 +17,13 @@ use async_trait::async_trait;
 use husk_protocol::agent::api::CheckResponse;
 use husk_protocol::{ports, VmConfigError, VmmExit};
 use nix::sys::signal::Signal;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
 use crate::agent::{self, Agent, AgentError};
 use crate::config::HuskConfig;
+use crate::lines::{BoundedLines, RateLimit, MAX_LINE};
 use crate::paths::SandboxPaths;
+use crate::share;
 use diagnose::diagnose;
 use size::VmSize;
 use spawn::{SharedTail, VmmEnd, VmmProcess};
@@ -46,6 +47,9 @@ pub enum BootError {
     /// The VM configuration is invalid.
     #[error("VM configuration: {0}")]
     Config(#[from] VmConfigError),
+    /// The sandbox's virtio-fs share could not be made.
+    #[error(transparent)]
+    Share(#[from] crate::share::ShareError),
     /// A host operation failed.
     #[error("{context}: {source}")]
     Host {
@@ -216,18 +220,34 @@ fn require(what: &'static str, path: &Path, hint: &'static str) -> Result<(), Bo
     }
 }
 
-/// Forwards the agent's log lines (guest-initiated vsock port 1026) to the shim's log.
+/// Agent log lines logged per second before the rest is dropped (and counted).
+const AGENT_LOG_LINES_PER_SEC: u32 = 200;
+
+/// Forwards the agent's log lines (guest-initiated vsock port 1026) to the shim's log. Exactly
+/// one connection is taken: the one the agent opens at its start, before any container can
+/// run. Then the socket is removed, so that a later connection to the port from the guest
+/// (a container's, or anything else) finds nobody listening and is reset by husk-vmm.
 fn listen_agent_log(path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
+    let path = path.to_path_buf();
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::debug!("agent: {line}");
-                }
-            });
+        let accepted = listener.accept().await;
+        drop(listener);
+        let _ = std::fs::remove_file(&path);
+        let Ok((stream, _)) = accepted else { return };
+        let mut lines = BoundedLines::new(stream, MAX_LINE);
+        let mut limit = RateLimit::new(AGENT_LOG_LINES_PER_SEC);
+        while let Ok(Some(line)) = lines.next_line().await {
+            if limit.allow(Instant::now(), |n| {
+                tracing::warn!(
+                    lines = n,
+                    cut = lines.cut,
+                    "agent log: lines not logged (rate limit)"
+                )
+            }) {
+                tracing::debug!("agent: {line}");
+            }
         }
     });
     Ok(())
@@ -268,8 +288,7 @@ impl VmmBooter {
         std::fs::create_dir_all(root).map_err(host(format!("creating {}", root.display())))?;
         std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(host(format!("setting the mode of {}", root.display())))?;
-        std::fs::create_dir_all(req.paths.shared())
-            .map_err(host(format!("creating {}", req.paths.shared().display())))?;
+        share::create(&req.paths)?;
         let affinity = if req.config.pin_vcpus {
             let allowed = pinning::allowed_cpus()
                 .map_err(|e| host("reading the shim's CPU affinity")(e.into()))?;

@@ -1,6 +1,6 @@
 //! The husk-vmm process: started with `--config <state>/vm.json`, its stdout (the guest
-//! console) and stderr (the VMM's own messages) read line by line into the shim's log (console
-//! at debug level, rate-limited) and into small ring buffers whose tails go into error
+//! console) and stderr (the VMM's own messages) read line by line, each line bounded
+//! ([`crate::lines`]), into the shim's log (console at debug level, rate-limited) and into small ring buffers whose tails go into error
 //! messages, and one task that reaps it and reports how it ended (`protocol::VmmExit`).
 //!
 //! The shim does not use containerd-shim's reaper (`Config::no_reaper`): tokio owns this child.
@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use husk_protocol::VmmExit;
+
+use crate::lines::{BoundedLines, RateLimit, MAX_LINE};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 use tokio::sync::watch;
 
@@ -104,29 +106,22 @@ pub struct VmmProcess {
 
 fn pump<R: AsyncRead + Unpin + Send + 'static>(reader: R, tail: SharedTail, console: bool) {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        let mut window = Instant::now();
-        let (mut in_window, mut dropped) = (0u32, 0u64);
+        let mut lines = BoundedLines::new(reader, MAX_LINE);
+        let mut limit = RateLimit::new(CONSOLE_LINES_PER_SEC);
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Ok(mut t) = tail.lock() {
-                t.push(line.clone());
-            }
             if !console {
                 tracing::info!("husk-vmm: {line}");
-                continue;
-            }
-            if window.elapsed() >= Duration::from_secs(1) {
-                if dropped > 0 {
-                    tracing::debug!("guest console: {dropped} lines not logged (rate limit)");
-                }
-                window = Instant::now();
-                (in_window, dropped) = (0, 0);
-            }
-            in_window += 1;
-            if in_window <= CONSOLE_LINES_PER_SEC {
+            } else if limit.allow(Instant::now(), |n| {
+                tracing::debug!(
+                    lines = n,
+                    cut = lines.cut,
+                    "guest console: lines not logged (rate limit)"
+                )
+            }) {
                 tracing::debug!("guest: {line}");
-            } else {
-                dropped += 1;
+            }
+            if let Ok(mut t) = tail.lock() {
+                t.push(line);
             }
         }
     });
