@@ -10,6 +10,11 @@
 //! What the device owes the guest (REQUEST, RESPONSE, RW, SHUTDOWN, CREDIT_UPDATE, RST) is a
 //! set of pending flags, not a queue, so a guest that stops taking RX buffers cannot make a
 //! connection accumulate packets.
+//!
+//! Every reset that is not an orderly close says why: [`Connection::send_pkt`] returns the
+//! guest's fault, and [`Connection::take_reset`] hands out the rest once (a timeout, a host
+//! stream error, the guest resetting a connection that was still open), so a broken stream
+//! always leaves a line in the VMM's log naming the side that ended it.
 
 use std::io::{self, Read, Write};
 use std::num::Wrapping;
@@ -68,6 +73,19 @@ pub enum ConnError {
     /// The host stream failed.
     #[error("host stream: {0}; connection reset")]
     Io(io::ErrorKind),
+    /// The host stream reported an error condition (EPOLLERR).
+    #[error("host stream reported an error; connection reset")]
+    StreamError,
+    /// The host stream hung up before the connection was set up.
+    #[error("host stream closed in state {0} before the guest answered; connection reset")]
+    HungUp(ConnState),
+    /// The guest did not answer in time (REQUEST, or RST after our SHUTDOWN).
+    #[error("guest did not answer within {CONN_TIMEOUT:?} in state {0}; connection reset")]
+    Timeout(ConnState),
+    /// The guest reset a connection that was still open both ways (a Linux guest does this
+    /// when its receive queue overflows, or when it closes a socket without shutting it down).
+    #[error("guest reset the connection in state {0}")]
+    PeerReset(ConnState),
 }
 
 /// A connection between guest port `peer_port` and the host stream `S`.
@@ -92,6 +110,8 @@ pub struct Connection<S> {
     peer_fwd_cnt: Wrapping<u32>,
     rx_cnt: Wrapping<u32>,
     expiry: Option<Instant>,
+    /// Why the connection was reset, if [`Connection::send_pkt`] did not already say so.
+    reset: Option<ConnError>,
 }
 
 impl<S: ConnStream> Connection<S> {
@@ -114,6 +134,7 @@ impl<S: ConnStream> Connection<S> {
             peer_fwd_cnt: Wrapping(0),
             rx_cnt: Wrapping(0),
             expiry: None,
+            reset: None,
         }
     }
 
@@ -191,6 +212,12 @@ impl<S: ConnStream> Connection<S> {
         self.tx_buf.len()
     }
 
+    /// Why the connection was reset, once, unless [`Connection::send_pkt`] returned it (an
+    /// orderly close has no reason).
+    pub fn take_reset(&mut self) -> Option<ConnError> {
+        self.reset.take()
+    }
+
     /// The readiness the connection wants from its host stream (empty: deregister it).
     pub fn interest(&self) -> EventSet {
         let mut set = EventSet::empty();
@@ -216,6 +243,14 @@ impl<S: ConnStream> Connection<S> {
             self.pending = P_RST;
             self.expiry = None;
         }
+    }
+
+    /// Resets the connection for `why`, which nobody has reported yet.
+    fn kill_for(&mut self, why: ConnError) {
+        if !self.is_killed() && self.pending & P_RST == 0 {
+            self.reset = Some(why);
+        }
+        self.kill();
     }
 
     fn guest_event(&mut self, event: ConnEvent, op: u16) -> Result<(), ConnError> {
@@ -250,6 +285,9 @@ impl<S: ConnStream> Connection<S> {
         self.peer_fwd_cnt = Wrapping(hdr.fwd_cnt);
         match hdr.op {
             op::RST => {
+                if self.state == ConnState::Established {
+                    self.reset = Some(ConnError::PeerReset(self.state));
+                }
                 self.pending = 0;
                 self.expiry = None;
                 self.state = ConnState::Killed;
@@ -429,8 +467,8 @@ impl<S: ConnStream> Connection<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.kill();
+                Err(e) => {
+                    self.kill_for(ConnError::Io(e.kind()));
                     self.pending = 0;
                     self.state = ConnState::Killed;
                     Some(self.header(op::RST))
@@ -453,6 +491,7 @@ impl<S: ConnStream> Connection<S> {
                     h
                 }
                 Err(_) => {
+                    self.kill_for(ConnError::HungUp(self.state));
                     self.pending = 0;
                     self.state = ConnState::Killed;
                     self.header(op::RST)
@@ -473,14 +512,14 @@ impl<S: ConnStream> Connection<S> {
             return;
         }
         if events.intersects(EventSet::ERROR) {
-            self.kill();
+            self.kill_for(ConnError::StreamError);
             return;
         }
         if events.intersects(EventSet::HANG_UP) && !self.hup {
             self.hup = true;
             match self.state {
                 ConnState::LocalInit | ConnState::PeerInit => {
-                    self.kill();
+                    self.kill_for(ConnError::HungUp(self.state));
                     return;
                 }
                 _ if self.local_eof => {
@@ -514,8 +553,8 @@ impl<S: ConnStream> Connection<S> {
         if events.contains(EventSet::OUT) && !self.tx_buf.is_empty() {
             match self.tx_buf.flush_to(&mut self.stream) {
                 Ok(n) => self.forwarded(n),
-                Err(_) => {
-                    self.kill();
+                Err(e) => {
+                    self.kill_for(ConnError::Io(e.kind()));
                     return;
                 }
             }
@@ -528,7 +567,7 @@ impl<S: ConnStream> Connection<S> {
     /// Resets the connection if its deadline passed.
     pub fn on_timeout(&mut self, now: Instant) {
         if self.expiry.is_some_and(|t| t <= now) {
-            self.kill();
+            self.kill_for(ConnError::Timeout(self.state));
         }
     }
 }

@@ -288,12 +288,19 @@ impl Muxer {
         self.update(key);
     }
 
-    /// After anything touched connection `key`: queue it for RX, fix its epoll interest, or
-    /// drop it once it is over.
+    /// After anything touched connection `key`: report why it was reset (if nobody has), queue
+    /// it for RX, fix its epoll interest, or drop it once it is over.
     fn update(&mut self, key: ConnKey) {
-        let Some(conn) = self.conns.get(&key) else {
+        let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if let Some(why) = conn.take_reset() {
+            crate::guest_warn!(
+                "vsock connection (host port {}, guest port {}): {why}",
+                key.local_port,
+                key.peer_port
+            );
+        }
         let fd = conn.stream().as_raw_fd();
         if conn.is_killed() && !conn.has_pending_rx() {
             self.forget(fd);

@@ -233,3 +233,43 @@ fn out_of_order_ops_reset_the_connection() {
     let mut buf = [0u8; 8];
     assert_eq!(c.recv_pkt(&mut buf).unwrap().op, op::RST);
 }
+
+/// A reset the device decides on its own, or an abrupt one from the guest, says why exactly
+/// once; an orderly close and the guest's own faults (returned by `send_pkt`) add nothing.
+#[test]
+fn resets_that_send_pkt_does_not_return_say_why_once() {
+    let (a, _b) = pair();
+    let mut c = Connection::new_local(a, GUEST, 1 << 30, 52);
+    c.on_timeout(Instant::now() + CONN_TIMEOUT + Duration::from_millis(1));
+    assert_eq!(
+        c.take_reset(),
+        Some(ConnError::Timeout(ConnState::LocalInit))
+    );
+    assert_eq!(c.take_reset(), None, "reported once");
+
+    let (mut c, _b) = established();
+    c.notify(EventSet::ERROR);
+    assert_eq!(c.take_reset(), Some(ConnError::StreamError));
+
+    let (mut c, _b) = established();
+    c.send_pkt(&from_guest(op::RST, 0), &[]).unwrap();
+    assert!(c.is_killed());
+    assert_eq!(
+        c.take_reset(),
+        Some(ConnError::PeerReset(ConnState::Established))
+    );
+
+    let (mut c, _b) = established();
+    let mut h = from_guest(op::SHUTDOWN, 0);
+    h.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    c.send_pkt(&h, &[]).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(c.recv_pkt(&mut buf).unwrap().op, op::RST);
+    c.send_pkt(&from_guest(op::RST, 0), &[]).unwrap();
+    assert_eq!(c.take_reset(), None, "an orderly close is not a fault");
+
+    let (mut c, _b) = established();
+    c.send_pkt(&from_guest(op::RESPONSE, 0), &[]).unwrap_err();
+    c.on_timeout(Instant::now() + CONN_TIMEOUT * 2);
+    assert_eq!(c.take_reset(), None, "send_pkt already returned the reason");
+}
