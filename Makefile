@@ -12,7 +12,7 @@ TIMEOUT ?= 600
 # The command reaches the recipe through the environment, so quotes, pipes and ';' in it survive.
 export CMD
 
-.PHONY: help deps build guest agent kernel image testhost lint unit e2e test bench demo install clean
+.PHONY: help deps build guest agent kernel image testhost lint unit e2e test bench demo install clean fuzz
 
 help:
 	@echo "make demo      set up everything and run a container in a husk VM through containerd (the main job)"
@@ -23,6 +23,7 @@ help:
 	@echo "make testhost CMD='...'   run a command with hardware KVM (natively or nested)"
 	@echo "make lint      rustfmt and clippy"
 	@echo "make bench [BENCH=name]   benchmarks; results in target/bench/results.jsonl"
+	@echo "make fuzz [FUZZ_SECONDS=60]   fuzz husk-vmm's guest-facing parsers (nightly cargo-fuzz)"
 	@echo "make install PREFIX=/usr/local   install husk and register it with containerd (husk install)"
 
 deps:
@@ -75,6 +76,10 @@ bench: build image kernel
 
 demo: build image kernel
 	@scripts/demo.sh
+
+# Each fuzz target runs FUZZ_SECONDS; crashes land in hypervisor/fuzz/artifacts/<target>/.
+fuzz:
+	@FUZZ_SECONDS="$(FUZZ_SECONDS)" scripts/fuzz.sh
 
 # `husk install` (cli/): copies the artifacts under PREFIX, writes /etc/husk/config.toml if
 # absent, registers the `husk` handler in /etc/containerd/config.toml, links the shim into

@@ -20,6 +20,8 @@ pub mod bus;
 pub mod control;
 pub mod device_manager;
 pub mod devices;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logger;
 pub mod memory;
 pub mod timeline;
