@@ -9,7 +9,9 @@ TESTHOST="$repo/target/release/husk-testhost"
 HUSK_AGENT="$repo/target/x86_64-unknown-linux-gnu/guest/husk-agent"
 HUSK_INITRD="$repo/target/images/husk-initrd.img"
 HUSK_AGENT_TEST_IMAGE="$repo/target/images/husk-agent-test.img"
-export HUSK_KERNEL HUSK_TEST_IMAGE HUSK_VMM HUSK_AGENT HUSK_INITRD HUSK_AGENT_TEST_IMAGE
-for f in "$HUSK_KERNEL" "$HUSK_TEST_IMAGE" "$HUSK_VMM" "$TESTHOST" "$HUSK_AGENT" "$HUSK_AGENT_TEST_IMAGE"; do
+# The static test init, also the hostile-guest suite's in-container tool (`husk-test-init hostile`).
+HUSK_TEST_INIT="$repo/target/x86_64-unknown-linux-gnu/guest/husk-test-init"
+export HUSK_KERNEL HUSK_TEST_IMAGE HUSK_VMM HUSK_AGENT HUSK_INITRD HUSK_AGENT_TEST_IMAGE HUSK_TEST_INIT
+for f in "$HUSK_KERNEL" "$HUSK_TEST_IMAGE" "$HUSK_VMM" "$TESTHOST" "$HUSK_AGENT" "$HUSK_AGENT_TEST_IMAGE" "$HUSK_TEST_INIT"; do
   [ -f "$f" ] || { echo "missing $f: run 'make build image kernel' first" >&2; exit 1; }
 done

@@ -12,8 +12,12 @@
 //! `husk.test=fs:<tag>` runs the virtio-fs mode of [`fs`].
 //! `husk.test=net:<addr>/<prefix>[,gw=<gw>]` (with `husk.net.serve=` and `husk.net.connect=`)
 //! runs the network mode of [`net`].
+//!
+//! Run as `husk-test-init hostile ...` (not as PID 1) it is the hostile-guest suite's tool
+//! ([`hostile`]).
 
 mod fs;
+mod hostile;
 mod net;
 mod vsock;
 
@@ -71,6 +75,10 @@ fn online_cpus() -> usize {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hostile") {
+        std::process::exit(hostile::main(&args[2..]));
+    }
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
     mount("devtmpfs", "/dev", "devtmpfs");

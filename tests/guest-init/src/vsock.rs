@@ -164,8 +164,8 @@ fn handle(conn: File) -> io::Result<()> {
     }
 }
 
-/// Connects to the host on `port`, says hello and returns the host's one-line answer.
-pub fn hello(port: u32) -> io::Result<String> {
+/// A stream connected to the host (CID 2) on `port`.
+pub fn connect_host(port: u32) -> io::Result<File> {
     use std::os::fd::AsRawFd;
     let sock = vsock_socket()?;
     let a = addr(HOST_CID, port);
@@ -180,6 +180,12 @@ pub fn hello(port: u32) -> io::Result<String> {
     {
         return Err(io::Error::last_os_error());
     }
+    Ok(sock)
+}
+
+/// Connects to the host on `port`, says hello and returns the host's one-line answer.
+pub fn hello(port: u32) -> io::Result<String> {
+    let sock = connect_host(port)?;
     let mut w = sock.try_clone()?;
     writeln!(w, "hello {port}")?;
     let mut line = String::new();
