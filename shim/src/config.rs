@@ -79,6 +79,9 @@ pub struct HuskConfig {
     pub boot_timeout_secs: u64,
     /// How long a VM may take to stop after the agent was asked to shut down.
     pub shutdown_timeout_secs: u64,
+    /// How long a booted guest may leave the agent's health check unanswered before its VM is
+    /// killed and every task of the pod exits 137 (`vm::liveness`); 0 turns the watch off.
+    pub liveness_timeout_secs: u64,
     /// Per-sandbox state (`<state_dir>/<sandbox-id>`); keep it short (Unix socket paths).
     pub state_dir: PathBuf,
     /// Pin each vCPU thread to one host CPU (see `vm::pinning`).
@@ -99,6 +102,7 @@ impl Default for HuskConfig {
             extra_cmdline: "quiet".into(),
             boot_timeout_secs: 30,
             shutdown_timeout_secs: 10,
+            liveness_timeout_secs: 60,
             state_dir: PathBuf::from("/run/husk"),
             pin_vcpus: false,
             log_level: "info".into(),
@@ -166,6 +170,11 @@ impl HuskConfig {
     /// The agent's boot deadline.
     pub fn boot_timeout(&self) -> Duration {
         Duration::from_secs(self.boot_timeout_secs)
+    }
+
+    /// How long a booted guest may stay silent (zero: not watched).
+    pub fn liveness_timeout(&self) -> Duration {
+        Duration::from_secs(self.liveness_timeout_secs)
     }
 
     /// The VM's stop deadline.

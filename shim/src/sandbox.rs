@@ -298,6 +298,7 @@ impl Sandbox {
                     inner.gone = None;
                 }
                 self.watch_vm(vm.clone());
+                tokio::spawn(vm::liveness::watch(vm.clone(), config.liveness_timeout()));
                 self.watch_oom(vm.clone());
                 Ok((vm, paths))
             }

@@ -6,6 +6,8 @@
 //! - an agent that never answers fails Create after the boot timeout, naming the cause and
 //!   quoting the guest console;
 //! - husk-vmm killed under a running task: the task exits 137, as runc reports SIGKILL;
+//! - a guest that stops answering (its vCPUs paused from the host): the shim's liveness watch
+//!   kills its VM and the task exits 137;
 //! - the shim killed: containerd's `delete` call cleans everything up;
 //! - containerd restarted: the shim is found again through the bundle's `address` file.
 //!
@@ -158,6 +160,53 @@ fn an_agent_that_never_answers_times_out_naming_the_cause() {
     );
     assert!(started_at.elapsed() < Duration::from_secs(200));
     assert_clean(&c, "noagent");
+}
+
+#[test]
+#[ignore = "end-to-end: needs hardware KVM (test host), containerd, husk-vmm, the agent image; run with `make e2e`"]
+fn a_hung_guest_is_killed_and_its_task_exits_137() {
+    let mut settings = full_settings();
+    settings.liveness_timeout_secs = 10;
+    let c = started(&settings);
+    let id = "hung";
+    let cmd = c.ctr_command(&[
+        "run",
+        "--rm",
+        "--runtime",
+        HUSK,
+        BUSYBOX_REF,
+        id,
+        "sleep",
+        "3600",
+    ]);
+    let runner = std::thread::spawn(move || run_bounded(cmd, None, T));
+    assert!(
+        wait_status(&c, id, "RUNNING", T),
+        "never ran:\n{}",
+        c.log_tail(60)
+    );
+    // The guest stops: every vCPU paused from the host, as a guest that hangs in its kernel.
+    let ctl = c.husk_state.join(id).join("ctl");
+    let paused = husk_tests::microvm::control(&ctl, "pause\n").unwrap();
+    assert!(paused.starts_with("ok"), "pausing the vCPUs: {paused}");
+    let since = Instant::now();
+    let out = runner.join().unwrap();
+    assert_eq!(
+        out.code,
+        137,
+        "a hung guest's task must end as SIGKILLed: {out}\n{}",
+        c.log_tail(60)
+    );
+    eprintln!(
+        "shim_failures: the hung guest's task ended {:?} after the pause",
+        since.elapsed()
+    );
+    assert!(
+        c.log_tail(400).contains("the guest stopped answering"),
+        "the shim's log must name the cause:\n{}",
+        c.log_tail(60)
+    );
+    assert_clean(&c, id);
 }
 
 #[test]

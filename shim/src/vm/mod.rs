@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod diagnose;
+pub mod liveness;
 pub mod pinning;
 pub mod size;
 pub mod spawn;

@@ -86,6 +86,8 @@ pub struct HuskSettings {
     pub memory_mib: u32,
     /// `pin_vcpus` in the husk config: on in the nested test host (see [`crate::e2e::pin_vcpus`]).
     pub pin_vcpus: bool,
+    /// `liveness_timeout_secs`: generous by default (a busy nested test host is slow, not hung).
+    pub liveness_timeout_secs: u64,
 }
 
 impl HuskSettings {
@@ -99,6 +101,7 @@ impl HuskSettings {
             vcpus: 1,
             memory_mib: 256,
             pin_vcpus: crate::e2e::pin_vcpus(),
+            liveness_timeout_secs: 180,
         }
     }
 
@@ -107,7 +110,8 @@ impl HuskSettings {
         format!(
             "# written by husk-tests (src/containerd/husk.rs)\nvmm = {:?}\nkernel = {:?}\ninitramfs = {:?}\n\
              state_dir = {:?}\nboot_timeout_secs = {}\nextra_cmdline = {:?}\nvcpus = {}\n\
-             memory_mib = {}\nshutdown_timeout_secs = 20\npin_vcpus = {}\n",
+             memory_mib = {}\nshutdown_timeout_secs = 20\npin_vcpus = {}\n\
+             liveness_timeout_secs = {}\n",
             a.vmm.display().to_string(),
             a.kernel.display().to_string(),
             a.initramfs.display().to_string(),
@@ -117,6 +121,7 @@ impl HuskSettings {
             self.vcpus,
             self.memory_mib,
             self.pin_vcpus,
+            self.liveness_timeout_secs,
         )
     }
 }
