@@ -208,9 +208,14 @@ impl Containerd {
     /// Stops containerd (SIGTERM) and starts it again with the same configuration; running
     /// shims and their tasks stay.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_after(libc::SIGTERM)
+    }
+
+    /// Like [`Containerd::restart`], stopping containerd with `signal` (SIGKILL: a crash).
+    pub fn restart_after(&mut self, signal: libc::c_int) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill(2) on containerd's pid, which we spawned and have not reaped.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            unsafe { libc::kill(c.id() as libc::pid_t, signal) };
             if wait_until(&mut c, Instant::now() + Duration::from_secs(30))?.is_none() {
                 kill_and_reap(&mut c, false);
             }

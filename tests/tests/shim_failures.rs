@@ -87,6 +87,28 @@ fn wait_status(c: &Containerd, id: &str, status: &str, limit: Duration) -> bool 
     false
 }
 
+/// `ctr run --rm` of a sleeping busybox `id` on its own thread, once RUNNING; the thread
+/// returns what ctr printed when the task ends.
+fn run_sleeping(c: &Containerd, id: &str) -> std::thread::JoinHandle<CtrOutput> {
+    let cmd = c.ctr_command(&[
+        "run",
+        "--rm",
+        "--runtime",
+        HUSK,
+        BUSYBOX_REF,
+        id,
+        "sleep",
+        "3600",
+    ]);
+    let runner = std::thread::spawn(move || run_bounded(cmd, None, T));
+    assert!(
+        wait_status(c, id, "RUNNING", T),
+        "never ran:\n{}",
+        c.log_tail(60)
+    );
+    runner
+}
+
 fn remove(c: &Containerd, id: &str) {
     c.ctr(&["task", "kill", "-s", "SIGKILL", id], None, T);
     wait_status(c, id, "STOPPED", Duration::from_secs(60));
@@ -169,22 +191,7 @@ fn a_hung_guest_is_killed_and_its_task_exits_137() {
     settings.liveness_timeout_secs = 10;
     let c = started(&settings);
     let id = "hung";
-    let cmd = c.ctr_command(&[
-        "run",
-        "--rm",
-        "--runtime",
-        HUSK,
-        BUSYBOX_REF,
-        id,
-        "sleep",
-        "3600",
-    ]);
-    let runner = std::thread::spawn(move || run_bounded(cmd, None, T));
-    assert!(
-        wait_status(&c, id, "RUNNING", T),
-        "never ran:\n{}",
-        c.log_tail(60)
-    );
+    let runner = run_sleeping(&c, id);
     // The guest stops: every vCPU paused from the host, as a guest that hangs in its kernel.
     let ctl = c.husk_state.join(id).join("ctl");
     let paused = husk_tests::microvm::control(&ctl, "pause\n").unwrap();
@@ -214,22 +221,7 @@ fn a_hung_guest_is_killed_and_its_task_exits_137() {
 fn a_vmm_crash_exits_the_task_with_137_and_leaves_nothing() {
     let c = started(&full_settings());
     let id = "vmmcrash";
-    let cmd = c.ctr_command(&[
-        "run",
-        "--rm",
-        "--runtime",
-        HUSK,
-        BUSYBOX_REF,
-        id,
-        "sleep",
-        "3600",
-    ]);
-    let runner = std::thread::spawn(move || run_bounded(cmd, None, T));
-    assert!(
-        wait_status(&c, id, "RUNNING", T),
-        "never ran:\n{}",
-        c.log_tail(60)
-    );
+    let runner = run_sleeping(&c, id);
     let pid: u32 = task_line(&c, id).unwrap()[1].parse().unwrap();
     let vmm = processes_with("vm.json");
     assert!(
