@@ -5,7 +5,9 @@
 //! lost notification, or a stuck worker); equal indices with InterruptStatus still set mean
 //! the guest has not taken the interrupt; equal indices and a clear status mean the device is
 //! waiting for the guest. The ring indices are read from guest memory as it is now (the
-//! device's worker owns the live queues), each read bounded to guest RAM.
+//! device's worker owns the live queues), each read bounded to guest RAM. Each queue's line
+//! ends with where its rings are (descriptor table / available / used, guest physical) and its
+//! size.
 
 use std::fmt;
 
@@ -31,6 +33,9 @@ pub struct QueueSnapshot {
     pub used_event: Option<u16>,
     /// `used.avail_event` (EVENT_IDX): where the device wants its next notification.
     pub avail_event: Option<u16>,
+    /// Where the driver put the descriptor table, available ring and used ring (guest
+    /// physical addresses).
+    pub rings: [u64; 3],
 }
 
 /// One device's transport.
@@ -71,6 +76,7 @@ impl QueueSnapshot {
             used_idx: read(used, 2),
             used_event: read(avail, 4 + 2 * size),
             avail_event: read(used, 4 + 8 * size),
+            rings: [q.desc_table(), q.avail_ring(), q.used_ring()],
         }
     }
 }
@@ -120,11 +126,15 @@ impl fmt::Display for TransportSnapshot {
             }
             write!(
                 f,
-                " q{i}=avail:{},used:{},used_event:{},avail_event:{}",
+                " q{i}=avail:{},used:{},used_event:{},avail_event:{},rings:{:#x}/{:#x}/{:#x},size:{}",
                 opt(q.avail_idx),
                 opt(q.used_idx),
                 opt(q.used_event),
-                opt(q.avail_event)
+                opt(q.avail_event),
+                q.rings[0],
+                q.rings[1],
+                q.rings[2],
+                q.size
             )?;
         }
         Ok(())
@@ -161,6 +171,7 @@ mod tests {
                 used_idx: Some(5),
                 used_event: Some(5),
                 avail_event: Some(7),
+                rings: [q.desc_table(), q.avail_ring(), q.used_ring()],
             }
         );
     }
@@ -196,6 +207,7 @@ mod tests {
                     used_idx: None,
                     used_event: None,
                     avail_event: None,
+                    rings: [0; 3],
                 },
                 QueueSnapshot {
                     size: 16,
@@ -204,12 +216,14 @@ mod tests {
                     used_idx: Some(8),
                     used_event: Some(8),
                     avail_event: None,
+                    rings: [0x1000, 0x2000, 0x3000],
                 },
             ],
         };
         assert_eq!(
             s.to_string(),
-            "fs status=DriverOk active=true isr=0x1 q0=off q1=avail:9,used:8,used_event:8,avail_event:-"
+            "fs status=DriverOk active=true isr=0x1 q0=off \
+             q1=avail:9,used:8,used_event:8,avail_event:-,rings:0x1000/0x2000/0x3000,size:16"
         );
     }
 }
