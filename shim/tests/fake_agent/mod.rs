@@ -555,7 +555,8 @@ impl Booter for FakeBooter {
         if let Some(why) = self.fail.lock().unwrap().clone() {
             return Err(BootError::Paths(why));
         }
-        std::fs::create_dir_all(req.paths.shared()).unwrap();
+        std::fs::create_dir_all(req.paths.root()).unwrap();
+        husk_shim::share::create(&req.paths).unwrap();
         let (gone_tx, gone) = watch::channel(None);
         let agent = Arc::new(FakeAgent {
             procs: Mutex::new(HashMap::new()),
