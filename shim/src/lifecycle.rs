@@ -182,10 +182,20 @@ impl Sandbox {
                     p.status()
                 )));
             }
-            let resp = vm
+            let started = vm
                 .agent
                 .start_process(&process_ref(&req.id, &req.exec_id))
-                .await?;
+                .await;
+            let resp = match started {
+                Ok(resp) => resp,
+                Err(e) => {
+                    // Nothing will ever exit: Wait must not block on it (containerd waits
+                    // for the exit of an exec whose start failed before it deletes it).
+                    p.set_exited(ExitInfo::never_started());
+                    p.io.close();
+                    return Err(e.into());
+                }
+            };
             p.set_running(resp.pid)?;
             if req.exec_id.is_empty() {
                 let mut e = TaskStart::new();

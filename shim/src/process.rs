@@ -58,6 +58,15 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
+    /// A process whose start failed: it never ran (255, the status of a command that could not
+    /// be run at all).
+    pub fn never_started() -> ExitInfo {
+        ExitInfo {
+            status: 255,
+            at: SystemTime::now(),
+        }
+    }
+
     /// Killed by SIGKILL now (what runc reports for a process whose VM vanished).
     pub fn killed() -> ExitInfo {
         ExitInfo {

@@ -500,6 +500,35 @@ fn cri_bad_input_is_refused_without_leaks() {
     let id = cri
         .run_pod(&good, HUSK)
         .unwrap_or_else(|e| panic!("a good pod after bad ones: {e}\n{}", c.log_tail(40)));
+    // A command that does not exist fails at once, naming it, as under runc: a container's
+    // and an exec's.
+    let t0 = Instant::now();
+    let e = cri
+        .create_and_start(
+            &id,
+            &good,
+            &container_config("noexec", &["/no/such/program"]),
+        )
+        .unwrap_err();
+    eprintln!(
+        "cri_pod: a missing executable failed after {:?}: {e}",
+        t0.elapsed()
+    );
+    assert!(e.to_string().contains("/no/such/program"), "{e}");
+    let sleeper = cri
+        .create_and_start(&id, &good, &container_config("sleeper", &["sleep", "3600"]))
+        .unwrap();
+    wait_container(&cri, &sleeper, T, running).unwrap();
+    let t0 = Instant::now();
+    let r = cri.exec_sync(&sleeper, &["/no/such/program"], 60);
+    eprintln!(
+        "cri_pod: an exec of a missing executable ended after {:?}: {r:?}",
+        t0.elapsed()
+    );
+    match r {
+        Ok(r) => assert_ne!(r.exit_code, 0, "{r:?}"),
+        Err(e) => assert!(e.to_string().contains("/no/such/program"), "{e}"),
+    }
     cri.stop_and_remove_pod(&id).unwrap();
     cri::wait_nothing_left(&c, &netns_before).unwrap();
 }

@@ -186,6 +186,27 @@ fn an_agent_that_never_answers_times_out_naming_the_cause() {
 
 #[test]
 #[ignore = "end-to-end: needs hardware KVM (test host), containerd, husk-vmm, the agent image; run with `make e2e`"]
+fn a_missing_executable_fails_naming_it() {
+    let c = started(&full_settings());
+    let started_at = Instant::now();
+    let mut args = vec!["run", "--rm", "--runtime", HUSK];
+    args.extend_from_slice(&[BUSYBOX_REF, "noexec", "/no/such/program"]);
+    let out = c.ctr(&args, None, T);
+    eprintln!(
+        "shim_failures: a missing executable failed after {:?}: {out}",
+        started_at.elapsed()
+    );
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("/no/such/program"),
+        "the error must name the executable: {out}"
+    );
+    c.ctr(&["container", "rm", "noexec"], None, T);
+    assert_clean(&c, "noexec");
+}
+
+#[test]
+#[ignore = "end-to-end: needs hardware KVM (test host), containerd, husk-vmm, the agent image; run with `make e2e`"]
 fn a_hung_guest_is_killed_and_its_task_exits_137() {
     let mut settings = full_settings();
     settings.liveness_timeout_secs = 10;
