@@ -14,32 +14,16 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use husk_tests::containerd::{
-    processes_with, shim_socket, Containerd, HuskArtifacts, HuskSettings,
-};
+use husk_tests::containerd::{processes_with, shim_socket, Containerd};
 use husk_tests::cri::{
-    self, container_config, exited, pod_config, running, wait_container, with_memory_limit, Cri,
+    self, container_config, exited, husk_settings, pod_config, running, start, wait_container,
+    with_memory_limit, Cri,
 };
 use k8s_cri::v1::{LinuxContainerResources, Mount, PodSandboxConfig, PodSandboxState};
 
 const T: Duration = Duration::from_secs(300);
 const HUSK: &str = "husk";
 const RUNC: &str = "runc";
-
-fn husk_settings() -> HuskSettings {
-    match HuskArtifacts::from_env() {
-        Ok(a) => HuskSettings::new(a),
-        Err(e) => panic!("CRI husk tests need husk's artifacts (run them with `make e2e`): {e}"),
-    }
-}
-
-/// A CRI containerd with both images imported, and a client.
-fn start(husk: Option<&HuskSettings>) -> (Containerd, Cri) {
-    let c = Containerd::start_cri(husk).expect("starting containerd with CRI");
-    cri::import_images(&c).expect("importing busybox and pause into k8s.io");
-    let client = Cri::connect(&c.socket()).expect("connecting to CRI");
-    (c, client)
-}
 
 /// ExecSync, asserting it worked; returns stdout.
 fn sh(cri: &Cri, id: &str, script: &str) -> String {

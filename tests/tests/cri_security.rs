@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use husk_tests::containerd::{Containerd, HuskArtifacts, HuskSettings};
+use husk_tests::containerd::Containerd;
 use husk_tests::cri::{self, container_config, pod_config, running, wait_container, Cri};
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
@@ -228,13 +228,7 @@ fn seccomp_mode(report: &str) -> &str {
 #[test]
 #[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
 fn cri_security_context_is_in_force_in_the_guest_as_under_runc() {
-    let settings = match HuskArtifacts::from_env() {
-        Ok(a) => HuskSettings::new(a),
-        Err(e) => panic!("CRI husk tests need husk's artifacts (run them with `make e2e`): {e}"),
-    };
-    let c = Containerd::start_cri(Some(&settings)).expect("starting containerd with CRI");
-    cri::import_images(&c).expect("importing busybox and pause into k8s.io");
-    let cri = Cri::connect(&c.socket()).expect("connecting to CRI");
+    let (c, cri) = cri::start(Some(&cri::husk_settings()));
     let netns_before = cri::netns_names();
     let profile = c.base().join("deny-chmod-and-hostname.json");
     std::fs::write(&profile, DENY_CHMOD_AND_HOSTNAME).unwrap();

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use husk_tests::containerd::{Containerd, HuskArtifacts, HuskSettings};
+use husk_tests::containerd::Containerd;
 use husk_tests::cri::{self, container_config, exited, pod_config, running, wait_container, Cri};
 use k8s_cri::v1::{
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
@@ -21,15 +21,8 @@ use k8s_cri::v1::{
 const T: Duration = Duration::from_secs(300);
 
 fn start() -> (Containerd, Cri, Vec<String>) {
-    let settings = match HuskArtifacts::from_env() {
-        Ok(a) => HuskSettings::new(a),
-        Err(e) => panic!("fault tests need husk's artifacts (make e2e): {e}"),
-    };
-    let c = Containerd::start_cri(Some(&settings)).expect("starting containerd with CRI");
-    cri::import_images(&c).expect("importing busybox and pause");
-    let client = Cri::connect(&c.socket()).expect("connecting to CRI");
-    let netns = cri::netns_names();
-    (c, client, netns)
+    let (c, client) = cri::start(Some(&cri::husk_settings()));
+    (c, client, cri::netns_names())
 }
 
 fn pod(c: &Containerd, cri: &Cri, name: &str, privileged: bool) -> (String, PodSandboxConfig) {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use husk_tests::containerd::{processes_with, Containerd, HuskArtifacts, HuskSettings};
+use husk_tests::containerd::{processes_with, Containerd, HuskSettings};
 use husk_tests::cri::{self, container_config, exited, pod_config, running, wait_container, Cri};
 use husk_tests::oci_image;
 use k8s_cri::v1::{
@@ -90,23 +90,14 @@ fn hostile_image(c: &Containerd) {
     assert_eq!(r.code, 0, "importing the hostile image: {r}");
 }
 
-fn settings() -> HuskSettings {
-    match HuskArtifacts::from_env() {
-        Ok(a) => HuskSettings::new(a),
-        Err(e) => panic!("hostile-guest tests need husk's artifacts (make e2e): {e}"),
-    }
-}
-
 impl Attack {
     fn start(name: &str) -> Attack {
-        Attack::start_with(name, &settings())
+        Attack::start_with(name, &cri::husk_settings())
     }
 
     fn start_with(name: &str, settings: &HuskSettings) -> Attack {
-        let c = Containerd::start_cri(Some(settings)).expect("starting containerd with CRI");
-        cri::import_images(&c).expect("importing busybox and pause");
+        let (c, cri) = cri::start(Some(settings));
         hostile_image(&c);
-        let cri = Cri::connect(&c.socket()).expect("connecting to CRI");
         let netns_before = cri::netns_names();
         let canary = c.husk_state.with_file_name("canary");
         std::fs::create_dir_all(canary.join("etc")).unwrap();
@@ -392,7 +383,7 @@ fn guest_ram_base(pid: u32, bytes: u64) -> u64 {
 #[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
 fn garbage_in_the_virtqueues_ends_the_device_or_the_vm_never_husk_vmm() {
     use std::io::{Seek, SeekFrom, Write};
-    let mut s = settings();
+    let mut s = cri::husk_settings();
     s.liveness_timeout_secs = 20;
     let a = Attack::start_with("garbage", &s);
     let pid = vmm_pid(&a);

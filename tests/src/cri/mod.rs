@@ -19,7 +19,7 @@ use k8s_cri::v1::{
     PodSandboxMetadata,
 };
 
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, HuskArtifacts, HuskSettings};
 use crate::oci_image::{self, BUSYBOX_REF};
 
 pub use client::{Cri, CriError};
@@ -51,6 +51,22 @@ pub fn import_images(c: &Containerd) -> anyhow::Result<()> {
         bail!("ctr -n k8s.io image import (pause) failed: {out}");
     }
     Ok(())
+}
+
+/// husk's settings from the environment `make e2e` sets; panics naming what is missing.
+pub fn husk_settings() -> HuskSettings {
+    match HuskArtifacts::from_env() {
+        Ok(a) => HuskSettings::new(a),
+        Err(e) => panic!("CRI husk tests need husk's artifacts (run them with `make e2e`): {e}"),
+    }
+}
+
+/// A CRI containerd (with husk when `husk` is given) with both images imported, and a client.
+pub fn start(husk: Option<&HuskSettings>) -> (Containerd, Cri) {
+    let c = Containerd::start_cri(husk).expect("starting containerd with CRI");
+    import_images(&c).expect("importing busybox and pause into k8s.io");
+    let client = Cri::connect(&c.socket()).expect("connecting to CRI");
+    (c, client)
 }
 
 /// A pod config as kubelet sends it: metadata, hostname, log directory, DNS, optional
