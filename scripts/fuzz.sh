@@ -48,6 +48,9 @@ for t in $TARGETS; do
 		-max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
 		-print_final_stats=1 -artifact_prefix="$artifacts/" \
 		>"$LOGS/$t.log" 2>&1 || status=$?
+	# A crash inside fuse_request's chrooted worker thread writes its input relative to that
+	# thread's root, the share under the scratch directory: keep it.
+	find "$scratch" -path "*$artifacts/*" -type f -exec mv -t "$artifacts" {} + 2>/dev/null || true
 	rm -rf "$scratch"
 	after=$(find "$artifacts" -type f | wc -l)
 	crashes=$((after - before))

@@ -34,6 +34,13 @@ pub fn fuse_share() -> &'static Path {
         let dir = std::env::temp_dir().join(format!("husk-fuzz-fs-{}", std::process::id()));
         let _ = std::fs::create_dir_all(dir.join("sub"));
         let _ = std::fs::write(dir.join("hello.txt"), b"hello, fuzzer\n");
+        // A crash on the chrooted worker thread makes libFuzzer write the input at its
+        // artifact prefix as that thread sees it: inside the share (scripts/fuzz.sh collects it).
+        for prefix in
+            std::env::args().filter_map(|a| a.strip_prefix("-artifact_prefix=").map(String::from))
+        {
+            let _ = std::fs::create_dir_all(dir.join(prefix.trim_start_matches('/')));
+        }
         dir
     })
 }
