@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use husk_tests::containerd::{processes_with, shim_socket, Containerd};
 use husk_tests::cri::{
-    self, container_config, exited, husk_settings, pod_config, running, start, wait_container,
-    with_memory_limit, Cri,
+    self, container_config, eventually, exited, husk_settings, pod_config, running, start,
+    wait_container, with_memory_limit, Cri,
 };
 use k8s_cri::v1::{LinuxContainerResources, Mount, PodSandboxConfig, PodSandboxState};
 
@@ -38,18 +38,6 @@ fn sh(cri: &Cri, id: &str, script: &str) -> String {
         String::from_utf8_lossy(&r.stderr)
     );
     String::from_utf8_lossy(&r.stdout).into_owned()
-}
-
-/// Polls `f` until it returns true (bounded); false when the deadline passed.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    f()
 }
 
 fn bind(host: &Path, container: &str, readonly: bool) -> Mount {

@@ -9,10 +9,12 @@
 //!
 //! End-to-end tests (`#[ignore]`d): they run in the nested test host.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use husk_tests::containerd::Containerd;
-use husk_tests::cri::{self, container_config, exited, pod_config, running, wait_container, Cri};
+use husk_tests::cri::{
+    self, container_config, eventually, exited, pod_config, running, wait_container, Cri,
+};
 use k8s_cri::v1::{
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
     PodSandboxConfig, PodSandboxState,
@@ -41,17 +43,6 @@ fn pod(c: &Containerd, cri: &Cri, name: &str, privileged: bool) -> (String, PodS
         .run_pod(&cfg, "husk")
         .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", c.log_tail(60)));
     (id, cfg)
-}
-
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    f()
 }
 
 #[test]

@@ -146,6 +146,18 @@ pub fn wait_container(
     }
 }
 
+/// Polls `f` every 300 ms until it returns true (bounded); false when the deadline passed.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    f()
+}
+
 /// Whether a status is RUNNING.
 pub fn running(s: &ContainerStatus) -> bool {
     s.state == ContainerState::ContainerRunning as i32
