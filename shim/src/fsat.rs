@@ -37,6 +37,18 @@ pub enum FsAtError {
     /// The tree is deeper than [`MAX_DEPTH`].
     #[error("{0} is nested too deeply to remove")]
     TooDeep(PathBuf),
+    /// A name that is not one entry of its directory (`/`, `.` or `..` in it).
+    #[error("{0:?} is not a single directory entry")]
+    NotAnEntry(PathBuf),
+}
+
+/// `name` as one entry of a directory: never a path that could leave it.
+fn entry(name: &OsStr) -> Result<&Path, FsAtError> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(FsAtError::NotAnEntry(PathBuf::from(name)));
+    }
+    Ok(Path::new(name))
 }
 
 fn sys(op: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> FsAtError {
@@ -81,7 +93,7 @@ pub fn open_dir(dir: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, FsAtError> {
 
 /// Creates directory `name` in `dir` (an existing one is fine if it is a real directory).
 pub fn mkdir(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), FsAtError> {
-    let path = Path::new(name);
+    let path = entry(name)?;
     match mkdirat(Some(dir.as_raw_fd()), path, Mode::from_bits_truncate(mode)) {
         Ok(()) | Err(nix::Error::EEXIST) => {}
         Err(e) => return Err(sys("creating directory", path)(e)),
@@ -96,7 +108,7 @@ pub fn mkdir(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), FsAtErr
 
 /// Creates the empty regular file `name` in `dir` (a mount point for a file bind).
 pub fn touch(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), FsAtError> {
-    let path = Path::new(name);
+    let path = entry(name)?;
     let flags = OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::openat(
         Some(dir.as_raw_fd()),
@@ -113,6 +125,7 @@ pub fn touch(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), FsAtErr
 /// Removes entry `name` of `parent` and everything below it, by descriptor, staying on the
 /// filesystem `parent` is on. A missing entry is fine.
 pub fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> Result<(), FsAtError> {
+    entry(name)?;
     let dev = fstat(parent.as_raw_fd())
         .map_err(sys("reading", Path::new(".")))?
         .st_dev;
@@ -244,6 +257,22 @@ mod tests {
         assert!(!gone.exists());
         assert!(keep.path().join("precious").exists());
         remove_tree(root.as_fd(), OsStr::new("gone")).unwrap();
+    }
+
+    #[test]
+    fn names_that_are_not_one_entry_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = dir_fd(t.path());
+        for bad in ["", ".", "..", "../x", "a/b", "/etc"] {
+            let name = OsStr::new(bad);
+            for e in [
+                mkdir(root.as_fd(), name, 0o755).unwrap_err(),
+                touch(root.as_fd(), name, 0o644).unwrap_err(),
+                remove_tree(root.as_fd(), name).unwrap_err(),
+            ] {
+                assert!(matches!(e, FsAtError::NotAnEntry(_)), "{bad:?}: {e}");
+            }
+        }
     }
 
     #[test]
