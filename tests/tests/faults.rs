@@ -15,10 +15,7 @@ use husk_tests::containerd::Containerd;
 use husk_tests::cri::{
     self, container_config, eventually, exited, pod_config, running, wait_container, Cri,
 };
-use k8s_cri::v1::{
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
-    PodSandboxConfig, PodSandboxState,
-};
+use k8s_cri::v1::{PodSandboxConfig, PodSandboxState};
 
 const T: Duration = Duration::from_secs(300);
 
@@ -32,12 +29,7 @@ fn pod(c: &Containerd, cri: &Cri, name: &str, privileged: bool) -> (String, PodS
     std::fs::create_dir_all(&logs).unwrap();
     let mut cfg = pod_config(name, &logs);
     if privileged {
-        if let Some(linux) = cfg.linux.as_mut() {
-            linux.security_context = Some(LinuxSandboxSecurityContext {
-                privileged: true,
-                ..Default::default()
-            });
-        }
+        cfg = cri::privileged_pod(cfg);
     }
     let id = cri
         .run_pod(&cfg, "husk")
@@ -50,14 +42,7 @@ fn pod(c: &Containerd, cri: &Cri, name: &str, privileged: bool) -> (String, PodS
 fn a_guest_kernel_panic_exits_every_container_137_and_leaves_nothing() {
     let (c, cri, netns) = start();
     let (pod, pod_cfg) = pod(&c, &cri, "panic", true);
-    let mut crasher = container_config("crasher", &["sleep", "3600"]);
-    crasher.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            privileged: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let crasher = cri::privileged_container(container_config("crasher", &["sleep", "3600"]));
     let crasher = cri.create_and_start(&pod, &pod_cfg, &crasher).unwrap();
     let other = cri
         .create_and_start(

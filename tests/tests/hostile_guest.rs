@@ -19,10 +19,7 @@ use std::time::Duration;
 use husk_tests::containerd::{processes_with, Containerd, HuskSettings};
 use husk_tests::cri::{self, container_config, exited, pod_config, running, wait_container, Cri};
 use husk_tests::oci_image;
-use k8s_cri::v1::{
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxSandboxSecurityContext,
-    PodSandboxConfig,
-};
+use k8s_cri::v1::PodSandboxConfig;
 
 const T: Duration = Duration::from_secs(300);
 const HOSTILE_REF: &str = "localhost/hostile:test";
@@ -106,28 +103,15 @@ impl Attack {
         let canary_before = snapshot(&canary);
         let logs = c.base().join(format!("pods/{name}"));
         std::fs::create_dir_all(&logs).unwrap();
-        let mut pod_cfg = pod_config(name, &logs);
-        // CRI allows a privileged container only in a privileged pod.
-        if let Some(linux) = pod_cfg.linux.as_mut() {
-            linux.security_context = Some(LinuxSandboxSecurityContext {
-                privileged: true,
-                ..Default::default()
-            });
-        }
+        let pod_cfg = cri::privileged_pod(pod_config(name, &logs));
         let pod = cri
             .run_pod(&pod_cfg, "husk")
             .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_tail(60)));
         let script =
             format!("mkdir -p {SHARE} && mount -t virtiofs husk {SHARE} && exec sleep 3600");
-        let mut cfg = container_config("attacker", &["sh", "-c", &script]);
+        let mut cfg =
+            cri::privileged_container(container_config("attacker", &["sh", "-c", &script]));
         cfg.image.as_mut().unwrap().image = HOSTILE_REF.into();
-        cfg.linux = Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                privileged: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
         let attacker = cri
             .create_and_start(&pod, &pod_cfg, &cfg)
             .unwrap_or_else(|e| panic!("the attacker container: {e}\n{}", c.log_tail(60)));

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, DnsConfig, ImageSpec,
-    LinuxContainerConfig, LinuxContainerResources, LinuxPodSandboxConfig, PodSandboxConfig,
-    PodSandboxMetadata,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, PodSandboxConfig, PodSandboxMetadata,
 };
 
 use crate::containerd::{Containerd, HuskArtifacts, HuskSettings};
@@ -110,6 +110,28 @@ pub fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
         linux: Some(LinuxContainerConfig::default()),
         ..Default::default()
     }
+}
+
+/// `config` as a privileged pod (CRI allows privileged containers only in one).
+pub fn privileged_pod(mut config: PodSandboxConfig) -> PodSandboxConfig {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    linux.security_context = Some(LinuxSandboxSecurityContext {
+        privileged: true,
+        ..Default::default()
+    });
+    config
+}
+
+/// `config` as a privileged container.
+pub fn privileged_container(mut config: ContainerConfig) -> ContainerConfig {
+    config.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
 }
 
 /// `config` with a memory limit (bytes).
