@@ -28,6 +28,9 @@
 //!   timeouts (host changes visible within a second, the default); `always` = keep the page
 //!   cache across opens and 86400 s timeouts (for trees the host does not change). No
 //!   writeback caching: the host changes these trees behind the guest's back.
+//! - **Status flags fixed at open** ([`PinnedFlags`]): READ and WRITE never let the guest's
+//!   flags reach the host descriptor through `fcntl(F_SETFL)`, where a failure made
+//!   fuse-backend-rs 0.14.0 close a descriptor twice.
 
 use std::io;
 use std::path::Path;
@@ -38,8 +41,10 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use husk_protocol::vm_config::FsCache;
 
+use super::pinned_flags::PinnedFlags;
+
 /// The FUSE server of one share.
-pub type FsServer = Server<Arc<PassthroughFs<()>>>;
+pub type FsServer = Server<Arc<PinnedFlags>>;
 
 /// Name and attribute timeout of a cache policy.
 pub fn timeout(cache: FsCache) -> Duration {
@@ -88,7 +93,7 @@ pub fn new_server(root: &Path, cache: FsCache) -> io::Result<FsServer> {
         .to_str()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path is not UTF-8"))?;
     let fs = PassthroughFs::<()>::new(passthrough_config(root, cache))?;
-    Ok(Server::new(Arc::new(fs)))
+    Ok(Server::new(Arc::new(PinnedFlags::new(fs))))
 }
 
 /// Prepares the thread that runs the server; every call into the server happens on the

@@ -12,6 +12,9 @@
 //!   (its own umask, which the passthrough file system sets to 0; no `CAP_MKNOD`).
 //! - [`backend`]: the passthrough configuration and why each setting is what it is (escape
 //!   safety, mounts the host makes under the share later, cache policy).
+//! - [`pinned_flags::PinnedFlags`]: the passthrough with each handle's host status flags fixed
+//!   at open (a guest-chosen flag that the host refuses made fuse-backend-rs close a
+//!   descriptor twice).
 //!
 //! The guest mounts a share with `mount -t virtiofs <tag> <dir>`. husk's shim shares
 //! `<state>/shared` (tag `husk`) and mounts container root file systems under it while the VM
@@ -21,6 +24,7 @@ pub mod backend;
 pub mod device;
 pub mod event_loop;
 pub mod handler;
+pub mod pinned_flags;
 
 pub use device::VirtioFs;
 

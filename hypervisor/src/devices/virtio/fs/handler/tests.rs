@@ -4,6 +4,7 @@
 //! share and the mounts the host makes later.
 
 mod escape;
+mod flags;
 mod malformed;
 mod mounts;
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
     Attr, AttrOut, CreateIn, EntryOut, ForgetIn, GetattrIn, InHeader, InitIn, InitOut, MkdirIn,
-    Opcode, OpenIn, OpenOut, OutHeader, ReadIn, WriteIn, WriteOut,
+    Opcode, OpenIn, OpenOut, OutHeader, ReadIn, ReleaseIn, WriteIn, WriteOut,
 };
 use husk_protocol::vm_config::FsCache;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
