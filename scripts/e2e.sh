@@ -13,6 +13,18 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])')
 [ ${#bins[@]} -gt 0 ] || { echo "e2e: no test binaries were built" >&2; exit 1; }
+# HUSK_E2E_ONLY='vmm_boot cri_pod' runs only those binaries (by name), for a developer's rerun.
+if [ -n "${HUSK_E2E_ONLY-}" ]; then
+  picked=()
+  for b in "${bins[@]}"; do
+    for want in $HUSK_E2E_ONLY; do
+      case "$(basename "$b")" in "$want"-*) picked+=("$b") ;; esac
+    done
+  done
+  [ ${#picked[@]} -gt 0 ] || { echo "e2e: HUSK_E2E_ONLY='$HUSK_E2E_ONLY' names no test binary" >&2; exit 1; }
+  echo "e2e: *** only the binaries HUSK_E2E_ONLY names: $HUSK_E2E_ONLY ***"
+  bins=("${picked[@]}")
+fi
 
 artifacts="$repo/target/e2e-artifacts"
 rm -rf "$artifacts" && mkdir -p "$artifacts"
@@ -39,7 +51,9 @@ done
 # everything in it, and the retry boots a fresh one (about 8 s). A nested test host whose own
 # kernel wedges or dies under KVM (seen: both of its CPUs busy and its userspace stopped; a
 # stack overflow in its SVM path) is not the tests' failure: see host_failures_allowed below. Output
-# is not captured, so a killed binary still shows how far it got. Natively, what a killed binary
+# is streamed, not held back, so a killed binary still shows how far it got; a failed run's
+# output stays in target/e2e-artifacts/<binary>.attempt<N>.log and is described, with its
+# reason, in target/e2e-artifacts/retries.jsonl, summarised at the end of the run. Natively, what a killed binary
 # left running (its private containerd under /run/hct-*, shims, husk-vmm) is killed before the
 # next one starts, so leak checks start from a clean host.
 bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
@@ -49,9 +63,11 @@ bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
 host_failures_allowed=2
 run_one() {
   local rc=0
+  # Streamed as it runs (a killed binary still shows how far it got) and kept for the record.
   "$TESTHOST" --timeout "$bound" --rw "$artifacts" -- "
     export HUSK_E2E_ARTIFACTS='$artifacts'
-    $1 --ignored --test-threads=1 --nocapture $skip_args" || rc=$?
+    $1 --ignored --test-threads=1 --nocapture $skip_args" 2>&1 | tee "$2"
+  rc=${PIPESTATUS[0]}
   case "$rc" in
     124) echo "== e2e: *** $(basename "$1") KILLED at its ${bound} s bound ***" ;;
     75) echo "== e2e: *** $(basename "$1"): the test host failed under it (output above) ***" ;;
@@ -61,6 +77,13 @@ run_one() {
   fi
   return "$rc"
 }
+# Every failed run of a binary, with its reason and what was done about it, one JSON object a
+# line (scripts/e2e-failure.py says what each field means); summarised at the end of the run.
+retries="$artifacts/retries.jsonl"
+: > "$retries"
+record_failure() { # log rc binary attempt action
+  "$repo/scripts/e2e-failure.py" record "$@" >> "$retries" || true
+}
 failed=''
 retried=''
 host_failed=''
@@ -69,28 +92,39 @@ for b in "${bins[@]}"; do
   echo "== e2e: $name"
   start=$(date +%s)
   test_failures=0 host_failures=0
+  attempt=0
   while :; do
+    attempt=$((attempt + 1))
+    log="$artifacts/$name.attempt$attempt.log"
     rc=0
-    run_one "$b" || rc=$?
+    set +e
+    run_one "$b" "$log"
+    rc=$?
+    set -e
     if [ "$rc" = 0 ]; then
       [ "$test_failures" = 0 ] || retried="$retried $name"
+      rm -f "$log"
       break
     fi
     if [ "$rc" = 75 ] && [ "$host_failures" -lt "$host_failures_allowed" ]; then
       host_failures=$((host_failures + 1))
       case " $host_failed " in *" $name "*) ;; *) host_failed="$host_failed $name" ;; esac
+      record_failure "$log" "$rc" "$name" "$attempt" "run again in a fresh test host"
       echo "== e2e: RUNNING $name again in a fresh test host (test host failure $host_failures of $host_failures_allowed allowed)"
       continue
     fi
     test_failures=$((test_failures + 1))
     if [ "$test_failures" -ge 2 ]; then
+      record_failure "$log" "$rc" "$name" "$attempt" "FAILED the run"
       failed="$failed $name"
       break
     fi
+    record_failure "$log" "$rc" "$name" "$attempt" "retried once (FLAKY if the retry passes)"
     echo "== e2e: RETRYING $name once after a failure (output above)"
   done
   echo "== e2e: $name took $(( $(date +%s) - start )) s"
 done
+"$repo/scripts/e2e-failure.py" summary "$retries"
 if [ -n "$host_failed" ]; then
   echo "e2e: *** the test host failed under:$host_failed (each run again in a fresh one) ***" >&2
 fi

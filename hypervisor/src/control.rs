@@ -76,6 +76,10 @@ pub fn serve(
     ))
 }
 
+/// How long a client waits for the main loop's answer before it gets `error VM did not
+/// answer`: longer than the slowest request (a pause, which waits up to 10 s for the vCPUs).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
 fn handle(stream: UnixStream, tx: &mpsc::Sender<Pending>, wake: &EventFd) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -91,7 +95,7 @@ fn handle(stream: UnixStream, tx: &mpsc::Sender<Pending>, wake: &EventFd) -> std
         .map_err(|_| std::io::Error::other("VM stopped"))?;
     wake.write(1)?;
     let text = answer
-        .recv_timeout(Duration::from_secs(5))
+        .recv_timeout(ANSWER_TIMEOUT)
         .unwrap_or_else(|_| "error VM did not answer".into());
     writeln!(out, "{text}")
 }

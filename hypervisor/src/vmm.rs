@@ -395,6 +395,12 @@ impl Machine {
     }
 }
 
+/// How long a pause waits for every vCPU to park. Natively that takes microseconds; a host
+/// under CPU pressure (or the nested test host at emulation speed) can keep a vCPU thread off
+/// the CPU for seconds, and a pause that gives up early is an error to its client for nothing.
+/// Below the control socket's answer bound ([`crate::control::ANSWER_TIMEOUT`]).
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn answer_control(
     request: ControlRequest,
     state: &mut VmState,
@@ -413,7 +419,7 @@ fn answer_control(
         Err(e) => return (format!("error {e}"), false),
     };
     if target == VmState::Paused {
-        if let Err(e) = vcpus.pause(Duration::from_secs(2)) {
+        if let Err(e) = vcpus.pause(PAUSE_TIMEOUT) {
             vcpus.resume();
             return (format!("error {e}"), false);
         }
