@@ -19,6 +19,10 @@ pub const SYSTEM_CONFIG: &str = "/etc/husk/config.toml";
 /// Environment variable naming a configuration file.
 pub const CONFIG_ENV: &str = "HUSK_CONFIG";
 
+/// The smallest writable-layer limit: room for an ext4 file system's own metadata and a
+/// container's first writes.
+pub const MIN_WRITABLE_MIB: u64 = 16;
+
 /// A configuration that cannot be used, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -86,6 +90,13 @@ pub struct HuskConfig {
     pub state_dir: PathBuf,
     /// Pin each vCPU thread to one host CPU (see `vm::pinning`).
     pub pin_vcpus: bool,
+    /// Size limit in MiB of what a pod's containers can write to their root file systems
+    /// together (`writable`): their overlay upper directories live on a file system of this
+    /// size instead of in containerd's snapshots. 0: no husk limit (as under runc).
+    pub writable_limit_mib: u64,
+    /// Where the limited file systems' backing files go (a disk, not `/run`): each is unlinked
+    /// once mounted, so nothing is left there even after a crash.
+    pub writable_dir: PathBuf,
     /// Log level of the shim (`error`, `warn`, `info`, `debug`, `trace`); containerd's
     /// `-debug` raises it to `debug`.
     pub log_level: String,
@@ -105,6 +116,8 @@ impl Default for HuskConfig {
             liveness_timeout_secs: 60,
             state_dir: PathBuf::from("/run/husk"),
             pin_vcpus: false,
+            writable_limit_mib: 0,
+            writable_dir: PathBuf::from("/var/lib/husk/writable"),
             log_level: "info".into(),
         }
     }
@@ -148,6 +161,18 @@ impl HuskConfig {
         };
         if self.boot_timeout_secs == 0 {
             return Err(bad("boot_timeout_secs must be at least 1".into()));
+        }
+        if !self.writable_dir.is_absolute() {
+            return Err(bad(format!(
+                "writable_dir {:?} must be an absolute path",
+                self.writable_dir
+            )));
+        }
+        if self.writable_limit_mib != 0 && self.writable_limit_mib < MIN_WRITABLE_MIB {
+            return Err(bad(format!(
+                "writable_limit_mib = {} is below {MIN_WRITABLE_MIB} (0 turns the limit off)",
+                self.writable_limit_mib
+            )));
         }
         if !self.state_dir.is_absolute() {
             return Err(bad(format!(

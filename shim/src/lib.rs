@@ -34,3 +34,4 @@ pub mod start;
 pub mod task;
 pub mod unmount;
 pub mod vm;
+pub mod writable;

@@ -131,7 +131,12 @@ impl Sandbox {
             }
         };
         if let Err(e) = vm.agent.create_container(&creq).await {
+            // Why the guest could not set the container up, when the pod's writes are full.
+            let full = crate::writable::full_hint(paths);
             undo_mounts();
+            if let Some(full) = full {
+                return Err(ShimError::FailedPrecondition(format!("{e}; {full}")));
+            }
             return Err(e.into());
         }
         let io = match ProcessIo::attach(&vm.agent, cid, "", &stdio, &self.namespace).await {

@@ -87,6 +87,12 @@ impl SandboxPaths {
         self.root.join("shared")
     }
 
+    /// Where the pod's size-limited file system for its containers' writes is mounted, when
+    /// the configuration sets a limit (`crate::writable`); never inside the share.
+    pub fn writable(&self) -> PathBuf {
+        self.root.join(".writable")
+    }
+
     /// The share's staging view, where only the shim creates each container's mount points.
     pub fn share_staging(&self) -> PathBuf {
         self.root.join(".share")

@@ -19,6 +19,7 @@ use nix::mount::{mount, MsFlags};
 use crate::paths::SandboxPaths;
 use crate::share::{self, MountPoint, ShareError};
 use crate::spec::HostBind;
+use crate::writable::{self, WritableError};
 
 /// A mount that failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,9 @@ pub enum RootfsError {
     /// The share refused a mount point.
     #[error(transparent)]
     Share(#[from] ShareError),
+    /// The sandbox's writable-layer limit cannot take this root file system.
+    #[error(transparent)]
+    Writable(#[from] WritableError),
 }
 
 fn bind(
@@ -92,9 +96,12 @@ pub fn mount_container(
             }),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // With a writable-layer limit, the overlay's upper directory moves onto the sandbox's
+    // limited file system (or the container is refused, naming the setting).
+    let rootfs = writable::redirect(paths, cid, rootfs)?;
     share::add_container(paths, cid, &kinds)?;
     let target = share::target(paths, &Path::new(cid).join("rootfs"), false)?;
-    mount_rootfs(rootfs, root_path, &target)?;
+    mount_rootfs(&rootfs, root_path, &target)?;
     for (n, b) in binds.iter().enumerate() {
         let rel = Path::new(cid).join("mounts").join(n.to_string());
         let mut flags = MsFlags::MS_BIND;

@@ -51,6 +51,9 @@ pub enum ShareError {
     /// Unmounting what was below a container's directory failed.
     #[error("the sandbox share: {0}")]
     Unmount(#[from] UnmountError),
+    /// Removing a container's writes from the sandbox's writable file system failed.
+    #[error(transparent)]
+    Writable(#[from] crate::writable::WritableError),
     /// Creating the share's directories on the host failed.
     #[error("the sandbox share: creating {path}: {source}")]
     Create {
@@ -172,16 +175,17 @@ pub fn target(paths: &SandboxPaths, rel: &Path, on_top: bool) -> Result<Target, 
     })
 }
 
-/// Unmounts everything below container `cid`'s directory in the guest view and removes its
-/// skeleton from the staging view. A missing container is fine.
+/// Unmounts everything below container `cid`'s directory in the guest view, removes its
+/// skeleton from the staging view and its writes from the sandbox's writable file system, if
+/// it has one ([`crate::writable`]). A missing container is fine.
 pub fn remove_container(paths: &SandboxPaths, cid: &str) -> Result<(), ShareError> {
     let dir = paths.container(cid);
-    if std::fs::symlink_metadata(&dir).is_err() {
-        return Ok(());
+    if std::fs::symlink_metadata(&dir).is_ok() {
+        unmount::unmount_below(&dir)?;
+        let staging = fsat::open_path_dir(&paths.share_staging())?;
+        fsat::remove_tree(staging.as_fd(), OsStr::new(cid))?;
     }
-    unmount::unmount_below(&dir)?;
-    let staging = fsat::open_path_dir(&paths.share_staging())?;
-    fsat::remove_tree(staging.as_fd(), OsStr::new(cid))?;
+    crate::writable::remove_container(paths, cid)?;
     Ok(())
 }
 

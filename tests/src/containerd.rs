@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub use bounded::{run_bounded, CtrOutput};
-pub use husk::{HuskArtifacts, HuskSettings};
-pub use leftovers::{mounts_below, processes_with, shim_socket};
+pub use husk::{writable_dir, HuskArtifacts, HuskSettings};
+pub use leftovers::{loop_devices_below, mounts_below, processes_with, shim_socket};
 
 use crate::oci_image;
 use crate::process::{kill_and_reap, kill_with_parent, own_process_group, wait_until};

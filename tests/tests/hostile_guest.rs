@@ -7,9 +7,9 @@
 //! `/proc/<pid>/mem`, at the rings the `queues` control request names: the guest kernel has no
 //! `/dev/mem`, and to the device the bytes are the guest's either way.
 //!
-//! Not here yet (issue 14): a container filling the share (the share's top is read-only to the
-//! guest: a write there gets EROFS, covered below; container rootfs upper layers live in
-//! containerd's snapshotter, as under runc).
+//! Filling the host's disk: the share's top is read-only to the guest (a write there gets
+//! EROFS, covered below), and with `writable_limit_mib` the containers' root file systems write
+//! to a file system of that size (`a_container_filling_its_root_file_system_...`).
 //! End-to-end tests (`#[ignore]`d): they run in the nested test host.
 
 use std::collections::BTreeMap;
@@ -229,6 +229,73 @@ fn share_symlink_swaps_while_the_shim_deletes_a_container_never_reach_the_host()
             "round {round}: the canary changed"
         );
     }
+    a.finish();
+}
+
+/// Free bytes of the file system holding `dir`.
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: all-zero bytes are a valid `statvfs` (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs {}", dir.display());
+    st.f_bavail * st.f_frsize
+}
+
+#[test]
+#[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
+fn a_container_filling_its_root_file_system_gets_enospc_and_the_host_keeps_its_space() {
+    const LIMIT_MIB: u64 = 64;
+    let mut s = cri::husk_settings();
+    s.writable_limit_mib = LIMIT_MIB;
+    let a = Attack::start_with("fill", &s);
+    let other = a.container("other");
+    let writable = husk_tests::containerd::writable_dir(&a.c.husk_state);
+    let before = free_bytes(&writable);
+    // The privileged attacker writes three times the limit into its own root file system.
+    let (code, out) = a.sh_status(&format!(
+        "dd if=/dev/zero of=/fill bs=1M count={} conv=fsync; echo dd=$?; stat -c size=%s /fill",
+        3 * LIMIT_MIB
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(!out.contains("dd=0"), "dd must fail: {out}");
+    let size: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("size="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no size: {out}"));
+    assert!(size <= LIMIT_MIB << 20, "{size} bytes written: {out}");
+    let used = before.saturating_sub(free_bytes(&writable));
+    assert!(
+        used <= (LIMIT_MIB + 8) << 20,
+        "the host lost {used} bytes for a {LIMIT_MIB} MiB limit"
+    );
+    // The limit is the pod's: another container finds it full too, a new one is refused
+    // naming the setting, and the pod keeps working.
+    let refused = a.cri.create_and_start(
+        &a.pod,
+        &a.pod_cfg,
+        &container_config("late", &["sleep", "3600"]),
+    );
+    let e = refused.expect_err("a container created while the pod's writable layer is full");
+    assert!(e.to_string().contains("writable_limit_mib"), "{e}");
+    let r = a
+        .cri
+        .exec_sync(&other, &["sh", "-c", "echo x > /new; echo rc=$?"], 60)
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+    assert!(out.contains("No space left on device"), "{out}");
+    // Deleting the filler gives the space back.
+    assert_eq!(a.sh_status("rm /fill").0, 0);
+    let r = a
+        .cri
+        .exec_sync(&other, &["sh", "-c", "echo x > /new && cat /new"], 60)
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "x", "{r:?}");
+    a.remove(&other);
     a.finish();
 }
 

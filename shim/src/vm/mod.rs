@@ -51,6 +51,9 @@ pub enum BootError {
     /// The sandbox's virtio-fs share could not be made.
     #[error(transparent)]
     Share(#[from] crate::share::ShareError),
+    /// The sandbox's writable-layer file system could not be made.
+    #[error(transparent)]
+    Writable(#[from] crate::writable::WritableError),
     /// A host operation failed.
     #[error("{context}: {source}")]
     Host {
@@ -290,6 +293,13 @@ impl VmmBooter {
         std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(host(format!("setting the mode of {}", root.display())))?;
         share::create(&req.paths)?;
+        if req.config.writable_limit_mib > 0 {
+            crate::writable::create(
+                &req.paths,
+                &req.config.writable_dir,
+                req.config.writable_limit_mib,
+            )?;
+        }
         let affinity = if req.config.pin_vcpus {
             let allowed = pinning::allowed_cpus()
                 .map_err(|e| host("reading the shim's CPU affinity")(e.into()))?;

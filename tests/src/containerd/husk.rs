@@ -88,6 +88,13 @@ pub struct HuskSettings {
     pub pin_vcpus: bool,
     /// `liveness_timeout_secs`: generous by default (a busy nested test host is slow, not hung).
     pub liveness_timeout_secs: u64,
+    /// `writable_limit_mib` (0: off, the default).
+    pub writable_limit_mib: u64,
+}
+
+/// The `writable_dir` of a test's husk config: beside its state directory.
+pub fn writable_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.with_file_name("writable")
 }
 
 impl HuskSettings {
@@ -102,6 +109,7 @@ impl HuskSettings {
             memory_mib: 256,
             pin_vcpus: crate::e2e::pin_vcpus(),
             liveness_timeout_secs: 180,
+            writable_limit_mib: 0,
         }
     }
 
@@ -111,7 +119,7 @@ impl HuskSettings {
             "# written by husk-tests (src/containerd/husk.rs)\nvmm = {:?}\nkernel = {:?}\ninitramfs = {:?}\n\
              state_dir = {:?}\nboot_timeout_secs = {}\nextra_cmdline = {:?}\nvcpus = {}\n\
              memory_mib = {}\nshutdown_timeout_secs = 20\npin_vcpus = {}\n\
-             liveness_timeout_secs = {}\n",
+             liveness_timeout_secs = {}\nwritable_limit_mib = {}\nwritable_dir = {:?}\n",
             a.vmm.display().to_string(),
             a.kernel.display().to_string(),
             a.initramfs.display().to_string(),
@@ -122,6 +130,8 @@ impl HuskSettings {
             self.memory_mib,
             self.pin_vcpus,
             self.liveness_timeout_secs,
+            self.writable_limit_mib,
+            writable_dir(state_dir).display().to_string(),
         )
     }
 }

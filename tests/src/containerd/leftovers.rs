@@ -55,6 +55,28 @@ pub fn processes_with(needle: &str) -> Vec<(u32, String)> {
     out
 }
 
+/// The loop devices whose backing file lies below `dir` (`/dev/loopN: <file>`; a file unlinked
+/// once mounted reads `<file> (deleted)`).
+pub fn loop_devices_below(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(block) = std::fs::read_dir("/sys/block") else {
+        return found;
+    };
+    for e in block.flatten() {
+        let Ok(file) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(file.trim()).starts_with(dir) {
+            found.push(format!(
+                "/dev/{}: {}",
+                e.file_name().to_string_lossy(),
+                file.trim()
+            ));
+        }
+    }
+    found
+}
+
 /// Mount points at or below `dir`.
 pub fn mounts_below(dir: &Path) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")

@@ -221,6 +221,15 @@ pub fn leftovers_anywhere(c: &Containerd, netns_before: &[String]) -> Vec<String
     for m in mounts_below(&c.husk_state) {
         found.push(format!("mount {m}"));
     }
+    let writable = crate::containerd::writable_dir(&c.husk_state);
+    for l in crate::containerd::loop_devices_below(&writable) {
+        found.push(format!("loop device {l}"));
+    }
+    if let Ok(d) = std::fs::read_dir(&writable) {
+        for e in d.flatten() {
+            found.push(format!("writable-layer file {}", e.path().display()));
+        }
+    }
     if let Ok(d) = std::fs::read_dir(&c.husk_state) {
         for e in d.flatten() {
             found.push(format!("husk state {}", e.path().display()));

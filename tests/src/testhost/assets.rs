@@ -24,6 +24,9 @@ pub const MODULES: &[&str] = &[
     "9pnet_virtio",
     "9p",
     "overlay",
+    // A pod's size-limited writable layers (husk's `writable_limit_mib`): ext4 on a loop device.
+    "loop",
+    "ext4",
     // The point of the whole exercise: hardware virtualization on emulated AMD SVM.
     "kvm_amd",
     // Pod networking in the end-to-end tests: taps, veths, the CNI bridge, NAT and tc redirect.
