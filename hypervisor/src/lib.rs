@@ -17,6 +17,7 @@
 pub mod affinity;
 pub mod arch;
 pub mod bus;
+pub mod caps;
 pub mod control;
 pub mod device_manager;
 pub mod devices;

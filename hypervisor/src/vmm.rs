@@ -300,6 +300,11 @@ impl Machine {
             add(fd, TOKEN_RESAMPLE + i as u64).map_err(setup("polling irqfd resampling"))?;
         }
 
+        // Setup is done: from here on every thread (the control socket's, the vCPUs, the device
+        // workers they start) holds at most the file server's capabilities (`caps`).
+        crate::caps::drop_after_setup().map_err(setup("dropping capabilities"))?;
+        self.timeline.mark("caps");
+
         let control_wake =
             EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the control eventfd"))?;
         let mut control = None;

@@ -154,3 +154,99 @@ mod tests {
         assert!(child.try_wait().unwrap().is_some());
     }
 }
+
+/// One thread's capability sets and `no_new_privs`, from `/proc/<pid>/task/<tid>/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadPrivileges {
+    /// The thread id.
+    pub tid: u32,
+    /// Its name (`comm`).
+    pub name: String,
+    /// `CapEff`.
+    pub effective: u64,
+    /// `CapPrm`.
+    pub permitted: u64,
+    /// `CapBnd`.
+    pub bounding: u64,
+    /// `CapInh`.
+    pub inheritable: u64,
+    /// `CapAmb`.
+    pub ambient: u64,
+    /// `NoNewPrivs`.
+    pub no_new_privs: bool,
+}
+
+/// Every thread of `pid` with its privileges.
+pub fn thread_privileges(pid: u32) -> Vec<ThreadPrivileges> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(tid) = t.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let hex = |key: &str| u64::from_str_radix(&field(key), 16).unwrap_or(u64::MAX);
+        out.push(ThreadPrivileges {
+            tid,
+            name: field("Name:"),
+            effective: hex("CapEff:"),
+            permitted: hex("CapPrm:"),
+            bounding: hex("CapBnd:"),
+            inheritable: hex("CapInh:"),
+            ambient: hex("CapAmb:"),
+            no_new_privs: field("NoNewPrivs:") == "1",
+        });
+    }
+    out
+}
+
+/// The capabilities husk-vmm's virtio-fs worker serves files with (`hypervisor/src/caps.rs`):
+/// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID.
+pub const FILE_SERVER_CAPS: u64 = 0xdb;
+
+/// What husk-vmm (run as root) holds once its VM runs: on every thread `no_new_privs`, bounding
+/// and permitted sets of exactly the file server's, nothing inheritable or ambient, and no
+/// effective capability except on the virtio-fs workers (`husk-fs-<tag>`), which hold the file
+/// server's. `Err` lists every thread that differs.
+pub fn check_vmm_privileges(pid: u32) -> Result<Vec<ThreadPrivileges>, String> {
+    let threads = thread_privileges(pid);
+    if threads.is_empty() {
+        return Err(format!("no threads of {pid}"));
+    }
+    let wrong: Vec<String> = threads
+        .iter()
+        .filter(|t| {
+            let eff = if t.name.starts_with("husk-fs-") {
+                FILE_SERVER_CAPS
+            } else {
+                0
+            };
+            !(t.no_new_privs
+                && t.bounding == FILE_SERVER_CAPS
+                && t.permitted == FILE_SERVER_CAPS
+                && t.inheritable == 0
+                && t.ambient == 0
+                && t.effective == eff)
+        })
+        .map(|t| format!("{t:?}"))
+        .collect();
+    if wrong.is_empty() {
+        Ok(threads)
+    } else {
+        Err(format!(
+            "husk-vmm {pid} threads with other privileges than documented:\n{}",
+            wrong.join("\n")
+        ))
+    }
+}

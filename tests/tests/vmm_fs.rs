@@ -138,6 +138,13 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
     let before = step(&mut vm, &control, "before");
     assert!(before.ends_with("changing=v1 late=0 bound=0"), "{before}");
     step(&mut vm, &control, "write");
+    // Every thread of the running VMM, the file server included, holds what it documents.
+    let threads =
+        husk_tests::process::check_vmm_privileges(vm.pid()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        threads.iter().any(|t| t.name == format!("husk-fs-{TAG}")),
+        "no file server thread: {threads:?}"
+    );
     assert_eq!(
         std::fs::read_to_string(shared.join("guest-wrote.txt")).unwrap(),
         GUEST_TEXT

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use husk_protocol::vm_config::FsCache;
 
 use super::{memory, queue, Input, NullInterrupt, QUEUE_BASE, QUEUE_SPAN};
-use crate::devices::virtio::fs::backend::{confine_worker_thread, new_server, FsServer};
+use crate::devices::virtio::fs::backend::{new_server, private_fs, FsServer};
 use crate::devices::virtio::fs::handler::{FsQueues, BATCH};
 use crate::devices::virtio::fs::{HIPRIO_QUEUE, REQUEST_QUEUE};
 
@@ -54,13 +54,15 @@ fn worker() -> &'static Worker {
         std::thread::spawn(move || {
             // Only a thread with a private fs_struct may chroot without moving the whole
             // process (libFuzzer writes its corpus by relative path).
-            let root = match confine_worker_thread() {
+            // chroot first: it needs CAP_SYS_CHROOT, which the file server's set lacks.
+            let root = match private_fs() {
                 Ok(()) if std::os::unix::fs::chroot(share).is_ok() => {
                     let _ = std::env::set_current_dir("/");
                     PathBuf::from("/")
                 }
                 _ => share.to_path_buf(),
             };
+            let _ = crate::caps::raise_file_server();
             let _ = root_tx.send(root);
             while let Ok((data, server, done)) = rx.recv() {
                 serve(&data, server);

@@ -12,9 +12,9 @@
 //!   `open_by_handle_at` is never called and the guest has no handle to forge; a node id the
 //!   guest never looked up is `EBADF`. Extended attributes are off (`xattr: false`, as
 //!   virtiofsd's default), so the guest cannot set `trusted.*` or `security.*` attributes on
-//!   host files. The worker thread drops `CAP_MKNOD` ([`confine_worker_thread`]), so the guest
-//!   can make FIFOs and sockets in the share but no device nodes that a host process might
-//!   later open. The unit tests in [`super::handler`] try each of these.
+//!   host files. The worker thread holds only the file server's capabilities
+//!   ([`confine_worker_thread`], [`crate::caps`]), no `CAP_MKNOD`, so the guest can make FIFOs
+//!   and sockets in the share but no device nodes that a host process might later open. The unit tests in [`super::handler`] try each of these.
 //! - **Mounts made under the share later.** Lookups walk with `openat`, which enters whatever
 //!   is mounted on a directory at that moment, and an inode's identity is
 //!   `(st_ino, st_dev, mount id)` (fuse-backend-rs's synchronous passthrough always takes the
@@ -99,72 +99,24 @@ pub fn new_server(root: &Path, cache: FsCache) -> io::Result<FsServer> {
 /// Prepares the thread that runs the server; every call into the server happens on the
 /// device's worker thread, which calls this first.
 ///
-/// - Its own umask, root and working directory (`unshare(CLONE_FS)`): the passthrough file
-///   system sets the umask to 0 when it imports its root (the guest's own umask arrives with
-///   each create request and is applied by the server). The umask belongs to the process's
-///   shared fs attributes, so without this the whole VMM would create its sockets and files
-///   with mode bits nobody asked for.
-/// - No `CAP_MKNOD` (capabilities are per thread): guest MKNOD requests for character and
+/// - Its own umask, root and working directory ([`private_fs`]).
+/// - The file server's capabilities and no others ([`crate::caps::raise_file_server`]): the
+///   worker is the one thread of husk-vmm that acts with capabilities, to serve the guest's
+///   users' files as those users; without `CAP_MKNOD`, guest MKNOD requests for character and
 ///   block devices fail with `EPERM`.
 pub fn confine_worker_thread() -> io::Result<()> {
+    private_fs()?;
+    crate::caps::raise_file_server()
+}
+
+/// Gives the calling thread its own umask, root and working directory (`unshare(CLONE_FS)`):
+/// the passthrough file system sets the umask to 0 when it imports its root (the guest's own
+/// umask arrives with each create request and is applied by the server). The umask belongs to
+/// the process's shared fs attributes, so without this the whole VMM would create its sockets
+/// and files with mode bits nobody asked for.
+pub fn private_fs() -> io::Result<()> {
     // SAFETY: unshare(2) with CLONE_FS only copies this thread's fs_struct; no memory is passed.
     if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    drop_thread_capability(CAP_MKNOD)
-}
-
-/// `CAP_MKNOD` (linux/capability.h).
-const CAP_MKNOD: u32 = 27;
-/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// Removes capability `cap` from the calling thread's effective, permitted and inheritable
-/// sets (pid 0 in capget/capset is the calling thread, not the process).
-fn drop_thread_capability(cap: u32) -> io::Result<()> {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget writes one header and two data words, which `header` and `data` are.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-    data[word].effective &= !bit;
-    data[word].permitted &= !bit;
-    data[word].inheritable &= !bit;
-    // SAFETY: capset reads one header and two data words, which `header` and `data` are.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    };
-    if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -21,7 +21,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 use super::*;
 use crate::devices::virtio::chain::testing::{memory, Desc, TestQueue};
-use crate::devices::virtio::fs::backend::{confine_worker_thread, new_server};
+use crate::devices::virtio::fs::backend::{confine_worker_thread, new_server, private_fs};
 use crate::devices::virtio::interrupt::FakeInterrupt;
 
 const HIPRIO_BASE: u64 = 0;
@@ -92,6 +92,17 @@ impl<'a> Rig<'a> {
     /// sets it to 0 at INIT, as it does in the worker thread.
     pub fn new(mem: &'a GuestMemory, root: &Path, cache: FsCache) -> Self {
         confine_worker_thread().unwrap();
+        Self::unconfined(mem, root, cache)
+    }
+
+    /// [`Rig::new`] for a test that mounts things itself after INIT: the thread keeps its
+    /// capabilities (it gets its own umask only).
+    pub fn new_keeping_capabilities(mem: &'a GuestMemory, root: &Path, cache: FsCache) -> Self {
+        private_fs().unwrap();
+        Self::unconfined(mem, root, cache)
+    }
+
+    fn unconfined(mem: &'a GuestMemory, root: &Path, cache: FsCache) -> Self {
         let hq = TestQueue::new(mem, HIPRIO_BASE, QSIZE);
         let rq = TestQueue::new(mem, REQUEST_BASE, QSIZE);
         let irq = Arc::new(FakeInterrupt::default());

@@ -75,7 +75,7 @@ fn tmpfs_and_bind_mounts_made_after_init_are_visible() {
     std::fs::create_dir(&late).unwrap();
     std::fs::create_dir(&bound).unwrap();
     let mem = memory();
-    let mut r = Rig::new(&mem, dir.path(), FsCache::Auto);
+    let mut r = Rig::new_keeping_capabilities(&mem, dir.path(), FsCache::Auto);
     r.init();
     let before = r.lookup(1, "late").unwrap();
     assert_eq!(r.lookup(before.nodeid, "inside").unwrap_err(), libc::ENOENT);
