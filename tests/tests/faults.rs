@@ -5,7 +5,9 @@
 //! - the guest kernel panics (a privileged container writes `c` to /proc/sysrq-trigger): every
 //!   container of the pod exits 137 and the sandbox goes NOTREADY, then stops and is removed;
 //! - containerd is SIGKILLed and restarted while a pod runs: the pod and its container are
-//!   listed again, exec and the log keep working, and stop/remove is clean.
+//!   listed again, exec and the log keep working, and stop/remove is clean;
+//! - husk's state directory's file system is full while a pod starts: RunPodSandbox fails
+//!   naming the file and the cause, nothing is left, and once there is room a pod starts.
 //!
 //! End-to-end tests (`#[ignore]`d): they run in the nested test host.
 
@@ -125,5 +127,90 @@ fn containerd_killed_and_restarted_keeps_the_pods_running() {
             c.log_tail(60)
         )
     });
+    cri::wait_nothing_left(&c, &netns).unwrap();
+}
+
+/// A tmpfs of `size` mounted on `dir` while it lives.
+struct SmallFs(std::ffi::CString);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallFs {
+        let c = |s: &[u8]| std::ffi::CString::new(s).unwrap();
+        let (target, opts) = (c(dir.as_os_str().as_encoded_bytes()), c(size.as_bytes()));
+        let (src, ty) = (c(b"husk-full"), c(b"tmpfs"));
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                ty.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        SmallFs(target)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
+fn a_full_state_directory_fails_the_pod_by_name_and_leaves_nothing() {
+    use std::io::Write;
+    let (c, cri, netns) = start();
+    std::fs::create_dir_all(&c.husk_state).unwrap();
+    let full = SmallFs::mount(&c.husk_state, "size=64k");
+    let filler = c.husk_state.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while f.write_all(&[0u8; 4096]).is_ok() {}
+    drop(f);
+    let logs = c.base().join("pods/full");
+    std::fs::create_dir_all(&logs).unwrap();
+    let cfg = pod_config("full", &logs);
+    let e = cri
+        .run_pod(&cfg, "husk")
+        .expect_err("a pod whose state cannot be written");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("No space left on device")
+            && msg.contains(&c.husk_state.display().to_string()),
+        "the error names the file and the cause: {msg}"
+    );
+    // Nothing of the failed pod: no entry beside the filler, no mount but the full tmpfs itself.
+    assert!(
+        eventually(T, || std::fs::read_dir(&c.husk_state)
+            .unwrap()
+            .flatten()
+            .all(|e| e.path() == filler)),
+        "left in the state directory: {:?}",
+        std::fs::read_dir(&c.husk_state)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    );
+    let state = c.husk_state.display().to_string();
+    let inside: Vec<String> = husk_tests::containerd::mounts_below(&c.husk_state)
+        .into_iter()
+        .filter(|m| *m != state)
+        .collect();
+    assert!(inside.is_empty(), "mounts left: {inside:?}");
+    std::fs::remove_file(&filler).unwrap();
+    drop(full);
+    cri::wait_nothing_left(&c, &netns).unwrap();
+    // With room again, the node runs pods.
+    let (pod, pod_cfg) = pod(&c, &cri, "room", false);
+    let app = cri
+        .create_and_start(&pod, &pod_cfg, &container_config("app", &["sleep", "3600"]))
+        .unwrap();
+    wait_container(&cri, &app, T, running).unwrap();
+    cri.stop_and_remove_pod(&pod).unwrap();
     cri::wait_nothing_left(&c, &netns).unwrap();
 }
