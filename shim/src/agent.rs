@@ -65,6 +65,11 @@ impl AgentError {
         }
     }
 
+    /// Whether the call failed on the connection (the agent, or its VM, went away).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, AgentError::Transport { .. })
+    }
+
     /// Whether the agent said NOT_FOUND.
     pub fn is_not_found(&self) -> bool {
         matches!(self, AgentError::Rpc { code, .. } if *code == Code::NOT_FOUND)

@@ -25,6 +25,10 @@ use crate::spec::Spec;
 use crate::vm::Vm;
 use crate::{options, rootfs, share};
 
+/// How long a failed agent call waits for the VM's exit to be seen (the connection's end can
+/// come first), so that the error names the VM's end rather than the connection's.
+const VM_END_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn check_id(what: &str, id: &str) -> Result<()> {
     husk_protocol::ids::validate(id).map_err(|e| ShimError::InvalidArgument(format!("{what}: {e}")))
 }
@@ -133,7 +137,19 @@ impl Sandbox {
         if let Err(e) = vm.agent.create_container(&creq).await {
             // Why the guest could not set the container up, when the pod's writes are full.
             let full = crate::writable::full_hint(paths);
+            // A VM that died under the request: its end, not the connection's, is the cause.
+            let ended = if e.is_transport() {
+                crate::vm::wait_gone(&vm.gone, VM_END_GRACE).await
+            } else {
+                None
+            };
             undo_mounts();
+            if let Some(gone) = ended {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "creating container {cid}: the sandbox VM ended: {}",
+                    gone.detail
+                )));
+            }
             if let Some(full) = full {
                 return Err(ShimError::FailedPrecondition(format!("{e}; {full}")));
             }

@@ -6,6 +6,8 @@
 //!   container of the pod exits 137 and the sandbox goes NOTREADY, then stops and is removed;
 //! - containerd is SIGKILLed and restarted while a pod runs: the pod and its container are
 //!   listed again, exec and the log keep working, and stop/remove is clean;
+//! - husk-vmm dies half-way through a pod's boot (after the shim made the share and the pod's
+//!   network was set up): RunPodSandbox fails naming husk-vmm's end, and nothing is left;
 //! - husk's state directory's file system is full while a pod starts: RunPodSandbox fails
 //!   naming the file and the cause, nothing is left, and once there is room a pod starts.
 //!
@@ -213,4 +215,41 @@ fn a_full_state_directory_fails_the_pod_by_name_and_leaves_nothing() {
     wait_container(&cri, &app, T, running).unwrap();
     cri.stop_and_remove_pod(&pod).unwrap();
     cri::wait_nothing_left(&c, &netns).unwrap();
+}
+
+#[test]
+#[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
+fn a_vmm_that_dies_half_way_through_boot_fails_the_pod_and_leaves_nothing() {
+    let mut settings = cri::husk_settings();
+    // The real husk-vmm, SIGKILLed two seconds into the boot: the tap is attached and the share
+    // mounted by then, and the guest is still booting.
+    let wrapper = std::env::temp_dir().join(format!("husk-vmm-dies-{}", std::process::id()));
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n( sleep 2; kill -9 $$ ) &\nexec {} \"$@\"\n",
+            settings.artifacts.vmm.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    settings.artifacts.vmm = wrapper.clone();
+    let (c, cri) = cri::start(Some(&settings));
+    let netns = cri::netns_names();
+    let logs = c.base().join("pods/dies");
+    std::fs::create_dir_all(&logs).unwrap();
+    let e = cri
+        .run_pod(&pod_config("dies", &logs), "husk")
+        .expect_err("a pod whose VMM dies during boot");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("husk-vmm") && msg.contains("signal 9"),
+        "the error names husk-vmm's end: {msg}"
+    );
+    cri::wait_nothing_left(&c, &netns).unwrap();
+    let _ = std::fs::remove_file(&wrapper);
 }
