@@ -6,6 +6,9 @@
 //!   container of the pod exits 137 and the sandbox goes NOTREADY, then stops and is removed;
 //! - containerd is SIGKILLed and restarted while a pod runs: the pod and its container are
 //!   listed again, exec and the log keep working, and stop/remove is clean;
+//! - the whole guest runs out of memory (a container without a limit takes it all): the kernel
+//!   in the guest kills that container (exit 137, reason OOMKilled, as the user sees it in CRI),
+//!   the agent and the pod's other container keep working, and nothing is left;
 //! - husk-vmm dies half-way through a pod's boot (after the shim made the share and the pod's
 //!   network was set up): RunPodSandbox fails naming husk-vmm's end, and nothing is left;
 //! - husk's state directory's file system is full while a pod starts: RunPodSandbox fails
@@ -252,4 +255,38 @@ fn a_vmm_that_dies_half_way_through_boot_fails_the_pod_and_leaves_nothing() {
     );
     cri::wait_nothing_left(&c, &netns).unwrap();
     let _ = std::fs::remove_file(&wrapper);
+}
+
+#[test]
+#[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
+fn a_guest_out_of_memory_kills_the_hog_and_the_pod_lives_on() {
+    let (c, cri, netns) = start();
+    let (pod, pod_cfg) = pod(&c, &cri, "oom", false);
+    let other = cri
+        .create_and_start(
+            &pod,
+            &pod_cfg,
+            &container_config("other", &["sleep", "3600"]),
+        )
+        .unwrap();
+    wait_container(&cri, &other, T, running).unwrap();
+    // No memory limit: `tail` keeps the newline-free stream in memory until the guest has none
+    // left (the VM has 256 MiB) and its kernel's OOM killer picks the biggest task.
+    let hog = cri
+        .create_and_start(
+            &pod,
+            &pod_cfg,
+            &container_config("hog", &["sh", "-c", "head -c 2000m /dev/zero | tail"]),
+        )
+        .unwrap();
+    let st = wait_container(&cri, &hog, T, exited)
+        .unwrap_or_else(|e| panic!("the hog never ended: {e}\n{}", c.log_tail(60)));
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    let r = cri.exec_sync(&other, &["echo", "alive"], 60).unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "alive", "{r:?}");
+    let ready = PodSandboxState::SandboxReady as i32;
+    assert_eq!(cri.pod_status(&pod).unwrap().state, ready);
+    cri.stop_and_remove_pod(&pod).unwrap();
+    cri::wait_nothing_left(&c, &netns).unwrap();
 }
