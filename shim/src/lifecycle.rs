@@ -29,6 +29,21 @@ use crate::{options, rootfs, share};
 /// come first), so that the error names the VM's end rather than the connection's.
 const VM_END_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// The error of agent call `what` that failed with `e`: when the connection failed because the
+/// VM ended under the call, the VM's end (husk-vmm's exit and the console tail) is the cause
+/// the user sees, not the connection's early EOF.
+async fn agent_failure(vm: &Vm, what: &str, e: crate::agent::AgentError) -> ShimError {
+    if e.is_transport() {
+        if let Some(gone) = crate::vm::wait_gone(&vm.gone, VM_END_GRACE).await {
+            return ShimError::FailedPrecondition(format!(
+                "{what}: the sandbox VM ended: {}",
+                gone.detail
+            ));
+        }
+    }
+    e.into()
+}
+
 fn check_id(what: &str, id: &str) -> Result<()> {
     husk_protocol::ids::validate(id).map_err(|e| ShimError::InvalidArgument(format!("{what}: {e}")))
 }
@@ -137,23 +152,12 @@ impl Sandbox {
         if let Err(e) = vm.agent.create_container(&creq).await {
             // Why the guest could not set the container up, when the pod's writes are full.
             let full = crate::writable::full_hint(paths);
-            // A VM that died under the request: its end, not the connection's, is the cause.
-            let ended = if e.is_transport() {
-                crate::vm::wait_gone(&vm.gone, VM_END_GRACE).await
-            } else {
-                None
-            };
+            let e = agent_failure(vm, &format!("creating container {cid}"), e).await;
             undo_mounts();
-            if let Some(gone) = ended {
-                return Err(ShimError::FailedPrecondition(format!(
-                    "creating container {cid}: the sandbox VM ended: {}",
-                    gone.detail
-                )));
-            }
             if let Some(full) = full {
                 return Err(ShimError::FailedPrecondition(format!("{e}; {full}")));
             }
-            return Err(e.into());
+            return Err(e);
         }
         let io = match ProcessIo::attach(&vm.agent, cid, "", &stdio, &self.namespace).await {
             Ok(io) => io,
@@ -214,7 +218,8 @@ impl Sandbox {
                     // for the exit of an exec whose start failed before it deletes it).
                     p.set_exited(ExitInfo::never_started());
                     p.io.close();
-                    return Err(e.into());
+                    let what = format!("starting {}", p.event_id());
+                    return Err(agent_failure(&vm, &what, e).await);
                 }
             };
             p.set_running(resp.pid)?;
@@ -276,7 +281,10 @@ impl Sandbox {
             .map(|a| a.value.clone())
             .unwrap_or_default();
         ereq.stdio = MessageField::some(stdio.agent_stdio());
-        vm.agent.exec_process(&ereq).await?;
+        if let Err(e) = vm.agent.exec_process(&ereq).await {
+            let what = format!("exec {} in {}", req.exec_id, req.id);
+            return Err(agent_failure(&vm, &what, e).await);
+        }
         let io = match ProcessIo::attach(&vm.agent, &req.id, &req.exec_id, &stdio, &self.namespace)
             .await
         {

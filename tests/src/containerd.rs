@@ -150,6 +150,11 @@ impl Containerd {
         Ok(())
     }
 
+    /// containerd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The directory everything lives in.
     pub fn base(&self) -> &Path {
         &self.base

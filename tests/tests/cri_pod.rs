@@ -19,7 +19,7 @@ use husk_tests::cri::{
     self, container_config, eventually, exited, husk_settings, pod_config, running, start,
     wait_container, with_memory_limit, Cri,
 };
-use k8s_cri::v1::{LinuxContainerResources, Mount, PodSandboxConfig, PodSandboxState};
+use k8s_cri::v1::{LinuxContainerResources, Mount, PodSandboxConfig};
 
 const T: Duration = Duration::from_secs(300);
 const HUSK: &str = "husk";
@@ -314,7 +314,7 @@ fn cri_ten_husk_pods_in_parallel() {
                 s.spawn(move || {
                     std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
                     let mut cfg = pod_config(&format!("p{i}"), &logs);
-                    start_pod_like_kubelet(&cri, &mut cfg, i)
+                    cri::start_pod_like_kubelet(&cri, &mut cfg, i, HUSK)
                 })
             })
             .collect();
@@ -349,62 +349,6 @@ fn cri_ten_husk_pods_in_parallel() {
         c.log_tail(80)
     );
     clean.unwrap();
-}
-
-/// A pod with one `sleep` container, started as kubelet starts it: a sandbox that failed to
-/// start, or that died before its container ran (PodSandboxStatus NOTREADY), is removed and
-/// the pod tried once more as a new attempt, which is what kubelet's pod sync does. On the
-/// nested test host a few percent of guest boots die in early kernel setup under any VMM
-/// (QEMU's microvm loses them at the same rate: scripts/boot-stress.sh, issue 3), and now and
-/// then a running nested guest resets; husk must report such a failure with its cause and
-/// leave nothing behind, which the final leak check verifies. Every retry is announced on
-/// stderr. A container that fails while its sandbox is READY is a failure, not retried.
-fn start_pod_like_kubelet(
-    cri: &Cri,
-    cfg: &mut PodSandboxConfig,
-    i: usize,
-) -> Result<(String, String), String> {
-    let once = |cfg: &PodSandboxConfig| -> Result<(String, String), (Option<String>, String)> {
-        let pod = cri
-            .run_pod(cfg, HUSK)
-            .map_err(|e| (None, format!("RunPodSandbox: {e}")))?;
-        let started = cri
-            .create_and_start(&pod, cfg, &container_config("c", &["sleep", "3600"]))
-            .map_err(|e| format!("container: {e}"))
-            .and_then(|ctr| {
-                wait_container(cri, &ctr, T, running)
-                    .map(|_| ctr)
-                    .map_err(|e| format!("container: {e:#}"))
-            });
-        match started {
-            Ok(ctr) => Ok((pod, ctr)),
-            Err(e) => Err((Some(pod), e)),
-        }
-    };
-    let (dead, first) = match once(cfg) {
-        Ok(started) => return Ok(started),
-        Err(failed) => failed,
-    };
-    if let Some(pod) = &dead {
-        // containerd marks the sandbox NOTREADY when it handles the sandbox task's exit event,
-        // which can trail the container's failure a little.
-        let notready = PodSandboxState::SandboxNotready as i32;
-        if !eventually(Duration::from_secs(15), || {
-            cri.pod_status(pod).is_ok_and(|s| s.state == notready)
-        }) {
-            let state = cri.pod_status(pod).map(|s| s.state);
-            return Err(format!(
-                "pod {i}: {first} (sandbox state {state:?}: not retried)"
-            ));
-        }
-        cri.stop_and_remove_pod(pod)
-            .map_err(|e| format!("pod {i}: removing the dead sandbox: {e}"))?;
-    }
-    eprintln!("*** RETRY pod {i}: {first}; the sandbox is gone, retrying as kubelet would");
-    if let Some(m) = cfg.metadata.as_mut() {
-        m.attempt += 1;
-    }
-    once(cfg).map_err(|(_, e)| format!("pod {i}: failed twice: first {first}; then {e}"))
 }
 
 /// RunPodSandbox with `pod` must fail with a message containing every `needles`, leaving
