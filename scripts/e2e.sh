@@ -39,7 +39,7 @@ echo "e2e: ${#bins[@]} test binaries; kernel $HUSK_KERNEL; logs of failures go t
 # names the open issue that tracks it. Override with HUSK_E2E_EXCLUDE='' to run them too.
 # - pods_churned_in_parallel_leave_nothing_behind (tests/tests/churn.rs, issue 16): 10 pods in
 #   parallel for 10 cycles. In the nested test host that load panics the test host's own kernel
-#   (a stack overflow in its KVM_RUN path, seen twice in five runs) and now and then resets a
+#   (a stack overflow in its KVM_RUN path, in one of three runs here) and now and then resets a
 #   guest under a running container; 30 and 50 pods passed its leak and descriptor checks.
 #   Run it with HUSK_E2E_EXCLUDE='' HUSK_E2E_ONLY=churn (HUSK_CHURN_PODS, HUSK_CHURN_CYCLES).
 exclude=${HUSK_E2E_EXCLUDE-pods_churned_in_parallel_leave_nothing_behind}
