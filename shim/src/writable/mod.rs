@@ -32,7 +32,7 @@ mod loopdev;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -247,7 +247,7 @@ pub fn redirect(
     // The overlay's root directory is the upper one: it keeps the snapshot's owner and mode.
     let shown = paths.writable().join(cid).join("upper");
     let upper_fd = fsat::open_dir(dir.as_fd(), Path::new("upper"))?;
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&upper_fd);
+    let raw = upper_fd.as_raw_fd();
     fchown(
         raw,
         Some(Uid::from_raw(st.uid())),
