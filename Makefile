@@ -63,8 +63,9 @@ lint:
 # root, as CI does; otherwise they are announced as not run.
 unit: deps kernel
 	$(CARGO) test --workspace
-	@if [ "$$(id -u)" = 0 ]; then $(CARGO) test -p husk-shim --lib -- --ignored; \
-	else echo "*** NOT RUN: the root-only unit tests (husk-shim network): run 'make unit' as root ***" >&2; fi
+	@if [ "$$(id -u)" = 0 ]; then $(CARGO) test -p husk-shim --lib -- --ignored && \
+	  $(CARGO) test -p husk-hypervisor --lib -- --ignored; \
+	else echo "*** NOT RUN: the root-only unit tests (husk-shim network, mounts and PID namespaces; husk-vmm's jail): run 'make unit' as root ***" >&2; fi
 
 e2e: build image kernel
 	@scripts/e2e.sh

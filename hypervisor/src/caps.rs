@@ -2,10 +2,10 @@
 //!
 //! Setup needs root: `/dev/kvm`, the tap in the pod's network namespace (`setns` needs
 //! `CAP_SYS_ADMIN`, the tap `CAP_NET_ADMIN`), the state directory. After it, what the guest can
-//! reach runs with far less. [`drop_after_setup`] runs on the main thread once setup is done and
-//! before any thread that serves the guest starts (vCPUs, the control socket, device workers,
-//! which the vCPU threads start when the guest activates a device), so every one of them
-//! inherits the result, since capabilities are per thread and inherited at `clone`:
+//! reach runs with far less. [`drop_after_setup`] runs on the main thread once setup is done
+//! (after it entered the jail, `crate::jail`) and before any thread that serves the guest
+//! starts (the device workers, the control socket, the vCPUs), so every one of them inherits
+//! the result, since capabilities are per thread and inherited at `clone`:
 //!
 //! - `no_new_privs`, an empty ambient and inheritable set;
 //! - a bounding and permitted set of exactly [`FILE_SERVER`], and an *empty* effective set;
@@ -14,8 +14,9 @@
 //!
 //! So `CAP_SYS_ADMIN`, `CAP_NET_ADMIN`, `CAP_SYS_PTRACE`, `CAP_SYS_MODULE`, `CAP_MKNOD`, ... are
 //! gone from every thread for good, and no thread but the file server acts with any capability
-//! at all. (A thread that another bug lets run code can still raise its permitted set into its
-//! effective one; the per-thread seccomp filters of issue 15 are what closes that.)
+//! at all. A thread that a bug lets run code could raise its permitted set into its effective
+//! one with `capset`, but only the file server's seccomp filter (`crate::seccomp`) allows
+//! `capset`: it drops and raises `CAP_FSETID` around writes.
 
 use std::io;
 
@@ -148,12 +149,15 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
     Ok(())
 }
 
-/// The highest capability this kernel knows.
+/// The highest capability this kernel knows: the last one `PR_CAPBSET_READ` accepts (it fails
+/// with `EINVAL` past the end). Asked of the kernel rather than read from
+/// `/proc/sys/kernel/cap_last_cap`, which the jail does not hold.
 fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    let known = |cap: u32| {
+        // SAFETY: PR_CAPBSET_READ only reads the calling thread's bounding set.
+        unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) >= 0 }
+    };
+    (0..=63).take_while(|&cap| known(cap)).last().unwrap_or(0)
 }
 
 /// Drops, for the calling thread and every thread it starts afterwards, everything but
@@ -194,6 +198,16 @@ pub fn raise_file_server() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_capability_is_the_kernels() {
+        let want: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(last_cap(), want);
+    }
 
     #[test]
     fn the_file_server_set_is_six_capabilities_without_mknod_or_sys_admin() {

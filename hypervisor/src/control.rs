@@ -60,14 +60,25 @@ pub fn serve(
     wake: EventFd,
 ) -> std::io::Result<(ControlSocket, mpsc::Receiver<Pending>)> {
     let (tx, rx) = mpsc::channel();
+    let (ready, filtered) = mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            let installed = crate::seccomp::install(crate::seccomp::ThreadKind::Control);
+            let ok = installed.is_ok();
+            let _ = ready.send(installed);
+            if !ok {
+                return;
+            }
             for stream in listener.incoming().map_while(Result::ok) {
                 // A client that misbehaves loses its own connection, nothing else.
                 let _ = handle(stream, &tx, &wake);
             }
         })?;
+    filtered
+        .recv()
+        .map_err(|_| std::io::Error::other("the control thread died"))?
+        .map_err(std::io::Error::other)?;
     Ok((
         ControlSocket {
             path: path.to_path_buf(),

@@ -169,6 +169,18 @@ impl VirtioMmioDevices {
         }
     }
 
+    /// Starts every device's worker thread, each confined before it returns: at setup, so no
+    /// thread is created once the guest runs.
+    pub fn start_workers(&self) -> std::io::Result<()> {
+        for d in &self.devices {
+            d.transport
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .start_worker()?;
+        }
+        Ok(())
+    }
+
     /// Stops every device and drops its model (closing its host resources), even if a vCPU
     /// thread that failed to stop still holds the bus.
     pub fn shutdown(&self) {

@@ -23,8 +23,10 @@ pub mod device_manager;
 pub mod devices;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jail;
 pub mod logger;
 pub mod memory;
+pub mod seccomp;
 pub mod timeline;
 pub mod vcpu;
 pub mod vm;

@@ -135,6 +135,13 @@ impl VcpuThread {
                 return;
             }
         }
+        // Before the first KVM_RUN: from here on the guest drives this thread.
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+            let id = self.id;
+            self.stop
+                .raise(StopReason::Fault(format!("vCPU {id}: {e}")));
+            return;
+        }
         while self.gate.wait_runnable() {
             if let Some(reason) = self.step() {
                 self.stop.raise(reason);

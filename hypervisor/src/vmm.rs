@@ -105,9 +105,7 @@ impl vm_superio::Trigger for ShutdownTrigger {
     }
 }
 
-/// Blocks the termination signals in this thread (and every thread it starts) and returns a
-/// signalfd that reports them.
-fn termination_signalfd() -> std::io::Result<OwnedFd> {
+fn termination_set() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before any use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is a valid sigset_t owned by this frame.
@@ -116,10 +114,27 @@ fn termination_signalfd() -> std::io::Result<OwnedFd> {
         // SAFETY: `set` is initialised and `sig` a valid signal number.
         unsafe { libc::sigaddset(&mut set, sig) };
     }
+    set
+}
+
+/// Blocks the termination signals in this thread (and every thread it starts later), so that
+/// they wait, pending, for [`Machine::run`]'s signalfd. husk-vmm calls this first thing: as
+/// PID 1 of its PID namespace it would otherwise drop a SIGTERM that arrives before then
+/// (init ignores signals it has no handler for).
+pub fn block_termination_signals() -> std::io::Result<()> {
+    let set = termination_set();
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Blocks the termination signals in this thread (and every thread it starts) and returns a
+/// signalfd that reports them.
+fn termination_signalfd() -> std::io::Result<OwnedFd> {
+    block_termination_signals()?;
+    let set = termination_set();
     // SAFETY: -1 asks for a new descriptor; `set` is initialised.
     let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     if fd < 0 {
@@ -300,10 +315,22 @@ impl Machine {
             add(fd, TOKEN_RESAMPLE + i as u64).map_err(setup("polling irqfd resampling"))?;
         }
 
-        // Setup is done: from here on every thread (the control socket's, the vCPUs, the device
-        // workers they start) holds at most the file server's capabilities (`caps`).
+        // Setup is done. The main thread, still alone, enters the jail (`jail`); then every
+        // thread it starts (the device workers, the control socket's, the vCPUs) holds at most
+        // the file server's capabilities (`caps`) and installs its own seccomp filter
+        // (`seccomp`) before it serves the guest; this thread installs its own last.
+        let plan = crate::jail::JailPlan::for_config(&self.config);
+        crate::jail::enter(&plan).map_err(setup("entering the jail"))?;
+        crate::jail::limit_resources().map_err(setup("setting resource limits"))?;
         crate::caps::drop_after_setup().map_err(setup("dropping capabilities"))?;
-        self.timeline.mark("caps");
+        if crate::seccomp::mode().is_none() {
+            // A library user that chose no mode gets the production one.
+            let _ = crate::seccomp::enforce(crate::seccomp::Mode::Kill);
+        }
+        self.virtio
+            .start_workers()
+            .map_err(setup("starting the device threads"))?;
+        self.timeline.mark("jail");
 
         let control_wake =
             EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the control eventfd"))?;
@@ -331,6 +358,8 @@ impl Machine {
             affinity,
         )
         .map_err(setup("starting vCPU threads"))?;
+        crate::seccomp::install(crate::seccomp::ThreadKind::Main)
+            .map_err(setup("filtering the main thread"))?;
         let mut state = VmState::Created
             .transition(VmState::Running)
             .map_err(setup("starting"))?;

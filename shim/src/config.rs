@@ -22,6 +22,9 @@ pub const CONFIG_ENV: &str = "HUSK_CONFIG";
 /// The smallest writable-layer limit: room for an ext4 file system's own metadata and a
 /// container's first writes.
 pub const MIN_WRITABLE_MIB: u64 = 16;
+/// The largest writable-layer limit: 16 TiB, ext4's largest file system with 4 KiB blocks (and
+/// far from overflowing a byte count).
+pub const MAX_WRITABLE_MIB: u64 = 16 << 20;
 
 /// A configuration that cannot be used, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +177,12 @@ impl HuskConfig {
                 self.writable_limit_mib
             )));
         }
+        if self.writable_limit_mib > MAX_WRITABLE_MIB {
+            return Err(bad(format!(
+                "writable_limit_mib = {} is above {MAX_WRITABLE_MIB} (16 TiB, ext4's limit)",
+                self.writable_limit_mib
+            )));
+        }
         if !self.state_dir.is_absolute() {
             return Err(bad(format!(
                 "state_dir {:?} must be an absolute path",
@@ -314,6 +323,11 @@ mod tests {
         assert!(e.contains("absolute"), "{e}");
         std::fs::write(&p, "boot_timeout_secs = 0\n").unwrap();
         assert!(load_from(Some(&p), None, &p).is_err());
+        for (limit, why) in [(8, "is below 16"), (1u64 << 40, "is above 16777216")] {
+            std::fs::write(&p, format!("writable_limit_mib = {limit}\n")).unwrap();
+            let e = load_from(Some(&p), None, &p).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]

@@ -57,6 +57,12 @@ impl SandboxPaths {
         &self.root
     }
 
+    /// The directory of husk-vmm's sockets (vsock, per-port vsock, control): the one
+    /// directory of the sandbox that husk-vmm's jail holds.
+    pub fn sockets(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
     /// The VmConfig handed to husk-vmm.
     pub fn vm_config(&self) -> PathBuf {
         self.root.join("vm.json")
@@ -64,17 +70,17 @@ impl SandboxPaths {
 
     /// husk-vmm's hybrid vsock socket.
     pub fn vsock(&self) -> PathBuf {
-        self.root.join("vsock")
+        self.sockets().join("vsock")
     }
 
     /// Where guest-initiated connections to host port `port` arrive.
     pub fn vsock_port(&self, port: u32) -> PathBuf {
-        self.root.join(format!("vsock_{port}"))
+        self.sockets().join(format!("vsock_{port}"))
     }
 
     /// husk-vmm's control socket.
     pub fn control(&self) -> PathBuf {
-        self.root.join("ctl")
+        self.sockets().join("ctl")
     }
 
     /// husk-vmm's pid, for the `delete` action after a shim crash.
@@ -131,8 +137,11 @@ mod tests {
     #[test]
     fn layout_matches_the_design() {
         let p = SandboxPaths::new(Path::new("/run/husk"), "sb1");
-        assert_eq!(p.vsock(), Path::new("/run/husk/sb1/vsock"));
-        assert_eq!(p.vsock_port(1026), Path::new("/run/husk/sb1/vsock_1026"));
+        assert_eq!(p.vsock(), Path::new("/run/husk/sb1/run/vsock"));
+        assert_eq!(
+            p.vsock_port(1026),
+            Path::new("/run/husk/sb1/run/vsock_1026")
+        );
         assert_eq!(p.rootfs("c1"), Path::new("/run/husk/sb1/shared/c1/rootfs"));
         assert_eq!(
             p.mount("c1", 2),

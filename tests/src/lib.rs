@@ -17,6 +17,7 @@ pub mod bench;
 pub mod bench_agent;
 pub mod bench_cri;
 pub mod bench_ctr;
+pub mod bench_jail;
 pub mod bench_net;
 pub mod containerd;
 pub mod cri;

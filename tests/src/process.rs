@@ -174,6 +174,8 @@ pub struct ThreadPrivileges {
     pub ambient: u64,
     /// `NoNewPrivs`.
     pub no_new_privs: bool,
+    /// `Seccomp`: 0 none, 1 strict, 2 filter.
+    pub seccomp: u8,
 }
 
 /// Every thread of `pid` with its privileges.
@@ -206,6 +208,7 @@ pub fn thread_privileges(pid: u32) -> Vec<ThreadPrivileges> {
             inheritable: hex("CapInh:"),
             ambient: hex("CapAmb:"),
             no_new_privs: field("NoNewPrivs:") == "1",
+            seccomp: field("Seccomp:").parse().unwrap_or(u8::MAX),
         });
     }
     out
@@ -215,7 +218,8 @@ pub fn thread_privileges(pid: u32) -> Vec<ThreadPrivileges> {
 /// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID.
 pub const FILE_SERVER_CAPS: u64 = 0xdb;
 
-/// What husk-vmm (run as root) holds once its VM runs: on every thread `no_new_privs`, bounding
+/// What husk-vmm (run as root) holds once its VM runs: on every thread a seccomp filter
+/// (`Seccomp: 2`), `no_new_privs`, bounding
 /// and permitted sets of exactly the file server's, nothing inheritable or ambient, and no
 /// effective capability except on the virtio-fs workers (`husk-fs-<tag>`), which hold the file
 /// server's. `Err` lists every thread that differs.
@@ -233,6 +237,7 @@ pub fn check_vmm_privileges(pid: u32) -> Result<Vec<ThreadPrivileges>, String> {
                 0
             };
             !(t.no_new_privs
+                && t.seccomp == 2
                 && t.bounding == FILE_SERVER_CAPS
                 && t.permitted == FILE_SERVER_CAPS
                 && t.inheritable == 0
@@ -247,6 +252,87 @@ pub fn check_vmm_privileges(pid: u32) -> Result<Vec<ThreadPrivileges>, String> {
         Err(format!(
             "husk-vmm {pid} threads with other privileges than documented:\n{}",
             wrong.join("\n")
+        ))
+    }
+}
+
+/// What husk-vmm `pid`'s jail looks like from the host, as [`check_vmm_jail`] found it.
+#[derive(Debug, Clone)]
+pub struct JailView {
+    /// The top level of `/proc/<pid>/root`.
+    pub root_entries: Vec<String>,
+    /// Namespaces (`mnt`, `net`, `ipc`, `uts`) it shares with the host (this process).
+    pub shared_namespaces: Vec<String>,
+    /// `Max open files`, `Max locked memory` and `Max core file size` (soft limits).
+    pub limits: Vec<(String, String)>,
+}
+
+/// Checks that husk-vmm `pid` runs in its jail (`hypervisor/src/jail`): its own mount,
+/// network, IPC and UTS namespaces (every thread), a root holding only `proc` and the socket
+/// directory's first path component, no core dumps and no locked memory. `Err` says what
+/// differs.
+pub fn check_vmm_jail(pid: u32) -> Result<JailView, String> {
+    let ns = |p: &str, kind: &str| std::fs::read_link(format!("{p}/ns/{kind}")).ok();
+    let mut shared = Vec::new();
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("/proc/{pid}/task: {e}"))?
+        .flatten()
+        .map(|t| t.path().display().to_string())
+        .collect();
+    for kind in ["mnt", "net", "ipc", "uts"] {
+        let host = ns("/proc/self", kind);
+        for task in &tasks {
+            if ns(task, kind) == host {
+                shared.push(format!("{kind} ({task})"));
+            }
+        }
+    }
+    let mut root_entries: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .map_err(|e| format!("/proc/{pid}/root: {e}"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    root_entries.sort();
+    let limits_text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let limits: Vec<(String, String)> =
+        ["Max open files", "Max locked memory", "Max core file size"]
+            .iter()
+            .map(|name| {
+                let soft = limits_text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or("?")
+                    .to_string();
+                (name.to_string(), soft)
+            })
+            .collect();
+    let view = JailView {
+        root_entries,
+        shared_namespaces: shared,
+        limits,
+    };
+    let mut wrong = Vec::new();
+    if !view.shared_namespaces.is_empty() {
+        wrong.push(format!(
+            "namespaces shared with the host: {:?}",
+            view.shared_namespaces
+        ));
+    }
+    if !view.root_entries.iter().any(|e| e == "proc") || view.root_entries.len() > 2 {
+        wrong.push(format!("its root holds {:?}", view.root_entries));
+    }
+    for (name, want) in [("Max locked memory", "0"), ("Max core file size", "0")] {
+        if !view.limits.iter().any(|(n, v)| n == name && v == want) {
+            wrong.push(format!("{name} is not {want}: {:?}", view.limits));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(view)
+    } else {
+        Err(format!(
+            "husk-vmm {pid} is not jailed as documented: {}",
+            wrong.join("; ")
         ))
     }
 }

@@ -223,38 +223,40 @@ fn a_full_state_directory_fails_the_pod_by_name_and_leaves_nothing() {
 #[test]
 #[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
 fn a_vmm_that_dies_half_way_through_boot_fails_the_pod_and_leaves_nothing() {
-    let mut settings = cri::husk_settings();
-    // The real husk-vmm, SIGKILLed two seconds into the boot: the tap is attached and the share
-    // mounted by then, and the guest is still booting.
-    let wrapper = std::env::temp_dir().join(format!("husk-vmm-dies-{}", std::process::id()));
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\n( sleep 2; kill -9 $$ ) &\nexec {} \"$@\"\n",
-            settings.artifacts.vmm.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    settings.artifacts.vmm = wrapper.clone();
-    let (c, cri) = cri::start(Some(&settings));
+    let (c, cri) = cri::start(Some(&cri::husk_settings()));
     let netns = cri::netns_names();
+    // The real husk-vmm, SIGKILLed two seconds after it started: the tap is attached and the
+    // share mounted by then, and the guest is still booting. From the host: husk-vmm is PID 1
+    // of a PID namespace of its own, where nothing can kill it.
+    let vm_json = format!("{}/", c.husk_state.display());
+    let killer = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(240);
+        while std::time::Instant::now() < deadline {
+            let vmm = husk_tests::containerd::processes_with(&vm_json)
+                .into_iter()
+                .find(|(_, cmdline)| cmdline.contains("vm.json"));
+            if let Some((pid, _)) = vmm {
+                std::thread::sleep(Duration::from_secs(2));
+                // SAFETY: kill(2) with a pid and a signal number.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    });
     let logs = c.base().join("pods/dies");
     std::fs::create_dir_all(&logs).unwrap();
     let e = cri
         .run_pod(&pod_config("dies", &logs), "husk")
         .expect_err("a pod whose VMM dies during boot");
+    assert!(killer.join().unwrap(), "husk-vmm never started");
     let msg = e.to_string();
     assert!(
         msg.contains("husk-vmm") && msg.contains("signal 9"),
         "the error names husk-vmm's end: {msg}"
     );
     cri::wait_nothing_left(&c, &netns).unwrap();
-    let _ = std::fs::remove_file(&wrapper);
 }
 
 #[test]

@@ -442,11 +442,12 @@ fn garbage_in_the_virtqueues_ends_the_device_or_the_vm_never_husk_vmm() {
     let pid = vmm_pid(&a);
     // The VMM the garbage goes to runs every thread without privileges but the file server's.
     let threads = husk_tests::process::check_vmm_privileges(pid).unwrap_or_else(|e| panic!("{e}"));
+    husk_tests::process::check_vmm_jail(pid).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "hostile_guest: husk-vmm {pid}: {} threads, privileges as documented",
         threads.len()
     );
-    let ctl = a.c.husk_state.join(&a.pod).join("ctl");
+    let ctl = a.c.husk_state.join(&a.pod).join("run/ctl");
     let queues = husk_tests::microvm::control(&ctl, "queues\n").unwrap();
     let base = guest_ram_base(pid, u64::from(s.memory_mib) << 20);
     let mut mem = std::fs::OpenOptions::new()

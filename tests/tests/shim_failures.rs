@@ -214,7 +214,7 @@ fn a_hung_guest_is_killed_and_its_task_exits_137() {
     let id = "hung";
     let runner = run_sleeping(&c, id);
     // The guest stops: every vCPU paused from the host, as a guest that hangs in its kernel.
-    let ctl = c.husk_state.join(id).join("ctl");
+    let ctl = c.husk_state.join(id).join("run/ctl");
     let paused = husk_tests::microvm::control(&ctl, "pause\n").unwrap();
     assert!(paused.starts_with("ok"), "pausing the vCPUs: {paused}");
     let since = Instant::now();

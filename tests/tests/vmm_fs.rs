@@ -145,6 +145,9 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
         threads.iter().any(|t| t.name == format!("husk-fs-{TAG}")),
         "no file server thread: {threads:?}"
     );
+    // ... in its jail, where the share's host path does not exist: the server reaches it
+    // through the descriptor it opened at setup.
+    husk_tests::process::check_vmm_jail(vm.pid()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         std::fs::read_to_string(shared.join("guest-wrote.txt")).unwrap(),
         GUEST_TEXT

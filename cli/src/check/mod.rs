@@ -6,6 +6,7 @@
 //! config named by `--config`, else `$HUSK_CONFIG`, else `/etc/husk/config.toml`, else the
 //! defaults next to the shim binary found on PATH.
 
+mod jail;
 pub mod system;
 
 use std::fmt;
@@ -137,6 +138,7 @@ pub fn run(probe: &dyn Probe, opts: &CheckOptions) -> Vec<Line> {
     lines.push(kvm_api(facts.as_ref()));
     lines.extend(artifacts(probe, opts.config.as_deref()));
     lines.push(tun(probe));
+    lines.push(jail::check(probe));
     let ccfg = opts
         .containerd_config
         .clone()

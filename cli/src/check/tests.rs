@@ -31,6 +31,8 @@ fn good_kvm() -> KvmFacts {
     }
 }
 
+const SECCOMP_ACTIONS: &str = "/proc/sys/kernel/seccomp/actions_avail";
+
 const REGISTERED: &str = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]\n\
     runtime_type = \"io.containerd.husk.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk.options]\n\
     ConfigPath = \"/etc/husk/config.toml\"\n";
@@ -47,6 +49,13 @@ impl Fake {
             files.insert(Path::new("/opt/husk").join(f), String::new());
         }
         files.insert(PathBuf::from(CONTAINERD_CONFIG), REGISTERED.to_string());
+        for ns in ["mnt", "net", "ipc", "uts", "pid"] {
+            files.insert(Path::new("/proc/self/ns").join(ns), String::new());
+        }
+        files.insert(
+            PathBuf::from(SECCOMP_ACTIONS),
+            "kill_process kill_thread trap errno user_notif trace log allow\n".into(),
+        );
         Fake {
             cpuinfo: AMD_FLAGS,
             modules: vec!["kvm", "kvm_amd"],
@@ -123,7 +132,7 @@ fn a_good_host_passes_every_check() {
         assert_eq!(l.status, Status::Ok, "{l}");
     }
     assert!(!failed(&ls));
-    assert_eq!(ls.len(), 10);
+    assert_eq!(ls.len(), 11);
     assert!(line(&ls, "hardware virtualization")
         .detail
         .contains("kvm_amd"));
@@ -291,4 +300,31 @@ fn containerd_config_verdicts() {
         .insert(CONTAINERD_CONFIG.into(), "[plugins.cri]\n".into());
     let l = line(&lines(&f), "containerd handler").clone();
     assert!(l.fix.unwrap().contains("containerd config migrate"));
+}
+
+#[test]
+fn a_kernel_that_cannot_jail_husk_vmm_fails_naming_the_option() {
+    let jail = |f: &Fake| {
+        lines(f)
+            .into_iter()
+            .find(|l| l.check == "husk-vmm jail")
+            .unwrap()
+    };
+    let good = jail(&Fake::good());
+    assert_eq!(good.status, Status::Ok, "{good}");
+    let mut f = Fake::good();
+    f.files.remove(Path::new("/proc/self/ns/net"));
+    f.files.remove(Path::new(SECCOMP_ACTIONS));
+    let l = jail(&f);
+    assert_eq!(l.status, Status::Fail);
+    let text = l.to_string();
+    assert!(text.contains("net namespaces (CONFIG_NET_NS)"), "{text}");
+    assert!(
+        text.contains("seccomp filters (CONFIG_SECCOMP_FILTER)"),
+        "{text}"
+    );
+    let mut f = Fake::good();
+    f.files
+        .insert(PathBuf::from(SECCOMP_ACTIONS), "kill_process allow".into());
+    assert!(jail(&f).to_string().contains("the seccomp action log"));
 }

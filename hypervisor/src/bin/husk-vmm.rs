@@ -17,10 +17,24 @@ struct Args {
     /// The VM configuration (JSON, the `VmConfig` type of husk-protocol).
     #[arg(long)]
     config: PathBuf,
+    /// What a syscall outside a thread's seccomp allow-list does: `kill` the process (the
+    /// default, and the only mode for production) or `log` it to the kernel's audit log and
+    /// go on (for finding a missing entry while debugging).
+    #[arg(long, default_value = "kill")]
+    seccomp: husk_hypervisor::seccomp::Mode,
 }
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    // One malloc arena for every thread. glibc reads /proc/sys/vm/overcommit_memory the first
+    // time it shrinks a thread's own arena, which a jailed thread's seccomp filter forbids
+    // (and the jail does not hold); the main arena never needs it.
+    // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    if let Err(e) = husk_hypervisor::vmm::block_termination_signals() {
+        eprintln!("husk-vmm: error: blocking termination signals: {e}");
+        return ExitCode::from(VmmExit::Error.code() as u8);
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -33,6 +47,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
+    if let Err(e) = husk_hypervisor::seccomp::enforce(args.seccomp) {
+        eprintln!("husk-vmm: error: {e}");
+        return ExitCode::from(VmmExit::Error.code() as u8);
+    }
     let exit = match husk_hypervisor::load_config(&args.config) {
         Err(e) => {
             eprintln!("husk-vmm: error: {e}");

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod diagnose;
+pub mod launch;
 pub mod liveness;
 pub mod pinning;
 pub mod size;
@@ -292,13 +293,16 @@ impl VmmBooter {
         std::fs::create_dir_all(root).map_err(host(format!("creating {}", root.display())))?;
         std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(host(format!("setting the mode of {}", root.display())))?;
+        let sockets = req.paths.sockets();
+        std::fs::create_dir(&sockets).map_err(host(format!("creating {}", sockets.display())))?;
         share::create(&req.paths)?;
         if req.config.writable_limit_mib > 0 {
-            crate::writable::create(
-                &req.paths,
-                &req.config.writable_dir,
-                req.config.writable_limit_mib,
-            )?;
+            // mkfs.ext4 and the mount block: off the runtime's worker threads.
+            let (paths, dir) = (req.paths.clone(), req.config.writable_dir.clone());
+            let mib = req.config.writable_limit_mib;
+            tokio::task::spawn_blocking(move || crate::writable::create(&paths, &dir, mib))
+                .await
+                .map_err(|e| host("making the pod's writable layer")(std::io::Error::other(e)))??;
         }
         let affinity = if req.config.pin_vcpus {
             let allowed = pinning::allowed_cpus()
@@ -332,7 +336,8 @@ impl Booter for VmmBooter {
     async fn boot(&self, req: &BootRequest) -> Result<Vm, BootError> {
         let started = Instant::now();
         let vmm = self.prepare(req).await?;
-        let process = spawn::spawn(&vmm, &req.paths.vm_config())
+        // PID 1 of a PID namespace of its own: the first part of its jail.
+        let process = spawn::spawn(&vmm, &req.paths.vm_config(), true)
             .map_err(host(format!("starting {}", vmm.display())))?;
         let _ = std::fs::write(req.paths.vmm_pid(), process.pid.to_string());
         tracing::info!(

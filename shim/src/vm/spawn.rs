@@ -3,12 +3,12 @@
 //! ([`crate::lines`]), into the shim's log (console at debug level, rate-limited) and into small ring buffers whose tails go into error
 //! messages, and one task that reaps it and reports how it ended (`protocol::VmmExit`).
 //!
-//! The shim does not use containerd-shim's reaper (`Config::no_reaper`): tokio owns this child.
+//! The shim does not use containerd-shim's reaper (`Config::no_reaper`): the shim reaps this
+//! child itself, through the pidfd [`launch`] returns.
 
 use std::collections::VecDeque;
-use std::os::unix::process::ExitStatusExt;
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,12 @@ use husk_protocol::VmmExit;
 use crate::lines::{BoundedLines, RateLimit, MAX_LINE};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncRead;
-use tokio::process::Command;
+use tokio::net::unix::pipe;
 use tokio::sync::watch;
+
+use super::launch::{launch, reap, Ended};
 
 /// Console lines kept for error messages.
 pub const TAIL_LINES: usize = 50;
@@ -127,37 +130,47 @@ fn pump<R: AsyncRead + Unpin + Send + 'static>(reader: R, tail: SharedTail, cons
     });
 }
 
-/// Starts `vmm --config <config>` and the tasks that read and reap it.
-pub fn spawn(vmm: &Path, config: &Path) -> std::io::Result<VmmProcess> {
-    let mut cmd = Command::new(vmm);
-    cmd.arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group: a signal meant for the shim's group does not reach it.
-        .process_group(0);
-    let mut child = cmd.spawn()?;
-    let pid = child.id().unwrap_or(0);
+/// Starts `vmm --config <config>` as PID 1 of a PID namespace of its own ([`launch`]; without
+/// one when `pid_namespace` is false, for unprivileged tests) and the tasks that read and reap
+/// it.
+pub fn spawn(vmm: &Path, config: &Path, pid_namespace: bool) -> std::io::Result<VmmProcess> {
+    let launched = launch(
+        vmm,
+        &[OsStr::new("--config"), config.as_os_str()],
+        pid_namespace,
+    )?;
+    let pid = launched.pid;
     let console = SharedTail::default();
     let stderr = SharedTail::default();
-    if let Some(out) = child.stdout.take() {
-        pump(out, console.clone(), true);
-    }
-    if let Some(err) = child.stderr.take() {
-        pump(err, stderr.clone(), false);
-    }
+    pump(
+        pipe::Receiver::from_owned_fd(launched.stdout)?,
+        console.clone(),
+        true,
+    );
+    pump(
+        pipe::Receiver::from_owned_fd(launched.stderr)?,
+        stderr.clone(),
+        false,
+    );
+    // SAFETY: an OwnedFd keeps its descriptor open and the same until the AsyncFd drops it.
+    let pidfd = unsafe { AsyncFd::register(launched.pidfd) }.map_err(|e| e.into_parts().1)?;
     let (tx, ended) = watch::channel(None);
     tokio::spawn(async move {
-        let exit = match child.wait().await {
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => VmmExit::from_code(code),
-                (None, Some(sig)) => VmmExit::Signal(sig),
-                (None, None) => VmmExit::Error,
-            },
-            Err(e) => {
-                tracing::error!("waiting for husk-vmm {pid}: {e}");
-                VmmExit::Error
+        let exit = loop {
+            // Readable once the process exited; then waitid reaps it.
+            let ready = pidfd.readable().await;
+            match reap(pidfd.get_ref()) {
+                Ok(Some(Ended::Code(code))) => break VmmExit::from_code(code),
+                Ok(Some(Ended::Signal(sig))) => break VmmExit::Signal(sig),
+                Ok(None) => {
+                    if let Ok(mut guard) = ready {
+                        guard.clear_ready();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("waiting for husk-vmm {pid}: {e}");
+                    break VmmExit::Error;
+                }
             }
         };
         tracing::info!(pid, "husk-vmm ended: {}", VmmEnd { exit });
@@ -236,7 +249,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let p = spawn(&script, Path::new("/x/vm.json")).unwrap();
+        let p = spawn(&script, Path::new("/x/vm.json"), false).unwrap();
         let end = p.wait(Duration::from_secs(10)).await.unwrap();
         assert_eq!(end.exit, VmmExit::Error);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -255,7 +268,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let p = spawn(&script, Path::new("/x")).unwrap();
+        let p = spawn(&script, Path::new("/x"), false).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let end = p.terminate(Duration::from_millis(300)).await.unwrap();
         assert_eq!(end.exit, VmmExit::Signal(9));

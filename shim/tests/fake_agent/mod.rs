@@ -555,7 +555,7 @@ impl Booter for FakeBooter {
         if let Some(why) = self.fail.lock().unwrap().clone() {
             return Err(BootError::Paths(why));
         }
-        std::fs::create_dir_all(req.paths.root()).unwrap();
+        std::fs::create_dir_all(req.paths.sockets()).unwrap();
         husk_shim::share::create(&req.paths).unwrap();
         let (gone_tx, gone) = watch::channel(None);
         let agent = Arc::new(FakeAgent {

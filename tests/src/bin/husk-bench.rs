@@ -32,6 +32,8 @@ enum Bench {
     /// virtio-net: TCP throughput host↔guest through a tap, against QEMU's userspace
     /// virtio-net (`vhost=off`).
     Net,
+    /// husk-vmm's jail: interleaved boots against `--baseline-vmm` (an earlier build).
+    Jail,
 }
 
 /// Run husk's benchmarks and record the results.
@@ -55,6 +57,9 @@ struct Args {
     /// husk-vmm (defaults to $HUSK_VMM).
     #[arg(long, env = "HUSK_VMM")]
     vmm: PathBuf,
+    /// The husk-vmm the `jail` bench compares against (built from an earlier commit).
+    #[arg(long)]
+    baseline_vmm: Option<PathBuf>,
 }
 
 const GUEST_MIB: u32 = 256;
@@ -397,6 +402,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             Bench::Agent => agent_bench(&args)?,
             Bench::Ctr => husk_tests::bench_ctr::run(args.runs)?,
             Bench::Cri => husk_tests::bench_cri::run(args.runs)?,
+            Bench::Jail => {
+                let baseline = args
+                    .baseline_vmm
+                    .as_deref()
+                    .context("the jail bench needs --baseline-vmm (a husk-vmm from before)")?;
+                husk_tests::bench_jail::run(&args.vmm, baseline, &guest(&args, "quiet"), args.runs)?
+            }
             Bench::Net => husk_tests::bench_net::run(&husk_tests::bench_net::NetBenchArgs {
                 vmm: args.vmm.clone(),
                 kernel: args.kernel.clone(),

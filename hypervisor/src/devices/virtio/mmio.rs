@@ -201,6 +201,11 @@ impl MmioTransport {
         self.active
     }
 
+    /// Starts the device's worker thread (see [`VirtioDevice::start_worker`]).
+    pub fn start_worker(&mut self) -> std::io::Result<()> {
+        self.device.start_worker()
+    }
+
     /// Stops the device and drops its model (the VM is going away): its host resources (a
     /// socket, connections) are released now, not when the last bus reference goes.
     pub fn shutdown(&mut self) {

@@ -186,6 +186,14 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     /// Writes the configuration space (read-only spaces ignore it).
     fn write_config(&mut self, offset: u64, data: &[u8]);
 
+    /// Starts the device's worker thread, if it has one, and confines it (its seccomp filter
+    /// among others). Called once at setup, after husk-vmm entered its jail and before the
+    /// guest runs, so that no thread is created later; activation calls it too, for users
+    /// of the library that never did.
+    fn start_worker(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Starts the device with the queues the driver set up.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
 

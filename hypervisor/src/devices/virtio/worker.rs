@@ -1,15 +1,20 @@
-//! A device's worker thread: one epoll loop over the descriptors its handler registers, plus a
-//! kill eventfd that ends it.
+//! A device's worker thread: started once, at setup, and kept for the device's whole life.
+//! Each activation runs one epoll loop in it over the descriptors its handler registers, plus
+//! a kill eventfd that ends the run.
 //!
-//! [`Worker::spawn`] starts the thread; [`Worker::stop`] (or dropping the worker) writes the
-//! kill eventfd and joins it, so a device reset returns only once its thread is gone and the
-//! handler (with every backend descriptor it owned) is dropped. A panic in the handler is
-//! caught: the device reports it through `on_panic` (normally DEVICE_NEEDS_RESET) instead of
-//! taking the VMM down.
+//! The thread exists before the guest runs, so it is confined (its seccomp filter, and for
+//! virtio-fs its capabilities) before any guest-driven code runs in it, and no thread is ever
+//! created after setup: no filter in husk-vmm allows `clone`. [`Worker::run`] makes the
+//! handler in the worker thread (a backend's descriptors are opened there, under its filter)
+//! and returns once it exists; [`Worker::stop`] (or dropping the worker) ends the run and
+//! returns only once the handler, with every backend descriptor it owned, is dropped. A panic
+//! in the handler is caught: the device reports it through `on_fault` (normally
+//! DEVICE_NEEDS_RESET) instead of taking the VMM down.
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,10 +44,17 @@ pub trait EpollHandler: Send + 'static {
     fn on_timeout(&mut self) {}
 }
 
-/// A running worker thread.
+/// One run of a handler, executed in the worker thread with its kill eventfd.
+type Job = Box<dyn FnOnce(&EventFd) + Send>;
+
+/// A device's worker thread.
 #[derive(Debug)]
 pub struct Worker {
+    name: String,
     kill: EventFd,
+    jobs: Option<mpsc::Sender<Job>>,
+    /// Disconnects when the current run has ended and dropped its handler.
+    current: Option<mpsc::Receiver<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -56,71 +68,150 @@ pub fn add_fd(epoll: &Epoll, fd: &impl AsRawFd, token: u64) -> io::Result<()> {
 }
 
 impl Worker {
-    /// Starts a device's worker thread `name`: if `handler` fails or panics, the device sets
-    /// DEVICE_NEEDS_RESET and interrupts the driver through `interrupt`, and the VMM goes on.
-    pub fn spawn_for_device<H: EpollHandler>(
+    /// Starts thread `name`, which runs `confine` first and then waits for runs. Fails if the
+    /// thread cannot start or `confine` fails (then the thread has already ended).
+    pub fn start(
         name: &str,
-        handler: H,
-        interrupt: Arc<dyn VirtioInterrupt>,
-    ) -> io::Result<Worker> {
-        Self::spawn(name, handler, move || {
-            let _ = interrupt.trigger(InterruptReason::NeedsReset);
-        })
-    }
-
-    /// Starts thread `name` running `handler`; `on_panic` runs if the handler panics.
-    pub fn spawn<H: EpollHandler>(
-        name: &str,
-        handler: H,
-        on_panic: impl FnOnce() + Send + 'static,
+        confine: impl FnOnce() -> io::Result<()> + Send + 'static,
     ) -> io::Result<Worker> {
         let kill = EventFd::new(libc::EFD_NONBLOCK)?;
         let their_kill = kill.try_clone()?;
-        let epoll = Epoll::new()?;
-        add_fd(&epoll, &their_kill, KILL_TOKEN)?;
-        let thread_name = name.to_string();
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready, confined) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
-            .name(thread_name.clone())
+            .name(name.to_string())
             .spawn(move || {
-                let mut handler = handler;
-                let run = catch_unwind(AssertUnwindSafe(|| run_loop(&epoll, &mut handler)));
-                match run {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        eprintln!("husk-vmm: warning: device thread {thread_name} stopped: {e}");
-                        on_panic();
-                    }
-                    Err(_) => {
-                        eprintln!(
-                            "husk-vmm: warning: device thread {thread_name} panicked; the device needs a reset"
-                        );
-                        on_panic();
+                let outcome = confine();
+                let ok = outcome.is_ok();
+                let _ = ready.send(outcome);
+                if ok {
+                    while let Ok(job) = queue.recv() {
+                        job(&their_kill);
                     }
                 }
-                drop(their_kill);
             })?;
+        let fail = |e: io::Error| io::Error::new(e.kind(), format!("confining thread {name}: {e}"));
+        match confined.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(fail(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(fail(io::Error::other("the thread panicked")));
+            }
+        }
         Ok(Worker {
+            name: name.to_string(),
             kill,
+            jobs: Some(jobs),
+            current: None,
             thread: Some(thread),
         })
     }
 
-    /// Asks the thread to exit and joins it.
-    pub fn stop(mut self) {
-        self.stop_and_join();
+    /// Whether a handler runs (between [`Worker::run`] and [`Worker::stop`]).
+    pub fn is_running(&self) -> bool {
+        self.current.is_some()
     }
 
-    fn stop_and_join(&mut self) {
-        if let Some(thread) = self.thread.take() {
+    /// Runs the handler `make` builds, for a device: if the handler fails or panics, the device
+    /// sets DEVICE_NEEDS_RESET and interrupts the driver through `interrupt`, and the VMM goes
+    /// on.
+    pub fn run_for_device<H: EpollHandler>(
+        &mut self,
+        make: impl FnOnce() -> io::Result<H> + Send + 'static,
+        interrupt: Arc<dyn VirtioInterrupt>,
+    ) -> io::Result<()> {
+        self.run(make, move || {
+            let _ = interrupt.trigger(InterruptReason::NeedsReset);
+        })
+    }
+
+    /// Builds a handler with `make` in the worker thread and runs it until [`Worker::stop`];
+    /// `on_fault` runs (in the worker thread) if the handler fails or panics. Returns once the
+    /// handler exists, with `make`'s error if it failed.
+    pub fn run<H: EpollHandler>(
+        &mut self,
+        make: impl FnOnce() -> io::Result<H> + Send + 'static,
+        on_fault: impl FnOnce() + Send + 'static,
+    ) -> io::Result<()> {
+        if self.current.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("thread {} already runs a handler", self.name),
+            ));
+        }
+        let (started, made) = mpsc::sync_channel::<io::Result<()>>(1);
+        let (done, ended) = mpsc::channel::<()>();
+        let name = self.name.clone();
+        let job: Job = Box::new(move |kill| {
+            // Dropped last, after the handler: `stop` returns once the backend is closed.
+            let _done = done;
+            // A kill written for an earlier run (one that had ended on its own) is stale.
+            let _ = kill.read();
+            let built = catch_unwind(AssertUnwindSafe(|| -> io::Result<(Epoll, H)> {
+                let epoll = Epoll::new()?;
+                add_fd(&epoll, kill, KILL_TOKEN)?;
+                Ok((epoll, make()?))
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("building the handler panicked")));
+            let (epoll, mut handler) = match built {
+                Ok(b) => {
+                    let _ = started.send(Ok(()));
+                    b
+                }
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return;
+                }
+            };
+            match catch_unwind(AssertUnwindSafe(|| run_loop(&epoll, &mut handler))) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    eprintln!("husk-vmm: warning: device thread {name} stopped: {e}");
+                    on_fault();
+                }
+                Err(_) => {
+                    eprintln!(
+                        "husk-vmm: warning: device thread {name} panicked; the device needs a reset"
+                    );
+                    on_fault();
+                }
+            }
+            drop(handler);
+        });
+        let gone = || io::Error::other(format!("device thread {} is gone", self.name));
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(job)
+            .map_err(|_| gone())?;
+        made.recv().map_err(|_| gone())??;
+        self.current = Some(ended);
+        Ok(())
+    }
+
+    /// Ends the current run, if any, and returns once its handler is dropped. The thread stays,
+    /// ready for the next run.
+    pub fn stop(&mut self) {
+        if let Some(ended) = self.current.take() {
             let _ = self.kill.write(1);
-            let _ = thread.join();
+            // Disconnected (not a message) when the run is over.
+            let _ = ended.recv();
         }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.stop();
+        // No more jobs: the thread's loop ends.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -191,11 +282,57 @@ mod tests {
             seen: seen.clone(),
             panic_on: 0,
         };
-        let w = Worker::spawn("test-worker", h, || {}).unwrap();
+        let mut w = Worker::start("test-worker", || Ok(())).unwrap();
+        w.run(move || Ok(h), || {}).unwrap();
+        assert!(w.is_running());
         evt.write(1).unwrap();
         wait_for(|| seen.load(Ordering::SeqCst) == 1);
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         w.stop();
+        assert!(!w.is_running());
+
+        // The same thread serves the next run, and a kill left from the last one is stale.
+        let h = Counter {
+            evt: evt.try_clone().unwrap(),
+            seen: seen.clone(),
+            panic_on: 0,
+        };
+        w.run(move || Ok(h), || {}).unwrap();
+        evt.write(1).unwrap();
+        wait_for(|| seen.load(Ordering::SeqCst) == 2);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+        assert!(w.run(|| Ok(Idle), || {}).is_err(), "one run at a time");
+    }
+
+    struct Idle;
+
+    impl EpollHandler for Idle {
+        fn register(&mut self, _: &Epoll) -> io::Result<()> {
+            Ok(())
+        }
+        fn handle(&mut self, _: u64, _: EventSet) {}
+    }
+
+    #[test]
+    fn a_failing_confinement_or_constructor_is_an_error() {
+        let e = Worker::start("test-confine", || Err(io::Error::other("no filter")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("confining thread test-confine: no filter"),
+            "{e}"
+        );
+        let mut w = Worker::start("test-make", || Ok(())).unwrap();
+        let e = w
+            .run(
+                || -> io::Result<Idle> { Err(io::Error::other("no backend")) },
+                || {},
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no backend");
+        assert!(!w.is_running());
+        w.run(|| Ok(Idle), || {}).unwrap();
+        assert!(w.is_running());
     }
 
     #[test]
@@ -208,9 +345,13 @@ mod tests {
             seen: Arc::new(AtomicUsize::new(0)),
             panic_on: 1,
         };
-        let w = Worker::spawn("test-panic", h, move || {
-            f.fetch_add(1, Ordering::SeqCst);
-        })
+        let mut w = Worker::start("test-panic", || Ok(())).unwrap();
+        w.run(
+            move || Ok(h),
+            move || {
+                f.fetch_add(1, Ordering::SeqCst);
+            },
+        )
         .unwrap();
         evt.write(1).unwrap();
         wait_for(|| flagged.load(Ordering::SeqCst) == 1);

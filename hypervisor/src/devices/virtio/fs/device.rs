@@ -1,17 +1,23 @@
 //! The virtio-fs device model: what the guest sees (device type 26, a high-priority and one
 //! request queue, the tag in config space) and the life of its worker.
 //!
-//! The shared directory is checked when the device is created (it must be a directory; its
-//! path is resolved once, so the server's root is a fixed canonical path). Activation starts a
-//! worker with a fresh FUSE server; nothing under the share is opened until the guest's FUSE
-//! INIT. A reset stops the worker and drops the server, which closes every descriptor the guest
-//! had the server open; the next activation starts from scratch.
+//! The shared directory is checked and opened (`O_PATH`) when the device is created, at setup.
+//! The server reaches it only through that descriptor (`/proc/self/fd/N/.`), so it keeps
+//! working from inside husk-vmm's jail, where the share's host path does not exist, and it
+//! sees the mounts the shim makes below the share later (the descriptor belongs to the host's
+//! mount tree). Activation runs a fresh FUSE server in the device's worker; nothing under the
+//! share is opened until the guest's FUSE INIT. A reset ends the run and drops the server,
+//! which closes every descriptor the guest had the server open; the next activation starts
+//! from scratch.
 
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use husk_protocol::vm_config::{FsCache, FsShare};
 
-use super::backend::new_server;
+use super::backend::{confine_worker_thread, new_server};
 use super::event_loop::FsEventLoop;
 use super::handler::FsQueues;
 use super::{FsError, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
@@ -20,6 +26,7 @@ use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::seccomp::ThreadKind;
 
 /// Size of the config space: the tag, then `le32 num_request_queues`.
 pub const CONFIG_LEN: usize = TAG_LEN + 4;
@@ -30,6 +37,8 @@ pub struct VirtioFs {
     worker: Option<Worker>,
     config: [u8; CONFIG_LEN],
     root: PathBuf,
+    /// The share, opened at setup; the server's root is `/proc/self/fd/<this>/.`.
+    share: OwnedFd,
     cache: FsCache,
     queue_sizes: [u16; 2],
     thread_name: String,
@@ -57,6 +66,12 @@ impl VirtioFs {
                 "the path is not UTF-8",
             )));
         }
+        let share_fd = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&root)
+            .map_err(bad)?
+            .into();
         let mut config = [0u8; CONFIG_LEN];
         config[..tag.len()].copy_from_slice(tag);
         config[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
@@ -64,15 +79,21 @@ impl VirtioFs {
             worker: None,
             config,
             root,
+            share: share_fd,
             cache: share.cache,
             queue_sizes: [QUEUE_SIZE; 2],
             thread_name: format!("husk-fs-{}", share.tag),
         })
     }
 
-    /// Whether the worker runs.
+    /// Whether the worker runs a server.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.as_ref().is_some_and(Worker::is_running)
+    }
+
+    /// The path the server opens as its root: the share's descriptor, through /proc.
+    fn server_root(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}/.", self.share.as_raw_fd()))
     }
 
     /// The directory served.
@@ -102,25 +123,40 @@ impl VirtioDevice for VirtioFs {
         // Read-only: the tag and the queue count are the device's.
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
+    fn start_worker(&mut self) -> io::Result<()> {
+        if self.worker.is_none() {
+            // The server's umask and capabilities stay in this thread; the guest cannot make
+            // device nodes.
+            self.worker = Some(Worker::start(&self.thread_name, || {
+                confine_worker_thread()?;
+                crate::seccomp::install(ThreadKind::Fs).map_err(io::Error::other)
+            })?);
         }
-        let a = a.into_queues::<2>()?;
-        let server = new_server(&self.root, self.cache).map_err(ActivateError::Start)?;
-        let handler = FsQueues::new(a.mem, a.queues, a.interrupt.clone(), server);
-        let worker = Worker::spawn_for_device(
-            &self.thread_name,
-            FsEventLoop::new(handler, a.queue_evts),
-            a.interrupt,
-        )
-        .map_err(ActivateError::Start)?;
-        self.worker = Some(worker);
         Ok(())
     }
 
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        if self.is_active() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let a = a.into_queues::<2>()?;
+        self.start_worker().map_err(ActivateError::Start)?;
+        let (root, cache) = (self.server_root(), self.cache);
+        let (mem, queues, evts, interrupt) = (a.mem, a.queues, a.queue_evts, a.interrupt.clone());
+        let make = move || {
+            let server = new_server(&root, cache)?;
+            let handler = FsQueues::new(mem, queues, interrupt, server);
+            Ok(FsEventLoop::new(handler, evts))
+        };
+        self.worker
+            .as_mut()
+            .expect("started above")
+            .run_for_device(make, a.interrupt)
+            .map_err(ActivateError::Start)
+    }
+
     fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
+        if let Some(worker) = &mut self.worker {
             worker.stop();
         }
     }

@@ -7,7 +7,6 @@ use std::io;
 use vmm_sys_util::epoll::{Epoll, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::backend::confine_worker_thread;
 use super::handler::{FsFault, FsQueues};
 use super::{HIPRIO_QUEUE, REQUEST_QUEUE};
 use crate::devices::virtio::worker::{add_fd, EpollHandler};
@@ -47,9 +46,6 @@ impl FsEventLoop {
 
 impl EpollHandler for FsEventLoop {
     fn register(&mut self, epoll: &Epoll) -> io::Result<()> {
-        // Before the server runs anything: the umask it sets stays in this thread, and the
-        // guest cannot make device nodes.
-        confine_worker_thread()?;
         add_fd(epoll, &self.evts[HIPRIO_QUEUE], TOKEN_HIPRIO)?;
         add_fd(epoll, &self.evts[REQUEST_QUEUE], TOKEN_REQUEST)?;
         // The driver may have queued requests before the worker was up.

@@ -131,9 +131,11 @@ impl FileSystem for PinnedFlags {
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        let r = self.fs.releasedir(ctx, inode, flags, handle);
+        // Forgotten only when the server let go of it: a release naming the wrong inode
+        // fails and leaves the handle open, with its flags.
+        self.fs.releasedir(ctx, inode, flags, handle)?;
         self.handles().remove(&handle);
-        r
+        Ok(())
     }
 
     fn mkdir(
@@ -199,11 +201,10 @@ impl FileSystem for PinnedFlags {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        let r = self
-            .fs
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner);
+        self.fs
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)?;
         self.handles().remove(&handle);
-        r
+        Ok(())
     }
 
     fn create(

@@ -30,6 +30,7 @@ use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::seccomp::ThreadKind;
 
 /// Size of the config space: mac, status, max_virtqueue_pairs, mtu.
 pub const CONFIG_LEN: usize = 12;
@@ -113,9 +114,9 @@ impl<T: PollableTap + Sync> VirtioNet<T> {
         }
     }
 
-    /// Whether the worker runs.
+    /// Whether the worker runs the queues.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.as_ref().is_some_and(Worker::is_running)
     }
 
     /// The device's counters.
@@ -150,34 +151,37 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
         // Read-only: the MAC is the VM configuration's, the rest the device's.
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
-            return Err(ActivateError::AlreadyActive);
+    fn start_worker(&mut self) -> std::io::Result<()> {
+        if self.worker.is_none() {
+            self.worker = Some(Worker::start(&self.thread_name, || {
+                crate::seccomp::install(ThreadKind::Net).map_err(std::io::Error::other)
+            })?);
         }
-        let a = a.into_queues::<2>()?;
-        self.tap
-            .set_offload(tap_offloads(a.acked_features))
-            .map_err(ActivateError::Start)?;
-        let handler = NetQueues::new(
-            a.mem,
-            a.queues,
-            a.interrupt.clone(),
-            self.tap.clone(),
-            a.acked_features,
-            self.stats.clone(),
-        );
-        let worker = Worker::spawn_for_device(
-            &self.thread_name,
-            NetEventLoop::new(handler, a.queue_evts),
-            a.interrupt,
-        )
-        .map_err(ActivateError::Start)?;
-        self.worker = Some(worker);
         Ok(())
     }
 
+    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+        if self.is_active() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let a = a.into_queues::<2>()?;
+        self.start_worker().map_err(ActivateError::Start)?;
+        let (tap, stats, interrupt) = (self.tap.clone(), self.stats.clone(), a.interrupt.clone());
+        let (mem, queues, evts, acked) = (a.mem, a.queues, a.queue_evts, a.acked_features);
+        let make = move || {
+            tap.set_offload(tap_offloads(acked))?;
+            let handler = NetQueues::new(mem, queues, interrupt, tap, acked, stats);
+            Ok(NetEventLoop::new(handler, evts))
+        };
+        self.worker
+            .as_mut()
+            .expect("started above")
+            .run_for_device(make, a.interrupt)
+            .map_err(ActivateError::Start)
+    }
+
     fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
+        if let Some(worker) = self.worker.as_mut().filter(|w| w.is_running()) {
             worker.stop();
             // The next driver negotiates afresh; until then the tap hands out plain frames.
             let _ = self.tap.set_offload(0);

@@ -9,6 +9,7 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use husk_protocol::vm_config::VsockConfig;
 
@@ -22,6 +23,7 @@ use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::seccomp::ThreadKind;
 
 /// Removes the socket file when dropped.
 #[derive(Debug)]
@@ -38,7 +40,7 @@ impl Drop for SocketFile {
 pub struct Vsock {
     // Field order is drop order: the worker stops before the socket goes.
     worker: Option<Worker>,
-    listener: UnixListener,
+    listener: Arc<UnixListener>,
     socket: SocketFile,
     guest_cid: u64,
     allowed_guest_ports: Vec<u32>,
@@ -55,7 +57,7 @@ impl Vsock {
         })?;
         Ok(Vsock {
             worker: None,
-            listener,
+            listener: Arc::new(listener),
             socket: SocketFile(config.socket.clone()),
             guest_cid: u64::from(config.guest_cid),
             allowed_guest_ports: config.allowed_guest_ports.clone(),
@@ -70,9 +72,9 @@ impl Vsock {
         self
     }
 
-    /// Whether the worker runs.
+    /// Whether the worker runs the queues.
     pub fn is_active(&self) -> bool {
-        self.worker.is_some()
+        self.worker.as_ref().is_some_and(Worker::is_running)
     }
 }
 
@@ -99,32 +101,43 @@ impl VirtioDevice for Vsock {
         // Read-only: the guest cannot change its CID.
     }
 
+    fn start_worker(&mut self) -> std::io::Result<()> {
+        if self.worker.is_none() {
+            self.worker = Some(Worker::start(&self.thread_name, || {
+                crate::seccomp::install(ThreadKind::Vsock).map_err(std::io::Error::other)
+            })?);
+        }
+        Ok(())
+    }
+
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-        if self.worker.is_some() {
+        if self.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
         let a = a.into_queues::<3>()?;
-        let listener = self.listener.try_clone().map_err(ActivateError::Start)?;
+        self.start_worker().map_err(ActivateError::Start)?;
+        let listener = self.listener.clone();
         let socket = self.socket.0.clone();
-        let muxer = Muxer::new(listener, socket, self.guest_cid, &self.allowed_guest_ports)
-            .map_err(ActivateError::Start)?;
+        let (cid, ports) = (self.guest_cid, self.allowed_guest_ports.clone());
         // The queues in the spec's order; the event queue is never used: the device posts
         // no events.
         const _: () = assert!(RXQ == 0 && TXQ == 1 && EVQ == 2);
         let [rx, tx, _evq] = a.queues;
-        let handler = VsockQueues::new(a.mem, rx, tx, a.interrupt.clone(), muxer);
-        let worker = Worker::spawn_for_device(
-            &self.thread_name,
-            VsockEventLoop::new(handler, a.queue_evts),
-            a.interrupt,
-        )
-        .map_err(ActivateError::Start)?;
-        self.worker = Some(worker);
-        Ok(())
+        let (mem, evts, interrupt) = (a.mem, a.queue_evts, a.interrupt.clone());
+        let make = move || {
+            let muxer = Muxer::new(listener.try_clone()?, socket, cid, &ports)?;
+            let handler = VsockQueues::new(mem, rx, tx, interrupt, muxer);
+            Ok(VsockEventLoop::new(handler, evts))
+        };
+        self.worker
+            .as_mut()
+            .expect("started above")
+            .run_for_device(make, a.interrupt)
+            .map_err(ActivateError::Start)
     }
 
     fn reset(&mut self) {
-        if let Some(worker) = self.worker.take() {
+        if let Some(worker) = &mut self.worker {
             worker.stop();
         }
     }
@@ -199,9 +212,10 @@ mod tests {
             Err(ActivateError::AlreadyActive)
         ));
         dev.reset();
-        assert_eq!(threads_named(name), 0, "reset joins the worker");
+        assert!(!dev.is_active(), "reset ends the run");
         dev.activate(activation(&mem)).unwrap();
         assert!(dev.is_active());
+        assert_eq!(threads_named(name), 1, "the same thread serves every run");
         drop(dev);
         assert_eq!(threads_named(name), 0);
         assert!(!config.socket.exists(), "the socket file is removed");

@@ -87,3 +87,24 @@ fn a_handle_never_given_out_is_ebadf() {
     assert_eq!(r.call(Opcode::Release, node, release.as_slice()).errno(), 0);
     assert_eq!(r.read(node, fh, 16), Err(libc::EBADF), "after RELEASE");
 }
+
+#[test]
+fn a_release_that_names_the_wrong_inode_keeps_the_handle_usable() {
+    let dir = share();
+    let mem = memory();
+    let mut r = Rig::new(&mem, dir.path(), FsCache::Auto);
+    r.init();
+    let node = r.lookup(1, "hello.txt").unwrap().nodeid;
+    let fh = r.open(node, libc::O_RDONLY).unwrap();
+    let release = ReleaseIn {
+        fh,
+        ..Default::default()
+    };
+    // The server refuses to release the handle under another inode: it stays open, and so do
+    // the flags it was opened with.
+    assert_ne!(r.call(Opcode::Release, 1, release.as_slice()).errno(), 0);
+    let read = read_with(&mut r, Opcode::Read, node, fh, 0);
+    assert_eq!(read.errno(), 0, "the handle after a refused RELEASE");
+    assert_eq!(read.body, b"hello from the host\n");
+    assert_eq!(r.call(Opcode::Release, node, release.as_slice()).errno(), 0);
+}

@@ -1,0 +1,30 @@
+//! The main thread: its epoll loop (stop eventfd, signalfd, control wake-ups, irqfd
+//! resampling) and the shutdown, which kicks and joins the vCPUs, stops the device workers and
+//! removes the sockets.
+
+use super::rules::{Always, Arg, RuleError, RuleSet};
+
+const ALWAYS: Always = &[
+    (libc::SYS_epoll_wait, "the main loop"),
+    (
+        libc::SYS_read,
+        "the stop and control eventfds, the signalfd, resample eventfds",
+    ),
+    (
+        libc::SYS_unlink,
+        "removing the control and vsock sockets at exit",
+    ),
+    (
+        libc::SYS_unlinkat,
+        "removing the control and vsock sockets at exit",
+    ),
+];
+
+/// Adds the main thread's part.
+pub fn add(set: &mut RuleSet) -> Result<(), RuleError> {
+    set.always(ALWAYS);
+    // Kicking a vCPU out of KVM_RUN to pause or stop it (pthread_kill with SIGRTMIN).
+    set.when(libc::SYS_tgkill, &[Arg::Eq(2, libc::SIGRTMIN() as u64)])?;
+    // The shutdown resets every device; a virtio-net reset clears the tap's offloads.
+    set.when_one_of(libc::SYS_ioctl, 1, &[libc::TUNSETOFFLOAD])
+}

@@ -1,0 +1,170 @@
+//! husk-vmm's seccomp allow-lists, one per kind of thread, built with `seccompiler`.
+//!
+//! Every thread installs its kind's filter itself, before it runs anything the guest drives:
+//! the vCPUs before their first KVM_RUN, the device workers when they start (at setup, before
+//! the guest exists), the control thread before its first accept, and the main thread once it
+//! has started all the others. No filter allows creating a thread or a process, so the set of
+//! threads is fixed once the VM runs. A filter is per thread (no TSYNC): a thread's list says
+//! what that thread needs, and nothing it does not.
+//!
+//! The lists are data: one module per thread kind, each syscall with the reason it is needed.
+//! [`common`] holds what every Rust thread needs (memory, futexes, its own exit). `ioctl` is
+//! allowed only for the requests each kind issues (KVM, tap, `FIONBIO`), `socket` only for
+//! `AF_UNIX`, and `mmap`/`mprotect` never with `PROT_EXEC`.
+//!
+//! A syscall outside the list kills the whole process (`SECCOMP_RET_KILL_PROCESS`); the shim
+//! sees husk-vmm end on SIGSYS. `husk-vmm --seccomp=log` logs instead (to the kernel's audit
+//! log): a debugging aid for finding a missing entry, never the default.
+
+mod common;
+mod control;
+mod fs;
+mod main_thread;
+mod net;
+mod rules;
+mod vcpu;
+mod vsock;
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+
+pub use rules::RuleError;
+
+/// The kinds of thread in husk-vmm, each with its own allow-list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThreadKind {
+    /// The main thread: the epoll loop over the stop eventfd, signals and control requests,
+    /// and the shutdown that joins every other thread.
+    Main,
+    /// The control socket's thread: accepts one client at a time and relays its request.
+    Control,
+    /// A vCPU thread: KVM_RUN and the port and MMIO devices it dispatches to, the serial
+    /// console among them.
+    Vcpu,
+    /// The vsock device's worker: the queues and the host's Unix sockets.
+    Vsock,
+    /// A virtio-net device's worker: the queues and the tap.
+    Net,
+    /// A virtio-fs device's worker: the queues and the passthrough file server.
+    Fs,
+}
+
+impl ThreadKind {
+    /// Every kind, for tests and for `husk check`.
+    pub const ALL: [ThreadKind; 6] = [
+        ThreadKind::Main,
+        ThreadKind::Control,
+        ThreadKind::Vcpu,
+        ThreadKind::Vsock,
+        ThreadKind::Net,
+        ThreadKind::Fs,
+    ];
+}
+
+/// What a syscall outside the allow-list does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The process is killed (SIGSYS): the only mode for production.
+    Kill,
+    /// The call is allowed and logged by the kernel: for finding a missing entry.
+    Log,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "kill" => Ok(Mode::Kill),
+            "log" => Ok(Mode::Log),
+            other => Err(format!("unknown seccomp mode {other:?} (kill or log)")),
+        }
+    }
+}
+
+/// Errors of building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// A rule in a list is malformed (a bug in the lists).
+    #[error("the {0:?} seccomp filter: {1}")]
+    Rule(ThreadKind, #[source] RuleError),
+    /// seccompiler refused the filter or its compilation.
+    #[error("compiling the {0:?} seccomp filter: {1}")]
+    Compile(ThreadKind, #[source] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("installing the {0:?} seccomp filter: {1}")]
+    Install(ThreadKind, #[source] seccompiler::Error),
+    /// The process chose a mode twice.
+    #[error("the seccomp mode is already set")]
+    ModeSet,
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+/// Makes every later [`install`] in this process install filters with `mode`. The `husk-vmm`
+/// binary calls this first thing; a process that never does (the library's unit tests, the
+/// fuzzers) runs unfiltered.
+pub fn enforce(mode: Mode) -> Result<(), SeccompError> {
+    MODE.set(mode).map_err(|_| SeccompError::ModeSet)
+}
+
+/// Whether this process enforces filters (and how).
+pub fn mode() -> Option<Mode> {
+    MODE.get().copied()
+}
+
+/// Installs `kind`'s filter on the calling thread, if the process enforces filters.
+pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
+    match mode() {
+        Some(mode) => install_with(kind, mode),
+        None => Ok(()),
+    }
+}
+
+/// Installs `kind`'s filter on the calling thread with `mode`, unconditionally.
+pub fn install_with(kind: ThreadKind, mode: Mode) -> Result<(), SeccompError> {
+    let bpf = compile(kind, mode)?;
+    seccompiler::apply_filter(&bpf).map_err(|e| SeccompError::Install(kind, e))
+}
+
+/// `kind`'s allow-list: syscall number to the rules under which it is allowed (an empty list:
+/// always).
+pub fn allow_list(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    let mut list = rules::RuleSet::default();
+    let built = (|| {
+        common::add(&mut list)?;
+        match kind {
+            ThreadKind::Main => main_thread::add(&mut list),
+            ThreadKind::Control => control::add(&mut list),
+            ThreadKind::Vcpu => vcpu::add(&mut list),
+            ThreadKind::Vsock => vsock::add(&mut list),
+            ThreadKind::Net => net::add(&mut list),
+            ThreadKind::Fs => fs::add(&mut list),
+        }
+    })();
+    built.map_err(|e| SeccompError::Rule(kind, e))?;
+    Ok(list.into_map())
+}
+
+/// `kind`'s filter as a BPF program.
+pub fn compile(kind: ThreadKind, mode: Mode) -> Result<BpfProgram, SeccompError> {
+    let mismatch = match mode {
+        Mode::Kill => SeccompAction::KillProcess,
+        Mode::Log => SeccompAction::Log,
+    };
+    let filter = SeccompFilter::new(
+        allow_list(kind)?,
+        mismatch,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| SeccompError::Compile(kind, e))?;
+    filter
+        .try_into()
+        .map_err(|e| SeccompError::Compile(kind, e))
+}
+
+#[cfg(test)]
+mod tests;
