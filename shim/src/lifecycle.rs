@@ -32,7 +32,7 @@ const VM_END_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// The error of agent call `what` that failed with `e`: when the connection failed because the
 /// VM ended under the call, the VM's end (husk-vmm's exit and the console tail) is the cause
 /// the user sees, not the connection's early EOF.
-async fn agent_failure(vm: &Vm, what: &str, e: crate::agent::AgentError) -> ShimError {
+pub(crate) async fn agent_failure(vm: &Vm, what: &str, e: crate::agent::AgentError) -> ShimError {
     if e.is_transport() {
         if let Some(gone) = crate::vm::wait_gone(&vm.gone, VM_END_GRACE).await {
             return ShimError::FailedPrecondition(format!(

@@ -544,8 +544,10 @@ async fn setup_sandbox(vm: Vm, hostname: Option<String>, net: PodNetwork) -> Res
     req.interfaces = net.interfaces;
     req.routes = net.routes;
     if let Err(e) = vm.agent.setup_sandbox(&req).await {
+        // A VM that died under the call is the cause, not the connection's early EOF.
+        let err = crate::lifecycle::agent_failure(&vm, "setting up the sandbox", e).await;
         vm.kill().await;
-        return Err(e.into());
+        return Err(err);
     }
     Ok(vm)
 }

@@ -225,9 +225,11 @@ fn a_full_state_directory_fails_the_pod_by_name_and_leaves_nothing() {
 fn a_vmm_that_dies_half_way_through_boot_fails_the_pod_and_leaves_nothing() {
     let (c, cri) = cri::start(Some(&cri::husk_settings()));
     let netns = cri::netns_names();
-    // The real husk-vmm, SIGKILLed two seconds after it started: the tap is attached and the
-    // share mounted by then, and the guest is still booting. From the host: husk-vmm is PID 1
-    // of a PID namespace of its own, where nothing can kill it.
+    // The real husk-vmm, SIGKILLed as soon as its first vCPU runs: the tap is attached and
+    // the share mounted by then (the shim makes both before it starts husk-vmm), and the guest
+    // is still booting (the agent answers a second or more later, even natively far more
+    // than the few milliseconds this takes). From the host: husk-vmm is PID 1 of a PID
+    // namespace of its own, where nothing can kill it.
     let vm_json = format!("{}/", c.husk_state.display());
     let killer = std::thread::spawn(move || {
         let deadline = std::time::Instant::now() + Duration::from_secs(240);
@@ -236,12 +238,16 @@ fn a_vmm_that_dies_half_way_through_boot_fails_the_pod_and_leaves_nothing() {
                 .into_iter()
                 .find(|(_, cmdline)| cmdline.contains("vm.json"));
             if let Some((pid, _)) = vmm {
-                std::thread::sleep(Duration::from_secs(2));
-                // SAFETY: kill(2) with a pid and a signal number.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                return true;
+                let vcpu = husk_tests::process::thread_privileges(pid)
+                    .iter()
+                    .any(|t| t.name == "vcpu0");
+                if vcpu {
+                    // SAFETY: kill(2) with a pid and a signal number.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return true;
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
         false
     });
