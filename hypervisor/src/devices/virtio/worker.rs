@@ -111,6 +111,19 @@ impl Worker {
         })
     }
 
+    /// The worker in `slot`, started first (as [`Worker::start`] does) if there is none yet:
+    /// a device's worker is started at setup, or at its first activation when nobody did.
+    pub fn started<'a>(
+        slot: &'a mut Option<Worker>,
+        name: &str,
+        confine: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> io::Result<&'a mut Worker> {
+        if slot.is_none() {
+            *slot = Some(Worker::start(name, confine)?);
+        }
+        Ok(slot.as_mut().expect("set above"))
+    }
+
     /// Whether a handler runs (between [`Worker::run`] and [`Worker::stop`]).
     pub fn is_running(&self) -> bool {
         self.current.is_some()

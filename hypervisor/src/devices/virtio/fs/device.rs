@@ -102,6 +102,13 @@ impl VirtioFs {
     }
 }
 
+/// The worker's confinement: the server's umask and capabilities stay in its thread (the guest
+/// cannot make device nodes), and its seccomp filter.
+fn confine() -> io::Result<()> {
+    confine_worker_thread()?;
+    crate::seccomp::install(ThreadKind::Fs).map_err(io::Error::other)
+}
+
 impl VirtioDevice for VirtioFs {
     fn device_type(&self) -> u32 {
         TYPE_FS
@@ -124,15 +131,7 @@ impl VirtioDevice for VirtioFs {
     }
 
     fn start_worker(&mut self) -> io::Result<()> {
-        if self.worker.is_none() {
-            // The server's umask and capabilities stay in this thread; the guest cannot make
-            // device nodes.
-            self.worker = Some(Worker::start(&self.thread_name, || {
-                confine_worker_thread()?;
-                crate::seccomp::install(ThreadKind::Fs).map_err(io::Error::other)
-            })?);
-        }
-        Ok(())
+        Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
@@ -140,7 +139,6 @@ impl VirtioDevice for VirtioFs {
             return Err(ActivateError::AlreadyActive);
         }
         let a = a.into_queues::<2>()?;
-        self.start_worker().map_err(ActivateError::Start)?;
         let (root, cache) = (self.server_root(), self.cache);
         let (mem, queues, evts, interrupt) = (a.mem, a.queues, a.queue_evts, a.interrupt.clone());
         let make = move || {
@@ -148,10 +146,8 @@ impl VirtioDevice for VirtioFs {
             let handler = FsQueues::new(mem, queues, interrupt, server);
             Ok(FsEventLoop::new(handler, evts))
         };
-        self.worker
-            .as_mut()
-            .expect("started above")
-            .run_for_device(make, a.interrupt)
+        Worker::started(&mut self.worker, &self.thread_name, confine)
+            .and_then(|w| w.run_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
     }
 

@@ -130,6 +130,11 @@ impl<T: PollableTap + Sync> VirtioNet<T> {
     }
 }
 
+/// The worker's confinement: its seccomp filter.
+fn confine() -> std::io::Result<()> {
+    crate::seccomp::install(ThreadKind::Net).map_err(std::io::Error::other)
+}
+
 impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
     fn device_type(&self) -> u32 {
         TYPE_NET
@@ -152,12 +157,7 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
     }
 
     fn start_worker(&mut self) -> std::io::Result<()> {
-        if self.worker.is_none() {
-            self.worker = Some(Worker::start(&self.thread_name, || {
-                crate::seccomp::install(ThreadKind::Net).map_err(std::io::Error::other)
-            })?);
-        }
-        Ok(())
+        Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
@@ -165,7 +165,6 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
             return Err(ActivateError::AlreadyActive);
         }
         let a = a.into_queues::<2>()?;
-        self.start_worker().map_err(ActivateError::Start)?;
         let (tap, stats, interrupt) = (self.tap.clone(), self.stats.clone(), a.interrupt.clone());
         let (mem, queues, evts, acked) = (a.mem, a.queues, a.queue_evts, a.acked_features);
         let make = move || {
@@ -173,10 +172,8 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
             let handler = NetQueues::new(mem, queues, interrupt, tap, acked, stats);
             Ok(NetEventLoop::new(handler, evts))
         };
-        self.worker
-            .as_mut()
-            .expect("started above")
-            .run_for_device(make, a.interrupt)
+        Worker::started(&mut self.worker, &self.thread_name, confine)
+            .and_then(|w| w.run_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
     }
 

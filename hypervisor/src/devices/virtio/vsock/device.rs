@@ -78,6 +78,11 @@ impl Vsock {
     }
 }
 
+/// The worker's confinement: its seccomp filter.
+fn confine() -> std::io::Result<()> {
+    crate::seccomp::install(ThreadKind::Vsock).map_err(std::io::Error::other)
+}
+
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
@@ -102,12 +107,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn start_worker(&mut self) -> std::io::Result<()> {
-        if self.worker.is_none() {
-            self.worker = Some(Worker::start(&self.thread_name, || {
-                crate::seccomp::install(ThreadKind::Vsock).map_err(std::io::Error::other)
-            })?);
-        }
-        Ok(())
+        Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
     }
 
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
@@ -115,7 +115,6 @@ impl VirtioDevice for Vsock {
             return Err(ActivateError::AlreadyActive);
         }
         let a = a.into_queues::<3>()?;
-        self.start_worker().map_err(ActivateError::Start)?;
         let listener = self.listener.clone();
         let socket = self.socket.0.clone();
         let (cid, ports) = (self.guest_cid, self.allowed_guest_ports.clone());
@@ -129,10 +128,8 @@ impl VirtioDevice for Vsock {
             let handler = VsockQueues::new(mem, rx, tx, interrupt, muxer);
             Ok(VsockEventLoop::new(handler, evts))
         };
-        self.worker
-            .as_mut()
-            .expect("started above")
-            .run_for_device(make, a.interrupt)
+        Worker::started(&mut self.worker, &self.thread_name, confine)
+            .and_then(|w| w.run_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
     }
 
