@@ -1,6 +1,13 @@
 //! Pinning vCPU threads to host CPUs (`VmConfig::vcpu_affinity`): checked against the CPUs
-//! this process may use before any vCPU starts, so a bad list is a setup error naming the CPU,
-//! then applied by each vCPU thread to itself.
+//! this process may use before any thread starts, so a bad list is a setup error naming the
+//! CPU; then the main thread restricts itself to the list's CPUs, so every thread it starts
+//! (device workers, control) runs there too, and each vCPU thread pins itself to its own.
+//!
+//! Keeping the device workers on the vCPUs' CPUs matters for interrupts: a worker that
+//! completes a request signals its irqfd, and KVM must kick a vCPU that is in guest mode on
+//! another CPU with a reschedule IPI to inject it. On the vCPU's own CPU the vCPU is not in
+//! guest mode while the worker runs, so the interrupt goes in on its next entry without an
+//! IPI. The pod's VM also stays within its CPUs, as Firecracker's jailer cpuset keeps it.
 
 use std::mem::{size_of, zeroed};
 
@@ -63,13 +70,20 @@ fn check_against(affinity: &[u32], allowed: &[u32]) -> Result<(), AffinityError>
 
 /// Restricts the calling thread to host CPU `cpu`.
 pub fn pin_current_thread(cpu: u32) -> std::io::Result<()> {
-    if cpu as usize >= libc::CPU_SETSIZE as usize {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
+    restrict_current_thread(&[cpu])
+}
+
+/// Restricts the calling thread (and every thread it starts afterwards) to `cpus`.
+pub fn restrict_current_thread(cpus: &[u32]) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { zeroed() };
-    // SAFETY: `cpu` was checked to be below CPU_SETSIZE just above.
-    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    for &cpu in cpus {
+        if cpu as usize >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: `cpu` was checked to be below CPU_SETSIZE just above.
+        unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    }
     // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
     let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
@@ -108,5 +122,18 @@ mod tests {
         .join()
         .unwrap();
         assert!(pin_current_thread(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn threads_started_by_a_restricted_thread_inherit_its_cpus() {
+        let cpus = allowed().unwrap();
+        let some: Vec<u32> = cpus.iter().copied().take(2).collect();
+        std::thread::spawn(move || {
+            restrict_current_thread(&some).unwrap();
+            let child = std::thread::spawn(allowed).join().unwrap().unwrap();
+            assert_eq!(child, some);
+        })
+        .join()
+        .unwrap();
     }
 }

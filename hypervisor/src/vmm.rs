@@ -327,6 +327,13 @@ impl Machine {
             // A library user that chose no mode gets the production one.
             let _ = crate::seccomp::enforce(crate::seccomp::Mode::Kill);
         }
+        // Pinned vCPUs: every thread started from here on runs on their CPUs (`affinity`).
+        let affinity = &self.config.vcpu_affinity;
+        crate::affinity::check(affinity).map_err(setup("vcpu_affinity"))?;
+        if !affinity.is_empty() {
+            crate::affinity::restrict_current_thread(affinity)
+                .map_err(setup("restricting husk-vmm to the vCPUs' CPUs"))?;
+        }
         self.virtio
             .start_workers()
             .map_err(setup("starting the device threads"))?;
@@ -348,8 +355,6 @@ impl Machine {
         }
 
         install_kick_handler().map_err(setup("installing the vCPU kick handler"))?;
-        let affinity = &self.config.vcpu_affinity;
-        crate::affinity::check(affinity).map_err(setup("vcpu_affinity"))?;
         let vcpus = Vcpus::start(
             fds,
             self.pio.clone(),

@@ -8,7 +8,8 @@
 //! still answers on its socket, the live shim owns the state and nothing is touched. If it
 //! does not, husk-vmm is killed (its VM is useless without a shim), the container's mounts are
 //! detached and its directory removed, and for the sandbox's own id (or the last container)
-//! the whole state directory, after the pod network's taps and qdiscs (`<state>/net.json`).
+//! the whole state directory, after the pod network's taps and qdiscs (`<state>/net.json`) and
+//! the pod's cgroup (`<state>/cgroup`).
 //! Running it twice is harmless.
 
 use std::os::unix::net::UnixStream;
@@ -122,6 +123,9 @@ pub fn delete(bundle: &Path, id: &str, shim_address: impl Fn(&str) -> String) ->
         if id == sandbox_id || share::is_empty(&paths) {
             if let Err(e) = crate::network::teardown_blocking(paths.root()) {
                 tracing::warn!("removing the pod network of sandbox {sandbox_id}: {e}");
+            }
+            for left in crate::cgroup::remove_recorded(paths.root()) {
+                tracing::warn!("removing the pod's cgroup of sandbox {sandbox_id}: {left}");
             }
             if let Err(e) = unmount::unmount_and_remove(paths.root()) {
                 tracing::warn!("cleaning up sandbox state {}: {e}", paths.root().display());

@@ -6,9 +6,10 @@
 //! [`lifecycle`] and [`control`] (the requests), [`vm`] (husk-vmm and boot), [`agent`] (the
 //! guest agent over hybrid vsock), [`io`] (stdio), [`share`], [`rootfs`], [`unmount`], [`fsat`] and [`spec`]
 //! (the virtio-fs share, container filesystems, race-free path operations and the OCI spec), [`events`], [`metrics`], [`config`], [`cleanup`] (delete without a daemon), [`network`] (the pod network: taps and tc
-//! redirect in the sandbox's network namespace).
+//! redirect in the sandbox's network namespace), [`cgroup`] (the pod's cgroup husk-vmm lives in).
 
 pub mod agent;
+pub mod cgroup;
 pub mod cleanup;
 pub mod config;
 pub mod container;

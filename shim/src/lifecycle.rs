@@ -108,6 +108,7 @@ impl Sandbox {
                 &spec.annotations(),
                 spec.hostname(),
                 spec.network_namespace(),
+                spec.cgroups_path(),
             )
             .await?;
         let result = self

@@ -118,6 +118,15 @@ impl Spec {
             .map(str::to_string)
     }
 
+    /// `linux.cgroupsPath`, if set (see [`crate::cgroup::path`] for its two forms).
+    pub fn cgroups_path(&self) -> Option<String> {
+        self.0
+            .pointer("/linux/cgroupsPath")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+    }
+
     /// The path of the network namespace to join (`linux.namespaces[type=network].path`), as
     /// CRI (`/var/run/netns/cni-...`) and `ctr run --with-ns network:<path>` set it.
     pub fn network_namespace(&self) -> Option<PathBuf> {

@@ -10,7 +10,8 @@
 //! - [`bench`]: statistics and the results file of `make bench`.
 //! - [`containerd`]: a private containerd (own root, state, sockets) with husk's shim installed;
 //!   [`oci_image`]: the busybox OCI image it imports; [`bench_ctr`]: `make bench BENCH=ctr`.
-//! - [`cri`]: the same containerd with its CRI plugin on, and a CRI client (kubelet's calls).
+//! - [`cri`]: the same containerd with its CRI plugin on, and a CRI client (kubelet's calls);
+//!   [`cgroup`]: the pod cgroups kubelet would make and what husk left in them.
 
 pub mod agent;
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod bench_cri;
 pub mod bench_ctr;
 pub mod bench_jail;
 pub mod bench_net;
+pub mod cgroup;
 pub mod containerd;
 pub mod cri;
 pub mod e2e;

@@ -6,9 +6,12 @@
 //!   container of the pod exits 137 and the sandbox goes NOTREADY, then stops and is removed;
 //! - containerd is SIGKILLed and restarted while a pod runs: the pod and its container are
 //!   listed again, exec and the log keep working, and stop/remove is clean;
-//! - the whole guest runs out of memory (a container without a limit takes it all): the kernel
-//!   in the guest kills that container (exit 137, reason OOMKilled, as the user sees it in CRI),
-//!   the agent and the pod's other container keep working, and nothing is left;
+//! - the whole guest runs out of memory (a container without a limit takes it all) in a pod
+//!   whose cgroup has a memory limit: husk-vmm runs in the pod's cgroup with the VM fitted to
+//!   the limit, the kernel in the guest kills that container (exit 137, reason OOMKilled, as
+//!   the user sees it in CRI), the host charged the guest's memory to the pod and never
+//!   OOM-killed there, the agent and the pod's other container keep working, and nothing is
+//!   left (the pod's cgroup neither);
 //! - husk-vmm dies half-way through a pod's boot (after the shim made the share and the pod's
 //!   network was set up): RunPodSandbox fails naming husk-vmm's end, and nothing is left;
 //! - husk's state directory's file system is full while a pod starts: RunPodSandbox fails
@@ -268,8 +271,29 @@ fn a_vmm_that_dies_half_way_through_boot_fails_the_pod_and_leaves_nothing() {
 #[test]
 #[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
 fn a_guest_out_of_memory_kills_the_hog_and_the_pod_lives_on() {
+    use husk_tests::cgroup::{self as cg, PodParent};
     let (c, cri, netns) = start();
-    let (pod, pod_cfg) = pod(&c, &cri, "oom", false);
+    // The pod's cgroup as kubelet makes it, with a limit (the containers' limits plus the
+    // RuntimeClass's podFixed) below the configured 256 MiB VM: husk fits the VM into it,
+    // with room for husk-vmm's own memory.
+    const LIMIT_MIB: u64 = 224;
+    let parent = PodParent::make("/kubepods/burstable/poduid-oom", Some(LIMIT_MIB << 20)).unwrap();
+    let logs = c.base().join("pods/oom");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut pod_cfg = pod_config("oom", &logs);
+    if let Some(l) = pod_cfg.linux.as_mut() {
+        l.cgroup_parent = parent.path.clone();
+    }
+    let pod = cri
+        .run_pod(&pod_cfg, "husk")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_tail(60)));
+    let vmm = vmm_of(&c, &pod);
+    let leaf = format!("{}/{pod}", parent.path);
+    assert_eq!(
+        cg::of(vmm).as_deref(),
+        Some(leaf.as_str()),
+        "husk-vmm's cgroup"
+    );
     let other = cri
         .create_and_start(
             &pod,
@@ -278,8 +302,20 @@ fn a_guest_out_of_memory_kills_the_hog_and_the_pod_lives_on() {
         )
         .unwrap();
     wait_container(&cri, &other, T, running).unwrap();
+    let r = cri
+        .exec_sync(&other, &["cat", "/proc/meminfo"], 60)
+        .unwrap();
+    let total_kib: u64 = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {r:?}"));
+    assert!(
+        total_kib <= (LIMIT_MIB - 32) << 10,
+        "the guest has {total_kib} KiB in a {LIMIT_MIB} MiB pod"
+    );
     // No memory limit: `tail` keeps the newline-free stream in memory until the guest has none
-    // left (the VM has 256 MiB) and its kernel's OOM killer picks the biggest task.
+    // left and its kernel's OOM killer picks the biggest task.
     let hog = cri
         .create_and_start(
             &pod,
@@ -295,6 +331,29 @@ fn a_guest_out_of_memory_kills_the_hog_and_the_pod_lives_on() {
     assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "alive", "{r:?}");
     let ready = PodSandboxState::SandboxReady as i32;
     assert_eq!(cri.pod_status(&pod).unwrap().state, ready);
+    // The host charged the guest's memory to the pod, and its OOM killer never acted there.
+    let peak = cg::number(&leaf, "memory.peak", None).unwrap_or(0);
+    let oom_kills = cg::number(&parent.path, "memory.events", Some("oom_kill"));
+    eprintln!(
+        "faults: husk-vmm {vmm} in {leaf}: guest {} MiB, memory.peak {} MiB, host oom_kill {oom_kills:?}",
+        total_kib >> 10,
+        peak >> 20
+    );
+    assert!(
+        peak >= (total_kib << 10) / 2,
+        "memory.peak {peak} bytes: the guest's RAM is not charged to the pod"
+    );
+    assert_eq!(oom_kills, Some(0), "the host's OOM killer acted in the pod");
+    assert_eq!(vmm_of(&c, &pod), vmm, "husk-vmm is not the one that booted");
     cri.stop_and_remove_pod(&pod).unwrap();
     cri::wait_nothing_left(&c, &netns).unwrap();
+    assert!(!cg::dir(&leaf).exists(), "{leaf} is left");
+}
+
+/// The pod's husk-vmm.
+fn vmm_of(c: &Containerd, pod: &str) -> u32 {
+    let vm_json = format!("{}/{pod}/vm.json", c.husk_state.display());
+    let vmms = husk_tests::containerd::processes_with(&vm_json);
+    assert_eq!(vmms.len(), 1, "one husk-vmm for {pod}: {vmms:?}");
+    vmms[0].0
 }

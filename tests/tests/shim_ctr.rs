@@ -3,7 +3,7 @@
 //! Each case of the table runs under runc and under husk in one private containerd
 //! (src/containerd.rs) with a locally built busybox image, and both must give the same stdout
 //! and exit code (runc's must also be the expected one). Then: proof that husk's container ran
-//! in a VM. These are end-to-end tests (`#[ignore]`d): `make e2e` runs them in the test host.
+//! in a VM, whose husk-vmm lives in the container's cgroup. These are end-to-end tests (`#[ignore]`d): `make e2e` runs them in the test host.
 //! `ctr_table_under_runc` needs only containerd and runc and proves the harness by itself; the
 //! husk tests fail, naming what is missing, until husk-vmm's vsock and virtio-fs and the agent
 //! image exist.
@@ -513,5 +513,18 @@ fn husk_containers_run_in_a_vm() {
         usize::from(settings.vcpus),
         "the guest must have the configured vCPUs"
     );
-    c.assert_clean(&["vm-uname", "vm-cpuinfo"]);
+    // husk-vmm lives in the container's cgroup (ctr's default cgroupsPath, /<namespace>/<id>),
+    // which goes with the container.
+    detached(&c, HUSK, "vm-cgroup").unwrap_or_else(|o| panic!("{o:?}\n{}", c.log_tail(60)));
+    let vm_json = format!("{}/vm-cgroup/vm.json", c.husk_state.display());
+    let vmms = husk_tests::containerd::processes_with(&vm_json);
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    let want = format!("/{}/vm-cgroup", c.namespace());
+    assert_eq!(husk_tests::cgroup::of(vmms[0].0), Some(want.clone()));
+    remove(&c, "vm-cgroup");
+    c.assert_clean(&["vm-uname", "vm-cpuinfo", "vm-cgroup"]);
+    assert!(
+        !husk_tests::cgroup::dir(&want).exists(),
+        "the container's cgroup {want} is left"
+    );
 }

@@ -7,6 +7,7 @@
 //! - `/proc/<pid>/root` is the jail: a tmpfs holding only the socket directory's path and
 //!   `proc`, not the host's root;
 //! - no core dumps, no locked memory;
+//! - it lives in the pod's cgroup (`<cgroup_parent>/<sandbox id>`), which goes with the pod;
 //! - and the pod works through all of it: containers created before and after the look (their
 //!   root file systems are mounted into the share after husk-vmm entered its jail), exec,
 //!   writes, the log stream, stop and remove, with nothing left.
@@ -50,6 +51,13 @@ fn husk_vmm_runs_filtered_in_its_own_namespaces_and_root_and_the_pod_works() {
         "no vsock thread in {names:?}"
     );
     let jail = husk_tests::process::check_vmm_jail(pid).unwrap_or_else(|e| panic!("{e}"));
+    // It lives in the pod's cgroup (the sandbox's cgroupsPath below the pod's cgroup_parent).
+    let parent = &cfg.linux.as_ref().unwrap().cgroup_parent;
+    assert_eq!(
+        husk_tests::cgroup::of(pid),
+        Some(format!("{parent}/{pod}")),
+        "husk-vmm's cgroup"
+    );
     // The shim started it as PID 1 of a PID namespace of its own.
     let nspid = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()

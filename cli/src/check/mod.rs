@@ -6,6 +6,7 @@
 //! config named by `--config`, else `$HUSK_CONFIG`, else `/etc/husk/config.toml`, else the
 //! defaults next to the shim binary found on PATH.
 
+mod cgroups;
 mod jail;
 pub mod system;
 
@@ -139,6 +140,7 @@ pub fn run(probe: &dyn Probe, opts: &CheckOptions) -> Vec<Line> {
     lines.extend(artifacts(probe, opts.config.as_deref()));
     lines.push(tun(probe));
     lines.push(jail::check(probe));
+    lines.push(cgroups::check(probe));
     let ccfg = opts
         .containerd_config
         .clone()

@@ -56,6 +56,7 @@ impl Fake {
             PathBuf::from(SECCOMP_ACTIONS),
             "kill_process kill_thread trap errno user_notif trace log allow\n".into(),
         );
+        files.insert(PathBuf::from(MOUNTINFO), UNIFIED.into());
         Fake {
             cpuinfo: AMD_FLAGS,
             modules: vec!["kvm", "kvm_amd"],
@@ -132,7 +133,7 @@ fn a_good_host_passes_every_check() {
         assert_eq!(l.status, Status::Ok, "{l}");
     }
     assert!(!failed(&ls));
-    assert_eq!(ls.len(), 11);
+    assert_eq!(ls.len(), 12);
     assert!(line(&ls, "hardware virtualization")
         .detail
         .contains("kvm_amd"));
@@ -327,4 +328,32 @@ fn a_kernel_that_cannot_jail_husk_vmm_fails_naming_the_option() {
     f.files
         .insert(PathBuf::from(SECCOMP_ACTIONS), "kill_process allow".into());
     assert!(jail(&f).to_string().contains("the seccomp action log"));
+}
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+const UNIFIED: &str = "29 1 0:25 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+
+#[test]
+fn the_cgroup_hierarchy_is_named_v2_hybrid_or_missing() {
+    let cg = |f: &Fake| lines(f).into_iter().find(|l| l.check == "cgroups").unwrap();
+    let good = cg(&Fake::good());
+    assert_eq!(good.status, Status::Ok, "{good}");
+    assert!(good.to_string().contains("cgroup v2 (unified"), "{good}");
+    let mut f = Fake::good();
+    f.files.insert(
+        MOUNTINFO.into(),
+        "31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+         34 30 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+            .into(),
+    );
+    let l = cg(&f);
+    assert_eq!(l.status, Status::Ok, "{l}");
+    assert!(l.to_string().contains("cgroup v1 (hybrid"), "{l}");
+    f.files.insert(
+        MOUNTINFO.into(),
+        "31 30 0:27 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n".into(),
+    );
+    assert_eq!(cg(&f).status, Status::Warn, "{}", cg(&f));
+    f.files.remove(Path::new(MOUNTINFO));
+    assert_eq!(cg(&f).status, Status::Fail);
 }

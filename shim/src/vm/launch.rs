@@ -3,15 +3,27 @@
 //! then `execve`. The shim keeps the pidfd and reaps the VMM through it, so the pid it knows
 //! (the host's view) is the VMM's own, with no supervisor process in between.
 //!
+//! It starts in the pod's cgroup ([`crate::cgroup`]): created there with `CLONE_INTO_CGROUP`
+//! on cgroup v2, or writing itself into each v1 hierarchy's `cgroup.procs` before it executes,
+//! so no page of it is ever charged elsewhere.
+//!
 //! The child of a multi-threaded process may only make async-signal-safe calls until it
-//! executes: everything it needs (paths, argv, environment, pipes) is prepared before the
-//! clone, and the child only duplicates descriptors, resets signals and executes.
+//! executes: everything it needs (paths, argv, environment, pipes, cgroup descriptors) is
+//! prepared before the clone, and the child only duplicates descriptors, writes, resets
+//! signals and executes.
 
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use crate::cgroup::Join;
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), not in the libc crate.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// The child's exit code when it cannot join its cgroup.
+pub const CGROUP_JOIN_FAILED: i32 = 126;
 
 /// A process started by [`launch`].
 #[derive(Debug)]
@@ -50,8 +62,13 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Runs `program` with `args` (stdin `/dev/null`, stdout and stderr piped back, a process
 /// group of its own), in a new PID namespace when `new_pid_namespace` (which needs
-/// `CAP_SYS_ADMIN`).
-pub fn launch(program: &Path, args: &[&OsStr], new_pid_namespace: bool) -> io::Result<Launched> {
+/// `CAP_SYS_ADMIN`), in the cgroup `join` opened.
+pub fn launch(
+    program: &Path,
+    args: &[&OsStr],
+    new_pid_namespace: bool,
+    join: Option<&Join>,
+) -> io::Result<Launched> {
     let path = cstring(program.as_os_str())?;
     let argv_owned: Vec<CString> = std::iter::once(program.as_os_str())
         .chain(args.iter().copied())
@@ -83,6 +100,15 @@ pub fn launch(program: &Path, args: &[&OsStr], new_pid_namespace: bool) -> io::R
     cl.flags = flags;
     cl.pidfd = &mut pidfd as *mut RawFd as u64;
     cl.exit_signal = libc::SIGCHLD as u64;
+    let mut procs: Vec<RawFd> = Vec::new();
+    match join {
+        Some(Join::IntoCgroup(dir)) => {
+            cl.flags |= CLONE_INTO_CGROUP;
+            cl.cgroup = dir.as_raw_fd() as u64;
+        }
+        Some(Join::Procs(files)) => procs = files.iter().map(|f| f.as_raw_fd()).collect(),
+        None => {}
+    }
     // SAFETY: clone3 with a valid clone_args of the size given and no CLONE_VM: the child is a
     // copy of this process with only the calling thread. It runs `exec_child`, which makes
     // only async-signal-safe calls on memory prepared above, and never returns.
@@ -101,12 +127,16 @@ pub fn launch(program: &Path, args: &[&OsStr], new_pid_namespace: bool) -> io::R
                 &argv,
                 &envp,
                 [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+                &procs,
             )
         }
     }
     if ret < 0 {
         let e = io::Error::last_os_error();
-        let what = if new_pid_namespace {
+        let what = if cl.flags & CLONE_INTO_CGROUP != 0 {
+            "starting it in the pod's cgroup (clone3 with CLONE_INTO_CGROUP: needs Linux 5.7 \
+             and a cgroup v2 directory that may hold processes)"
+        } else if new_pid_namespace {
             "starting it in a new PID namespace (clone3 with CLONE_NEWPID: needs CAP_SYS_ADMIN \
              and a kernel with PID namespaces, 5.3 or later)"
         } else {
@@ -124,8 +154,9 @@ pub fn launch(program: &Path, args: &[&OsStr], new_pid_namespace: bool) -> io::R
     })
 }
 
-/// The child's side: stdio, a process group of its own, default signals, `execve`; `_exit(127)`
-/// if that fails.
+/// The child's side: stdio, its cgroups (`cgroup.procs` descriptors to write itself into;
+/// `_exit(126)` with a message on stderr if that fails), a process group of its own, default
+/// signals, `execve`; `_exit(127)` if that fails.
 ///
 /// # Safety
 ///
@@ -136,12 +167,23 @@ unsafe fn exec_child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     stdio: [RawFd; 3],
+    cgroup_procs: &[RawFd],
 ) -> ! {
     for (target, fd) in stdio.iter().enumerate() {
         // SAFETY: dup2 is async-signal-safe; both are descriptors of this process.
         if unsafe { libc::dup2(*fd, target as RawFd) } < 0 {
             // SAFETY: _exit is async-signal-safe and ends this child only.
             unsafe { libc::_exit(127) };
+        }
+    }
+    for fd in cgroup_procs {
+        // SAFETY: write is async-signal-safe; the buffer is a static byte string.
+        if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
+            let msg = b"husk-vmm: cannot join the pod's cgroup (writing its cgroup.procs)\n";
+            // SAFETY: as above, to this child's stderr.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            // SAFETY: _exit is async-signal-safe and ends this child only.
+            unsafe { libc::_exit(CGROUP_JOIN_FAILED) };
         }
     }
     // Its own process group: a signal meant for the shim's group does not reach it.
@@ -226,6 +268,7 @@ mod tests {
             Path::new("/bin/sh"),
             &[OsStr::new("-c"), OsStr::new(script)],
             pid_ns,
+            None,
         )
     }
 
@@ -237,7 +280,7 @@ mod tests {
         assert_eq!(output(l.stderr), "err\n");
         let l = sh("kill -9 $$", false).unwrap();
         assert_eq!(wait(&l), Ended::Signal(libc::SIGKILL));
-        let e = launch(Path::new("/nonexistent/vmm"), &[], false).unwrap();
+        let e = launch(Path::new("/nonexistent/vmm"), &[], false, None).unwrap();
         assert_eq!(wait(&e), Ended::Code(127), "a failed exec ends in 127");
     }
 

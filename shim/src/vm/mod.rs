@@ -9,6 +9,7 @@ pub mod diagnose;
 pub mod launch;
 pub mod liveness;
 pub mod pinning;
+pub mod pod_cgroup;
 pub mod size;
 pub mod spawn;
 
@@ -91,6 +92,12 @@ pub enum BootError {
     /// The agent answered but cannot be used.
     #[error("the guest agent cannot be used: {0}")]
     Agent(#[from] AgentError),
+    /// The pod's cgroup could not be made or joined.
+    #[error("the pod's cgroup: {0}")]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    /// The VM does not fit the pod's memory limit.
+    #[error("{0}")]
+    PodMemory(String),
 }
 
 fn host(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BootError {
@@ -105,8 +112,12 @@ pub struct BootRequest {
     pub paths: SandboxPaths,
     /// The husk configuration.
     pub config: HuskConfig,
-    /// The VM's size.
+    /// The VM's size (before it is fitted to the pod's cgroup).
     pub size: VmSize,
+    /// Whether `io.husk.memory` set the memory (refused, not shrunk, when it does not fit).
+    pub memory_annotated: bool,
+    /// The pod's cgroup, relative to each hierarchy's root (`linux.cgroupsPath`).
+    pub cgroup: Option<PathBuf>,
     /// The pod's NICs (taps in the sandbox's network namespace; `crate::network`).
     pub net: Vec<husk_protocol::NetConfig>,
 }
@@ -271,7 +282,10 @@ fn cause(process: &VmmProcess, not_ready: &agent::NotReady) -> String {
 }
 
 impl VmmBooter {
-    async fn prepare(&self, req: &BootRequest) -> Result<PathBuf, BootError> {
+    async fn prepare(
+        &self,
+        req: &BootRequest,
+    ) -> Result<(PathBuf, Option<crate::cgroup::PodCgroup>), BootError> {
         let a = req.config.artifacts(&self.bindir);
         require(
             "husk-vmm",
@@ -304,17 +318,34 @@ impl VmmBooter {
                 .await
                 .map_err(|e| host("making the pod's writable layer")(std::io::Error::other(e)))??;
         }
+        let (cgroup, size) = pod_cgroup::place(req)?;
+        let written = self.write_config(req, &a, size);
+        if let (Err(_), Some(cg)) = (&written, &cgroup) {
+            for left in cg.remove(Duration::from_secs(1)) {
+                tracing::warn!("removing the pod's cgroup after a failed boot: {left}");
+            }
+        }
+        written.map(|()| (a.vmm, cgroup))
+    }
+
+    /// Writes `vm.json` and listens on the agent's log port.
+    fn write_config(
+        &self,
+        req: &BootRequest,
+        a: &crate::config::Artifacts,
+        size: VmSize,
+    ) -> Result<(), BootError> {
         let affinity = if req.config.pin_vcpus {
             let allowed = pinning::allowed_cpus()
                 .map_err(|e| host("reading the shim's CPU affinity")(e.into()))?;
             let sandbox = req.paths.root().file_name().unwrap_or_default();
-            pinning::choose(&allowed, req.size.vcpus, &sandbox.to_string_lossy())
+            pinning::choose(&allowed, size.vcpus, &sandbox.to_string_lossy())
         } else {
             Vec::new()
         };
         let vm = config::vm_config(
-            &a,
-            req.size,
+            a,
+            size,
             &req.config.extra_cmdline,
             &req.paths,
             req.net.clone(),
@@ -326,8 +357,7 @@ impl VmmBooter {
         listen_agent_log(&req.paths.vsock_port(ports::LOG_PORT)).map_err(host(format!(
             "listening on {}",
             req.paths.vsock_port(ports::LOG_PORT).display()
-        )))?;
-        Ok(a.vmm)
+        )))
     }
 }
 
@@ -335,10 +365,13 @@ impl VmmBooter {
 impl Booter for VmmBooter {
     async fn boot(&self, req: &BootRequest) -> Result<Vm, BootError> {
         let started = Instant::now();
-        let vmm = self.prepare(req).await?;
-        // PID 1 of a PID namespace of its own: the first part of its jail.
-        let process = spawn::spawn(&vmm, &req.paths.vm_config(), true)
+        let (vmm, cgroup) = self.prepare(req).await?;
+        // PID 1 of a PID namespace of its own (the first part of its jail), in the pod's
+        // cgroup. The cgroup itself goes with the state directory (`cgroup::remove_recorded`).
+        let join = cgroup.as_ref().map(|c| c.join()).transpose()?;
+        let process = spawn::spawn(&vmm, &req.paths.vm_config(), true, join.as_ref())
             .map_err(host(format!("starting {}", vmm.display())))?;
+        drop(join);
         let _ = std::fs::write(req.paths.vmm_pid(), process.pid.to_string());
         tracing::info!(
             pid = process.pid,

@@ -23,6 +23,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
 use super::launch::{launch, reap, Ended};
+use crate::cgroup::Join;
 
 /// Console lines kept for error messages.
 pub const TAIL_LINES: usize = 50;
@@ -131,13 +132,19 @@ fn pump<R: AsyncRead + Unpin + Send + 'static>(reader: R, tail: SharedTail, cons
 }
 
 /// Starts `vmm --config <config>` as PID 1 of a PID namespace of its own ([`launch`]; without
-/// one when `pid_namespace` is false, for unprivileged tests) and the tasks that read and reap
-/// it.
-pub fn spawn(vmm: &Path, config: &Path, pid_namespace: bool) -> std::io::Result<VmmProcess> {
+/// one when `pid_namespace` is false, for unprivileged tests), in the cgroup `join` opened,
+/// and the tasks that read and reap it.
+pub fn spawn(
+    vmm: &Path,
+    config: &Path,
+    pid_namespace: bool,
+    join: Option<&Join>,
+) -> std::io::Result<VmmProcess> {
     let launched = launch(
         vmm,
         &[OsStr::new("--config"), config.as_os_str()],
         pid_namespace,
+        join,
     )?;
     let pid = launched.pid;
     let console = SharedTail::default();
@@ -249,7 +256,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let p = spawn(&script, Path::new("/x/vm.json"), false).unwrap();
+        let p = spawn(&script, Path::new("/x/vm.json"), false, None).unwrap();
         let end = p.wait(Duration::from_secs(10)).await.unwrap();
         assert_eq!(end.exit, VmmExit::Error);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -268,7 +275,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let p = spawn(&script, Path::new("/x"), false).unwrap();
+        let p = spawn(&script, Path::new("/x"), false, None).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let end = p.terminate(Duration::from_millis(300)).await.unwrap();
         assert_eq!(end.exit, VmmExit::Signal(9));

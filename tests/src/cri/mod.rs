@@ -88,8 +88,9 @@ pub fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
             searches: vec![DNS_SEARCH.into()],
             options: vec!["ndots:2".into()],
         }),
+        // Where kubelet's cgroupfs driver puts a BestEffort pod: husk-vmm goes below it.
         linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: String::new(),
+            cgroup_parent: format!("{}/besteffort/poduid-{name}", crate::cgroup::KUBEPODS),
             ..Default::default()
         }),
         ..Default::default()
@@ -222,6 +223,9 @@ pub fn leftovers_anywhere(c: &Containerd, netns_before: &[String]) -> Vec<String
     }
     for m in mounts_below(&c.husk_state) {
         found.push(format!("mount {m}"));
+    }
+    for g in crate::cgroup::leftover_pod_cgroups() {
+        found.push(format!("cgroup {g}"));
     }
     let writable = crate::containerd::writable_dir(&c.husk_state);
     for l in crate::containerd::loop_devices_below(&writable) {
