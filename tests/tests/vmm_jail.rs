@@ -58,6 +58,15 @@ fn husk_vmm_runs_filtered_in_its_own_namespaces_and_root_and_the_pod_works() {
         Some(format!("{parent}/{pod}")),
         "husk-vmm's cgroup"
     );
+    // ... which is charged for the guest's memory: an idle booted guest has touched tens of
+    // MiB (kernel, agent, the container), more than husk-vmm's own few.
+    let leaf = format!("{parent}/{pod}");
+    let current = husk_tests::cgroup::number(&leaf, "memory.current", None).unwrap_or(0);
+    eprintln!("vmm_jail: {leaf}: memory.current {} MiB", current >> 20);
+    assert!(
+        current >= 24 << 20,
+        "memory.current of {leaf} is {current} bytes: the guest's memory is not charged to the pod"
+    );
     // The shim started it as PID 1 of a PID namespace of its own.
     let nspid = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()

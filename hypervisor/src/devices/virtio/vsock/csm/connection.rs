@@ -376,7 +376,12 @@ impl<S: ConnStream> Connection<S> {
 
     fn forwarded(&mut self, n: usize) {
         self.fwd_cnt += Wrapping(n as u32);
-        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= CREDIT_UPDATE_THRESHOLD {
+        // Linux sends within min(our buf_alloc, its own) and never asks for credit: with a
+        // window below the threshold, an update must come after half of it, or the guest
+        // waits forever with everything forwarded.
+        let window = CONN_BUF_ALLOC.min(self.peer_buf_alloc).max(2);
+        let threshold = CREDIT_UPDATE_THRESHOLD.min(window / 2);
+        if (self.fwd_cnt - self.last_fwd_cnt_sent).0 >= threshold {
             self.pending |= P_CREDIT_UPDATE;
         }
     }
@@ -408,6 +413,9 @@ impl<S: ConnStream> Connection<S> {
         }
         if self.pending & P_REQUEST != 0 {
             self.pending &= !P_REQUEST;
+            // The guest's time to answer starts when it has the REQUEST, not while the
+            // REQUEST waited for a receive buffer.
+            self.expiry = Some(Instant::now() + CONN_TIMEOUT);
             return Some(self.header(op::REQUEST));
         }
         if self.pending & P_RESPONSE != 0 {
@@ -425,6 +433,8 @@ impl<S: ConnStream> Connection<S> {
         }
         if self.pending & P_SHUTDOWN != 0 {
             self.pending &= !P_SHUTDOWN;
+            // Likewise, its time to send RST starts when it has the SHUTDOWN.
+            self.expiry = Some(Instant::now() + CONN_TIMEOUT);
             let mut h = self.header(op::SHUTDOWN);
             h.flags = self.shutdown_flags;
             return Some(h);

@@ -273,3 +273,36 @@ fn resets_that_send_pkt_does_not_return_say_why_once() {
     c.on_timeout(Instant::now() + CONN_TIMEOUT * 2);
     assert_eq!(c.take_reset(), None, "send_pkt already returned the reason");
 }
+
+#[test]
+fn a_guest_with_a_small_window_gets_credit_after_half_of_it() {
+    // Linux sends within min(our buf_alloc, its own) and never asks: a 16 KiB socket stalls
+    // for good unless the device tells it what was forwarded.
+    let (a, mut b) = pair();
+    let mut req = from_guest(op::REQUEST, 0);
+    req.buf_alloc = 16 * 1024;
+    let mut c = Connection::new_peer(a, &req);
+    let mut buf = [0u8; 64];
+    assert_eq!(c.recv_pkt(&mut buf).unwrap().op, op::RESPONSE);
+    let mut rw = from_guest(op::RW, 8 * 1024);
+    rw.buf_alloc = 16 * 1024;
+    c.send_pkt(&rw, &[1u8; 8 * 1024]).unwrap();
+    let mut sink = vec![0u8; 8 * 1024];
+    b.read_exact(&mut sink).unwrap();
+    let h = c.recv_pkt(&mut buf).expect("a credit update is owed");
+    assert_eq!((h.op, h.fwd_cnt), (op::CREDIT_UPDATE, 8 * 1024));
+}
+
+#[test]
+fn the_guests_time_to_answer_starts_when_it_has_the_request() {
+    let (a, _b) = pair();
+    let mut c = Connection::new_local(a, GUEST, 1 << 30, 52);
+    let made = Instant::now();
+    // The REQUEST waits 50 ms for a receive buffer ...
+    std::thread::sleep(Duration::from_millis(50));
+    let mut buf = [0u8; 64];
+    assert_eq!(c.recv_pkt(&mut buf).unwrap().op, op::REQUEST);
+    // ... and the guest still has its full time from delivery, past the creation's deadline.
+    c.on_timeout(made + CONN_TIMEOUT + Duration::from_millis(10));
+    assert!(!c.has_pending_rx(), "reset before the guest had its time");
+}
