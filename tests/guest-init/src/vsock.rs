@@ -111,6 +111,32 @@ pub fn serve(listener: File) {
     }
 }
 
+/// `write_all` to a vsock stream that takes ENOMEM for what it is: the guest kernel could not
+/// allocate one contiguous packet buffer (up to 64 KiB and a header) in fragmented memory, not
+/// the peer going away. Smaller pieces (down to a page) then, and a short wait if even those
+/// do not fit.
+fn write_all_to_stream(w: &mut File, mut data: &[u8]) -> io::Result<()> {
+    let mut piece = data.len().max(1);
+    let mut waits = 0;
+    while !data.is_empty() {
+        match w.write(&data[..piece.min(data.len())]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory && waits < 500 => {
+                if piece > 4096 {
+                    piece = (piece / 2).max(4096);
+                } else {
+                    waits += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn handle(conn: File) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(64 * 1024, conn.try_clone()?);
     let mut writer = conn;
@@ -129,7 +155,7 @@ fn handle(conn: File) -> io::Result<()> {
                 if got == 0 {
                     return Ok(());
                 }
-                writer.write_all(&buf[..got])?;
+                write_all_to_stream(&mut writer, &buf[..got])?;
             }
         }
         ("sink", Some(n)) => {
@@ -155,7 +181,7 @@ fn handle(conn: File) -> io::Result<()> {
                 for (i, b) in buf[..len].iter_mut().enumerate() {
                     *b = pattern_byte(at + i as u64);
                 }
-                writer.write_all(&buf[..len])?;
+                write_all_to_stream(&mut writer, &buf[..len])?;
                 at += len as u64;
             }
             Ok(())
