@@ -64,7 +64,13 @@ bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
 # husk-testhost exits 75 when the test host itself failed under the binary (it wedged, or its
 # kernel died): that says nothing about the tests, so such a run does not count as the binary's
 # failure, up to $host_failures_allowed times per binary. A failure of the tests gets one retry.
-host_failures_allowed=2
+# The test host's kernel dies of QEMU 7.2's TCG delivering an interrupt (a reschedule IPI) right
+# after a #VMEXIT, before KVM has reloaded the host's GS base: `BUG: TASK stack guard page was
+# hit` in `exc_page_fault`, `Fatal exception in interrupt`, from `__svm_vcpu_run`. Its rate grows
+# with the IPIs sent to CPUs in guest mode, so the suites with many guests or busy devices
+# (cri_pod's ten pods, hostile_guest) meet it up to a few times in a run; four reruns keep a
+# run from failing on it while every one is still recorded in retries.jsonl.
+host_failures_allowed=4
 run_one() {
   local rc=0
   # Streamed as it runs (a killed binary still shows how far it got) and kept for the record.

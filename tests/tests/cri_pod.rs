@@ -326,11 +326,27 @@ fn cri_ten_husk_pods_in_parallel() {
     let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     let pods: Vec<&(String, String)> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     if failures.is_empty() {
-        let vmms = processes_with(&format!("{}/", c.husk_state.display()))
+        let vmms: Vec<String> = processes_with(&format!("{}/", c.husk_state.display()))
             .into_iter()
             .filter(|(_, p)| p.contains("vm.json"))
-            .count();
-        assert_eq!(vmms, 10, "one husk-vmm per pod");
+            .map(|(_, p)| p)
+            .collect();
+        let without: Vec<&str> = pods
+            .iter()
+            .map(|(pod, _)| pod.as_str())
+            .filter(|pod| !vmms.iter().any(|v| v.contains(pod)))
+            .collect();
+        let ends: Vec<String> = c
+            .log_tail(4000)
+            .lines()
+            .filter(|l| l.contains("the sandbox VM ended") || l.contains("husk-vmm: vCPU"))
+            .map(String::from)
+            .collect();
+        assert!(
+            without.is_empty(),
+            "one husk-vmm per pod: none for {without:?}; what the shims logged:\n{}",
+            ends.join("\n")
+        );
     }
     std::thread::scope(|s| {
         for (pod, _) in &pods {

@@ -398,12 +398,20 @@ impl Booter for VmmBooter {
                 );
                 let (gone_tx, gone) = watch::channel(None);
                 let end = process.end();
-                let console = process.console.clone();
+                let (console, stderr) = (process.console.clone(), process.stderr.clone());
                 let tx = gone_tx.clone();
                 tokio::spawn(async move {
                     let exit = end.await.map(|e| e.exit).unwrap_or(VmmExit::Error);
+                    // husk-vmm's last words name a reset's vCPU state or a fault's cause.
+                    let said = stderr
+                        .lock()
+                        .map(|t| {
+                            let lines: Vec<&str> = t.lines().collect();
+                            lines[lines.len().saturating_sub(3)..].join(" | ")
+                        })
+                        .unwrap_or_default();
                     let detail = format!(
-                        "{}; guest console tail:\n{}",
+                        "{} (husk-vmm: {said}); guest console tail:\n{}",
                         VmmEnd { exit },
                         tail_text(&console)
                     );
