@@ -18,7 +18,6 @@ use containerd_shim_protos::ttrpc::Code;
 use husk_protocol::agent::api;
 
 use crate::agent::AgentError;
-use crate::cgroup;
 use crate::config::{self, HuskConfig};
 use crate::container::Container;
 use crate::error::{Result, ShimError};
@@ -271,7 +270,7 @@ impl Sandbox {
         let size = vm::size::size(&config, annotations, &vm::size::HostLimits::probe())?;
         let cgroup = cgroups_path
             .as_deref()
-            .map(cgroup::path::parse)
+            .map(crate::cgroup::path::parse)
             .transpose()
             .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
         let paths = SandboxPaths::new(&config.state_dir, &self.id);
@@ -316,7 +315,7 @@ impl Sandbox {
                 if let Err(c) = network::teardown(paths.root()).await {
                     tracing::warn!("removing the pod network: {c}");
                 }
-                remove_cgroup(paths.root()).await;
+                vm::pod_cgroup::remove(paths.root()).await;
                 if let Err(c) = unmount::unmount_and_remove(paths.root()) {
                     tracing::warn!("cleaning up {}: {c}", paths.root().display());
                 }
@@ -363,7 +362,7 @@ impl Sandbox {
             if let Err(e) = network::teardown(p.root()).await {
                 tracing::error!("removing the pod network: {e}");
             }
-            remove_cgroup(p.root()).await;
+            vm::pod_cgroup::remove(p.root()).await;
             if let Err(e) = unmount::unmount_and_remove(p.root()) {
                 tracing::error!("removing the sandbox state {}: {e}", p.root().display());
             }
@@ -516,18 +515,6 @@ impl Sandbox {
 
 /// Makes sure `<state_dir>/<id>` is ours: a leftover from a crashed shim is cleaned, one in use
 /// by a live husk-vmm (the same id in another containerd namespace) is refused.
-/// Removes the pod's cgroup recorded in the sandbox's state (the VM is gone by now), off the
-/// runtime's threads: an exiting husk-vmm may hold it for a few milliseconds more.
-async fn remove_cgroup(root: &Path) {
-    let root = root.to_path_buf();
-    let left = tokio::task::spawn_blocking(move || cgroup::remove_recorded(&root))
-        .await
-        .unwrap_or_else(|e| vec![e.to_string()]);
-    for l in left {
-        tracing::error!("removing the pod's cgroup: {l}");
-    }
-}
-
 fn claim_state_dir(paths: &SandboxPaths) -> Result<()> {
     if !paths.root().exists() {
         return Ok(());

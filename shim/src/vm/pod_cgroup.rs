@@ -1,5 +1,8 @@
 //! The boot step that places the VM in the pod's cgroup ([`crate::cgroup`]): make it, record
-//! it in the sandbox's state, and size the VM to fit the pod's memory limit.
+//! it in the sandbox's state, and size the VM to fit the pod's memory limit; and its undoing
+//! when the sandbox goes.
+
+use std::path::Path;
 
 use husk_protocol::vm_config::MIN_MEMORY_MIB;
 
@@ -48,4 +51,16 @@ pub fn place(req: &BootRequest) -> Result<(Option<PodCgroup>, VmSize), BootError
             ..req.size
         },
     ))
+}
+
+/// Removes the pod's cgroup recorded in the sandbox's state root (the VM is gone by now), off
+/// the runtime's threads: an exiting husk-vmm may hold it for a few milliseconds more.
+pub async fn remove(root: &Path) {
+    let root = root.to_path_buf();
+    let left = tokio::task::spawn_blocking(move || cgroup::remove_recorded(&root))
+        .await
+        .unwrap_or_else(|e| vec![e.to_string()]);
+    for l in left {
+        tracing::error!("removing the pod's cgroup: {l}");
+    }
 }
