@@ -88,7 +88,12 @@ impl PodCgroup {
             let mut dir = root.clone();
             for part in rel.components() {
                 if v2 {
-                    enable_controllers(&dir)?;
+                    // A parent that holds processes itself cannot hand controllers down (v2's
+                    // no-internal-processes rule); the pod's memory is then charged, and
+                    // limited, at the nearest parent that has them.
+                    if let Err(e) = enable_controllers(&dir) {
+                        tracing::warn!("{e}: the pod's cgroup accounts at a parent");
+                    }
                 }
                 let parent = dir.clone();
                 dir.push(part);

@@ -140,3 +140,15 @@ fn husk_vmm_starts_inside_the_pods_cgroup_on_this_hosts_hierarchy() {
         assert!(!root.join(&top).exists(), "the parent husk made stays");
     }
 }
+
+#[test]
+fn a_parent_that_cannot_hand_down_controllers_does_not_fail_the_pod() {
+    let (dir, h) = fake_unified();
+    // Writing its subtree_control fails (here: it is a directory; in a real tree: EBUSY).
+    std::fs::create_dir(dir.path().join("busy")).unwrap();
+    std::fs::write(dir.path().join("busy/cgroup.controllers"), "memory\n").unwrap();
+    std::fs::create_dir(dir.path().join("busy/cgroup.subtree_control")).unwrap();
+    let cg = PodCgroup::create(&h, Path::new("busy/sb")).unwrap();
+    assert!(dir.path().join("busy/sb").is_dir());
+    assert!(cg.remove(Duration::from_millis(100)).is_empty());
+}
