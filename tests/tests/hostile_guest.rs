@@ -210,11 +210,16 @@ fn share_symlink_swaps_while_the_shim_deletes_a_container_never_reach_the_host()
     for round in 0..20 {
         let victim = a.container(&format!("victim-{round}"));
         let (code, out) = a.sh_status(&swap_loop(&victim));
-        assert_eq!(code, 0, "starting the swap loop: {out}");
+        assert_eq!(code, 0, "round {round}: starting the swap loop: {out}");
         std::thread::sleep(Duration::from_millis(200));
         a.remove(&victim);
         let (code, out) = a.sh_status("kill $(cat /tmp/swapper)");
-        assert_eq!(code, 0, "stopping the swap loop: {out}");
+        assert_eq!(
+            code,
+            0,
+            "round {round}: stopping the swap loop: {out}\n{}",
+            a.c.log_tail(40)
+        );
         let left: Vec<String> = husk_tests::containerd::mounts_below(&a.c.husk_state)
             .into_iter()
             .filter(|m| m.contains(&victim))
