@@ -59,9 +59,11 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupEr
 /// The pod's cgroup, made in every hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodCgroup {
-    /// One leaf per hierarchy, the v2 one first when there is one.
+    /// One leaf per hierarchy, the v2 one first when there is one: what husk-vmm joins.
     leaves: Vec<PathBuf>,
-    /// Parents husk made (absolute), removed after the leaves when empty.
+    /// The directories husk made (absolute), leaves included. Only these are removed: a leaf
+    /// that already existed is someone else's (`ctr run --cgroup` naming a live cgroup), joined
+    /// but never swept or removed.
     made: Vec<PathBuf>,
     /// Whether the host is v2 only (joined with `CLONE_INTO_CGROUP`).
     unified: bool,
@@ -108,8 +110,6 @@ impl PodCgroup {
             }
             leaves.push(dir);
         }
-        // The leaves are the pod's own: removed at teardown even when they already existed.
-        made.retain(|d| !leaves.contains(d));
         let memory = h.memory_root().map(|(root, v2)| (root.join(rel), v2));
         Ok(PodCgroup {
             leaves,
@@ -159,11 +159,13 @@ impl PodCgroup {
     /// Writes what husk made to `file`, for a `delete` after a shim crash.
     pub fn record(&self, file: &Path) -> Result<(), CgroupError> {
         let mut text = String::new();
-        for l in &self.leaves {
-            text.push_str(&format!("leaf {}\n", l.display()));
-        }
         for m in &self.made {
-            text.push_str(&format!("made {}\n", m.display()));
+            let kind = if self.leaves.contains(m) {
+                "leaf"
+            } else {
+                "made"
+            };
+            text.push_str(&format!("{kind} {}\n", m.display()));
         }
         std::fs::write(file, text).map_err(io_err("writing", file))
     }
@@ -187,7 +189,10 @@ impl PodCgroup {
                 continue;
             }
             match kind {
-                "leaf" => cg.leaves.push(p),
+                "leaf" => {
+                    cg.leaves.push(p.clone());
+                    cg.made.push(p);
+                }
                 "made" => cg.made.push(p),
                 _ => {}
             }
@@ -195,19 +200,20 @@ impl PodCgroup {
         Some(cg)
     }
 
-    /// Removes the leaves (waiting up to `limit` for exiting processes to leave them; any
-    /// left are killed first) and then the parents husk made, deepest first, where empty.
+    /// Removes what husk made, deepest first: its leaves (waiting up to `limit` for exiting
+    /// processes to leave them; any left are killed first), then its parents where empty.
     /// Returns what could not be removed.
     pub fn remove(&self, limit: Duration) -> Vec<String> {
         let mut failed = Vec::new();
-        for leaf in &self.leaves {
-            if let Err(e) = remove_leaf(leaf, limit) {
-                failed.push(format!("{}: {e}", leaf.display()));
-            }
-        }
         let mut made = self.made.clone();
         made.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for dir in made {
+            if self.leaves.contains(&dir) {
+                if let Err(e) = remove_leaf(&dir, limit) {
+                    failed.push(format!("{}: {e}", dir.display()));
+                }
+                continue;
+            }
             match std::fs::remove_dir(&dir) {
                 Ok(()) => {}
                 // Another pod's, or gone already: not ours to wait for.

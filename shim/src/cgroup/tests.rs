@@ -18,6 +18,15 @@ fn fake_unified() -> (tempfile::TempDir, Hierarchy) {
     (dir, h)
 }
 
+/// The parents husk made (what it made that is not a leaf).
+fn parents_made(cg: &PodCgroup) -> Vec<PathBuf> {
+    cg.made
+        .iter()
+        .filter(|d| !cg.leaves.contains(d))
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn a_path_is_made_with_its_parents_and_the_controllers_enabled_above_it() {
     let (dir, h) = fake_unified();
@@ -34,7 +43,7 @@ fn a_path_is_made_with_its_parents_and_the_controllers_enabled_above_it() {
     cg.record(&record).unwrap();
     let back = PodCgroup::recorded(&record).unwrap();
     assert_eq!(back.leaves, vec![leaf.clone()]);
-    assert_eq!(back.made, vec![dir.path().join("kubepods/pod1")]);
+    assert_eq!(parents_made(&back), vec![dir.path().join("kubepods/pod1")]);
     assert!(back.remove(Duration::from_millis(100)).is_empty());
     assert!(!leaf.exists());
     assert!(!dir.path().join("kubepods/pod1").exists());
@@ -74,7 +83,7 @@ fn recorded_ignores_relative_and_escaping_lines() {
     .unwrap();
     let cg = PodCgroup::recorded(&f).unwrap();
     assert_eq!(cg.leaves, vec![PathBuf::from("/sys/fs/cgroup/a")]);
-    assert_eq!(cg.made, vec![PathBuf::from("/sys/fs/cgroup/p")]);
+    assert_eq!(parents_made(&cg), vec![PathBuf::from("/sys/fs/cgroup/p")]);
     assert!(PodCgroup::recorded(&dir.path().join("none")).is_none());
 }
 
@@ -151,4 +160,18 @@ fn a_parent_that_cannot_hand_down_controllers_does_not_fail_the_pod() {
     let cg = PodCgroup::create(&h, Path::new("busy/sb")).unwrap();
     assert!(dir.path().join("busy/sb").is_dir());
     assert!(cg.remove(Duration::from_millis(100)).is_empty());
+}
+
+#[test]
+fn a_leaf_that_already_existed_is_joined_but_never_swept_or_removed() {
+    let (dir, h) = fake_unified();
+    let theirs = dir.path().join("system.slice/theirs.scope");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let cg = PodCgroup::create(&h, Path::new("system.slice/theirs.scope")).unwrap();
+    assert_eq!(cg.leaves(), std::slice::from_ref(&theirs));
+    let record = dir.path().join("record");
+    cg.record(&record).unwrap();
+    let back = PodCgroup::recorded(&record).unwrap();
+    assert!(back.remove(Duration::from_millis(100)).is_empty());
+    assert!(theirs.is_dir(), "someone else's cgroup was removed");
 }

@@ -318,14 +318,11 @@ impl VmmBooter {
                 .await
                 .map_err(|e| host("making the pod's writable layer")(std::io::Error::other(e)))??;
         }
+        // From here on a failure leaves the cgroup to the sandbox's failure path, which
+        // removes what `<state>/cgroup` records with the rest of the state.
         let (cgroup, size) = pod_cgroup::place(req)?;
-        let written = self.write_config(req, &a, size);
-        if let (Err(_), Some(cg)) = (&written, &cgroup) {
-            for left in cg.remove(Duration::from_secs(1)) {
-                tracing::warn!("removing the pod's cgroup after a failed boot: {left}");
-            }
-        }
-        written.map(|()| (a.vmm, cgroup))
+        self.write_config(req, &a, size)?;
+        Ok((a.vmm, cgroup))
     }
 
     /// Writes `vm.json` and listens on the agent's log port.
