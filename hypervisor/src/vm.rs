@@ -8,7 +8,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemory as _, GuestMemoryRegion};
 
 use crate::arch::layout::KVM_TSS_ADDRESS;
-use crate::memory::{self, GuestMemory, MemoryError};
+use crate::memory::{GuestMemory, MemoryError};
 
 /// Errors creating the VM; each says which step failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +48,8 @@ const REQUIRED_CAPS: &[Cap] = &[
 ];
 
 impl Vm {
-    /// Creates a VM with `memory_mib` of RAM.
-    pub fn create(memory_mib: u32) -> Result<Self, VmError> {
+    /// Creates a VM over `memory` (see [`memory::create`]), registered as its KVM memory slots.
+    pub fn create(memory: GuestMemory) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         if let Some(cap) = REQUIRED_CAPS.iter().find(|c| !kvm.check_extension(**c)) {
             return Err(VmError::MissingCap(*cap));
@@ -68,7 +68,6 @@ impl Vm {
         fd.create_pit2(pit)
             .map_err(|e| VmError::Kvm("creating the in-kernel PIT", e))?;
 
-        let memory = memory::create(memory_mib)?;
         for (slot, region) in memory.iter().enumerate() {
             let host = memory.get_host_address(region.start_addr()).map_err(|_| {
                 VmError::Kvm(

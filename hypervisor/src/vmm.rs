@@ -219,8 +219,25 @@ impl Machine {
     /// `timeline` started when the process did; build adds its phases.
     pub fn build(config: VmConfig, mut timeline: Timeline) -> Result<Self, VmmError> {
         let signals = termination_signalfd().map_err(setup("blocking termination signals"))?;
-        let vm = Vm::create(config.memory_mib)?;
-        timeline.mark("vm+memory");
+        let memory = crate::memory::create(config.memory_mib).map_err(VmError::from)?;
+        // Reading the kernel and initramfs into guest RAM and creating the VM in KVM share no
+        // state, so a loader thread does the first while this thread does the second. The
+        // scope joins the loader on every path, an error included.
+        let (vm, images) = std::thread::scope(|scope| {
+            let loader = std::thread::Builder::new()
+                .name("husk-loader".into())
+                .spawn_scoped(scope, || {
+                    boot::load_images(&memory, &config.kernel, config.initramfs.as_deref())
+                })
+                .map_err(setup("starting the image loader"))?;
+            let vm = Vm::create(memory.clone());
+            timeline.mark("vm");
+            let images = loader
+                .join()
+                .map_err(|_| VmmError::Setup("loading the images", "the loader panicked".into()))?;
+            timeline.mark("images");
+            Ok::<_, VmmError>((vm?, images?))
+        })?;
         let stop = Arc::new(StopSignal::new().map_err(setup("creating the stop eventfd"))?);
 
         let mut pio = Bus::default();
@@ -256,14 +273,14 @@ impl Machine {
         }
         timeline.mark("devices");
 
-        let kernel = boot::load_kernel(&vm.memory, &config.kernel)?;
-        timeline.mark("kernel");
-        let initramfs = match &config.initramfs {
-            Some(path) => Some(boot::load_initramfs(&vm.memory, path, kernel.end)?),
-            None => None,
-        };
-        boot::write_boot_structures(&vm.memory, &cmdline, &kernel, initramfs, config.vcpus)?;
-        timeline.mark("initramfs");
+        boot::write_boot_structures(
+            &vm.memory,
+            &cmdline,
+            &images.kernel,
+            images.initramfs,
+            config.vcpus,
+        )?;
+        timeline.mark("boot structures");
 
         Ok(Machine {
             config,
@@ -273,7 +290,7 @@ impl Machine {
             virtio,
             stop,
             signals,
-            entry: kernel.entry,
+            entry: images.kernel.entry,
             timeline,
         })
     }

@@ -105,6 +105,39 @@ pub fn append(path: &Path, records: &[Record]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How much memory [`recycle_freed_pages`] writes: twice the bench guests' RAM, so it takes in
+/// every page the previous VMM process freed (the allocator hands out recently freed pages
+/// first).
+const RECYCLE_MIB: usize = 512;
+
+/// Writes and frees [`RECYCLE_MIB`] of fresh memory, so that the next VM boots on pages that
+/// no earlier guest ran code from. Called before each timed boot, for husk-vmm and its anchor
+/// alike.
+///
+/// Why: in the nested test host, the emulator below (QEMU TCG) keeps translated code per
+/// physical page, and the first write to a page that held code a previous guest ran costs the
+/// invalidation of those translations. A VM that boots right after another one inherits that
+/// cost as 0.5–0.8 s of stalls wherever it first writes recycled pages (loading the kernel,
+/// the guest's own early boot): measured, boots after the first took 1.6–1.8 s instead of
+/// 0.8 s, in a random phase. Hardware has no such cost, so the bench leaves it out, for both
+/// VMMs, outside the timed part.
+pub fn recycle_freed_pages() -> std::io::Result<()> {
+    let len = RECYCLE_MIB << 20;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's choice; MAP_POPULATE
+    // makes the kernel allocate and zero every page. Nothing in this process refers to it.
+    let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+    if addr == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `addr` is the start of the `len`-byte mapping made above, used by nothing else.
+    if unsafe { libc::munmap(addr, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Memory of a process from /proc/<pid>/smaps, in KiB: (PSS outside guest RAM, RSS of guest RAM).
 /// Guest RAM is every mapping at least `guest_ram_kib` large, which works for any VMM.
 pub fn vmm_memory_kib(pid: u32, guest_ram_kib: u64) -> std::io::Result<(u64, u64)> {

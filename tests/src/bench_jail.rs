@@ -28,6 +28,7 @@ fn boot_ms(vmm: &Path, spec: &GuestSpec, dir: &Path) -> anyhow::Result<f64> {
         }),
     };
     let cmd = husk_vmm_with(vmm, spec, dir, &opts)?;
+    crate::bench::recycle_freed_pages()?;
     let r = watch_boot(cmd, TEST_INIT_MARKER, Duration::from_secs(180))?;
     match (r.to_marker, r.exit_code) {
         (Some(t), Some(0)) => Ok(t.as_secs_f64() * 1000.0),

@@ -74,6 +74,30 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
 }
 
+/// The kernel and the initramfs, loaded into guest memory.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedImages {
+    /// The kernel.
+    pub kernel: LoadedKernel,
+    /// The initramfs's guest address and size, if there is one.
+    pub initramfs: Option<(u64, u64)>,
+}
+
+/// Loads the kernel, then the initramfs above it. Touches guest memory only (no VM state), so it
+/// can run on another thread while the VM is created.
+pub fn load_images(
+    mem: &GuestMemory,
+    kernel: &Path,
+    initramfs: Option<&Path>,
+) -> Result<LoadedImages, BootError> {
+    let kernel = load_kernel(mem, kernel)?;
+    let initramfs = match initramfs {
+        Some(path) => Some(load_initramfs(mem, path, kernel.end)?),
+        None => None,
+    };
+    Ok(LoadedImages { kernel, initramfs })
+}
+
 /// Loads an ELF vmlinux, falling back to bzImage when the file is not ELF.
 pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, BootError> {
     let shown = path.display().to_string();

@@ -335,9 +335,10 @@ fn vmm(args: &Args) -> anyhow::Result<Vec<Record>> {
     ])
 }
 
-/// Boots to the marker and a clean exit: (ms from spawn to the marker, the guest's uptime in ms
+/// Boots to the marker and a clean exit, on fresh pages ([`bench::recycle_freed_pages`]): (ms from spawn to the marker, the guest's uptime in ms
 /// at the marker, which is the part spent after the guest kernel's clock started).
 fn boot_ms(cmd: std::process::Command) -> anyhow::Result<(f64, f64)> {
+    bench::recycle_freed_pages().context("recycling freed pages before a boot")?;
     let r = watch_boot(cmd, TEST_INIT_MARKER, Duration::from_secs(180))?;
     let uptime = r
         .marker_line

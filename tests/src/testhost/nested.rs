@@ -100,6 +100,11 @@ fn qemu_command(spec: &RunSpec, assets: &Assets, rundir: &Path, rw: &[PathBuf]) 
         "console=ttyS0 quiet loglevel=3 panic=-1 husk.rundir={}",
         rundir.display()
     );
+    // Extra kernel parameters for the test host, for experiments (e.g. `nohz=off`).
+    if let Ok(extra) = std::env::var("HUSK_TESTHOST_CMDLINE") {
+        cmdline.push(' ');
+        cmdline.push_str(extra.trim());
+    }
     let kvm_amd = kvm_amd_params();
     if !kvm_amd.is_empty() {
         cmdline.push_str(&format!(" husk.kvm_amd={kvm_amd}"));
