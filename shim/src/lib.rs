@@ -17,6 +17,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod fsat;
+pub mod info;
 pub mod io;
 pub mod lifecycle;
 pub mod lines;

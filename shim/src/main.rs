@@ -2,7 +2,8 @@
 //! `io.containerd.husk.v2`) that runs each pod, or each plain `ctr run` container, in its own
 //! husk micro-VM.
 //!
-//! containerd runs it three ways (Go-style flags `-namespace ns -address a -id x ...`):
+//! containerd runs it three ways (Go-style flags `-namespace ns -address a -id x ...`), and
+//! containerd 2.x a fourth, `-info` (see `husk_shim::info`):
 //! `start` prints the address of the shim daemon serving this task (launching it if needed),
 //! `delete` cleans up after a task whose shim is gone, and with `-socket` it is that daemon,
 //! serving `containerd.task.v2.Task` over ttrpc. docs/DESIGN.md and the README's
@@ -18,10 +19,11 @@ containerd-shim-husk-v2: containerd runtime v2 shim that runs each pod in its ow
 
 Usage: containerd-shim-husk-v2 [-namespace NS] [-address ADDR] [-publish-binary BIN] [-id ID]
                                [-bundle DIR] [-socket ADDR] [-debug] [start|delete]
+       containerd-shim-husk-v2 -info    (runtime options on stdin, RuntimeInfo on stdout)
        containerd-shim-husk-v2 -v | --version | -h | --help
 
 containerd runs this binary for runtime_type io.containerd.husk.v2 (`start`, `delete`, and the
-daemon with -socket); it is not meant to be run by hand except for -v and -h.
+daemon with -socket, and containerd 2.x's -info); it is not meant to be run by hand except for -v and -h.
 Configuration: /etc/husk/config.toml, $HUSK_CONFIG, or the runtime options' ConfigPath.";
 
 fn main() -> ExitCode {
@@ -47,6 +49,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if flags.info {
+        // containerd 2.x's runtime introspection: options on stdin, RuntimeInfo on stdout.
+        return match husk_shim::info::answer(std::io::stdin(), std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containerd-shim-husk-v2: -info: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if flags.action == "start" {
         // No runtime, no logging: stdout and stderr are the address containerd reads.
         let bundle = std::env::current_dir().unwrap_or_else(|_| ".".into());

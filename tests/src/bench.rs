@@ -105,14 +105,14 @@ pub fn append(path: &Path, records: &[Record]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// How much memory [`recycle_freed_pages`] writes: twice the bench guests' RAM, so it takes in
-/// every page the previous VMM process freed (the allocator hands out recently freed pages
-/// first).
-const RECYCLE_MIB: usize = 512;
+/// How much memory [`recycle_freed_pages`] writes on each CPU: the bench guests' RAM, so that
+/// with one share per CPU it takes in every page the previous VMM process freed (the allocator
+/// hands out recently freed pages first, from per-CPU lists before the shared ones).
+const RECYCLE_MIB_PER_CPU: usize = 256;
 
-/// Writes and frees [`RECYCLE_MIB`] of fresh memory, so that the next VM boots on pages that
-/// no earlier guest ran code from. Called before each timed boot, for husk-vmm and its anchor
-/// alike.
+/// Writes and frees [`RECYCLE_MIB_PER_CPU`] of fresh memory on every CPU, so that the next VM
+/// boots on pages that no earlier guest ran code from. Called before each timed boot, for
+/// husk-vmm and its anchor alike.
 ///
 /// Why: in the nested test host, the emulator below (QEMU TCG) keeps translated code per
 /// physical page, and the first write to a page that held code a previous guest ran costs the
@@ -122,7 +122,28 @@ const RECYCLE_MIB: usize = 512;
 /// 0.8 s, in a random phase. Hardware has no such cost, so the bench leaves it out, for both
 /// VMMs, outside the timed part.
 pub fn recycle_freed_pages() -> std::io::Result<()> {
-    let len = RECYCLE_MIB << 20;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..cpus)
+            .map(|cpu| s.spawn(move || populate_on(cpu, RECYCLE_MIB_PER_CPU << 20)))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+        })
+    })
+}
+
+/// On CPU `cpu` (this thread pinned there), maps, populates and unmaps `len` bytes.
+fn populate_on(cpu: usize, len: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data, for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET sets one bit of `set`; `cpu` is below the machine's CPU count.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pins only the calling thread (pid 0) to the set built above.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     // SAFETY: a fresh anonymous mapping at an address of the kernel's choice; MAP_POPULATE
