@@ -64,6 +64,12 @@ pub enum VmmError {
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// The seccomp filters could not be compiled.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    /// The thread reading the kernel and initramfs into guest RAM panicked.
+    #[error("the thread loading the kernel and initramfs panicked")]
+    LoaderPanicked,
     /// Anything else, naming the step.
     #[error("{0}: {1}")]
     Setup(&'static str, String),
@@ -231,10 +237,11 @@ impl Machine {
                 })
                 .map_err(setup("starting the image loader"))?;
             let vm = Vm::create(memory.clone());
+            // The loader takes longer than the VM: compile the threads' filters meanwhile.
+            let filters = crate::seccomp::precompile();
             timeline.mark("vm");
-            let images = loader
-                .join()
-                .map_err(|_| VmmError::Setup("loading the images", "the loader panicked".into()))?;
+            let images = loader.join().map_err(|_| VmmError::LoaderPanicked)?;
+            filters?;
             timeline.mark("images");
             Ok::<_, VmmError>((vm?, images?))
         })?;

@@ -115,11 +115,45 @@ pub fn mode() -> Option<Mode> {
     MODE.get().copied()
 }
 
-/// Installs `kind`'s filter on the calling thread, if the process enforces filters.
-pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
+/// Every kind's filter, compiled once by [`precompile`], with the mode they were compiled for.
+static COMPILED: OnceLock<(Mode, Vec<(ThreadKind, BpfProgram)>)> = OnceLock::new();
+
+/// Compiles every kind's filter for the process's mode ahead of the threads that install them,
+/// so that a thread's start (a vCPU's, right before its first KVM_RUN) only installs its
+/// filter. husk-vmm does it while its loader thread reads the guest images. Without it each
+/// thread compiles its own filter at [`install`]; with no mode set it does nothing.
+pub fn precompile() -> Result<(), SeccompError> {
     match mode() {
-        Some(mode) => install_with(kind, mode),
+        Some(mode) => precompile_with(mode),
         None => Ok(()),
+    }
+}
+
+fn precompile_with(mode: Mode) -> Result<(), SeccompError> {
+    let all = ThreadKind::ALL
+        .iter()
+        .map(|&kind| compile(kind, mode).map(|bpf| (kind, bpf)))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A second call finds the same filters in place.
+    let _ = COMPILED.set((mode, all));
+    Ok(())
+}
+
+/// Installs `kind`'s filter on the calling thread, if the process enforces filters: the one
+/// [`precompile`] made for the process's mode, or one compiled now.
+pub fn install(kind: ThreadKind) -> Result<(), SeccompError> {
+    let Some(mode) = mode() else {
+        return Ok(());
+    };
+    let compiled = COMPILED
+        .get()
+        .filter(|(m, _)| *m == mode)
+        .and_then(|(_, all)| all.iter().find(|(k, _)| *k == kind));
+    match compiled {
+        Some((_, bpf)) => {
+            seccompiler::apply_filter(bpf).map_err(|e| SeccompError::Install(kind, e))
+        }
+        None => install_with(kind, mode),
     }
 }
 

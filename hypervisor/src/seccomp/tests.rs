@@ -77,6 +77,32 @@ fn an_allowed_call_works_under_every_filter() {
 }
 
 #[test]
+fn a_precompiled_filter_is_the_one_installed() {
+    // This process sets no mode, so nothing here installs the filters compiled now; the child
+    // sets one and installs the vCPU's from them.
+    precompile_with(Mode::Kill).unwrap();
+    // SAFETY: the child sets a OnceLock, installs a filter compiled before the fork, makes one
+    // syscall and _exits: no locks or allocations another thread might hold.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let code = match enforce(Mode::Kill).and_then(|()| install(ThreadKind::Vcpu)) {
+            Ok(()) => i32::from(sys(libc::SYS_execve, [0; 3]) >= 0),
+            Err(_) => 99,
+        };
+        // SAFETY: ending the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child into a local.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+        "status {status:#x}"
+    );
+}
+
+#[test]
 fn a_call_outside_the_list_kills_the_process_with_sigsys() {
     let sigsys = Err(libc::SIGSYS);
     for kind in ThreadKind::ALL {
