@@ -10,7 +10,7 @@ use libcontainer::notify_socket::{NotifySocket, NOTIFY_FILE};
 use oci_spec::runtime::Spec;
 
 use super::process::{HostIo, Process};
-use super::{cgroup, spec, Container};
+use super::{cgroup, spec, sysctl, Container};
 use crate::error::{AgentError, Result};
 use crate::runner::{self, Request};
 use crate::sandbox::Sandbox;
@@ -24,7 +24,10 @@ pub async fn create(
     spec_json: &[u8],
     stdio: StdioRequest,
 ) -> Result<Arc<Container>> {
-    let spec = spec::prepare(id, spec_json, |sandbox_id| sb.init_pid(sandbox_id))?;
+    let spec::Prepared {
+        spec,
+        pod_net_sysctls,
+    } = spec::prepare(id, spec_json, |sandbox_id| sb.init_pid(sandbox_id))?;
     let terminal = spec
         .process()
         .as_ref()
@@ -42,6 +45,7 @@ pub async fn create(
         .and_then(|h| h.poststart().as_ref())
         .is_some_and(|v| !v.is_empty());
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    sysctl::apply(Path::new(sysctl::PROC_SYS), &pod_net_sysctls)?;
     let bundle = sb.config.bundles().join(id);
     let state_dir = sb.config.containers_root().join(id);
     match run_create(sb, id, &spec, stdio, &bundle).await {

@@ -4,7 +4,7 @@
 //! - [`state`]: the status machine; [`spec`]: parsing and guest rewriting of the OCI spec;
 //! - [`create`] and [`exec`]: the two operations that go through a runner;
 //! - [`process`]: a process's stdio and exit; [`cgroup`]: stats, freeze, kill, removal;
-//!   [`oom`]: OOM-kill events.
+//!   [`oom`]: OOM-kill events; [`sysctl`]: the pod's network sysctls, set by the agent.
 //!
 //! libcontainer is built with cgroup v2 (`v2`) and seccomp (`libseccomp`), without
 //! `cgroupsv2_devices`: that feature needs libbpf built from C source and linked into the static
@@ -20,6 +20,7 @@ pub mod oom;
 pub mod process;
 pub mod spec;
 pub mod state;
+pub mod sysctl;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

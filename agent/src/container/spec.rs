@@ -5,6 +5,8 @@
 //!   network is the guest's root network namespace); `ipc`, `uts` and `pid` entries with a path
 //!   join the pod's sandbox container (`io.kubernetes.cri.sandbox-id`) through
 //!   `/proc/<its pid>/ns/<kind>`, or become new namespaces when that container is unknown.
+//! - For a container in the pod's network namespace, the `net.*` sysctls leave the spec; the
+//!   agent sets them in the guest's root namespace ([`super::sysctl`]).
 
 use std::path::Path;
 
@@ -13,6 +15,7 @@ use oci_spec::runtime::{
 };
 
 use super::cgroup;
+use super::sysctl::{self, Sysctl};
 use crate::error::{AgentError, Result};
 
 /// The annotation CRI sets to the pod's sandbox container id.
@@ -22,13 +25,22 @@ fn invalid(why: impl Into<String>) -> AgentError {
     AgentError::InvalidArgument(why.into())
 }
 
+/// A spec rewritten for the guest, and what the agent does for it outside libcontainer.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The spec libcontainer gets.
+    pub spec: Spec,
+    /// The pod's network sysctls, for the agent to set ([`sysctl::apply`]).
+    pub pod_net_sysctls: Vec<Sysctl>,
+}
+
 /// Parses and checks `json`, then rewrites it for the guest. `sandbox_pid` gives the init pid
 /// of a known container.
 pub fn prepare(
     container_id: &str,
     json: &[u8],
     sandbox_pid: impl Fn(&str) -> Option<i32>,
-) -> Result<Spec> {
+) -> Result<Prepared> {
     let mut spec: Spec =
         serde_json::from_slice(json).map_err(|e| invalid(format!("spec is not OCI JSON: {e}")))?;
     if !spec.version().starts_with("1.") {
@@ -82,12 +94,22 @@ pub fn prepare(
         );
         linux.set_mount_label(None);
     }
+    let mut pod_net_sysctls = Vec::new();
     if let Some(namespaces) = linux.namespaces().clone() {
+        let in_pod_net = namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_some());
+        if in_pod_net {
+            pod_net_sysctls = sysctl::take_net(&mut linux);
+        }
         linux.set_namespaces(Some(rewrite_namespaces(namespaces, sandbox)));
     }
     linux.set_cgroups_path(Some(cgroup::spec_path(container_id).into()));
     spec.set_linux(Some(linux));
-    Ok(spec)
+    Ok(Prepared {
+        spec,
+        pod_net_sysctls,
+    })
 }
 
 /// Parses an exec's OCI Process.
@@ -197,7 +219,8 @@ mod tests {
         let spec = prepare("c1", &spec_json(d.path(), ann), |id| {
             (id == "sb").then_some(42)
         })
-        .unwrap();
+        .unwrap()
+        .spec;
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/husk/c1")));
         let ns = linux.namespaces().as_ref().unwrap();
@@ -217,7 +240,9 @@ mod tests {
     #[test]
     fn unknown_sandbox_means_new_namespaces() {
         let d = tempfile::tempdir().unwrap();
-        let spec = prepare("c1", &spec_json(d.path(), ""), |_| Some(1)).unwrap();
+        let spec = prepare("c1", &spec_json(d.path(), ""), |_| Some(1))
+            .unwrap()
+            .spec;
         let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
         assert!(ns.iter().all(|n| n.path().is_none()), "{ns:?}");
     }
@@ -260,10 +285,45 @@ mod tests {
         labelled["linux"]["mountLabel"] = "system_u:object_r:x".into();
         labelled["process"]["apparmorProfile"] = "cri-containerd.apparmor.d".into();
         labelled["process"]["selinuxLabel"] = "system_u:system_r:x".into();
-        let spec = prepare("c1", &serde_json::to_vec(&labelled).unwrap(), |_| None).unwrap();
+        let spec = prepare("c1", &serde_json::to_vec(&labelled).unwrap(), |_| None)
+            .unwrap()
+            .spec;
         let p = spec.process().as_ref().unwrap();
         assert!(p.apparmor_profile().is_none() && p.selinux_label().is_none());
         assert!(spec.linux().as_ref().unwrap().mount_label().is_none());
+    }
+
+    #[test]
+    fn net_sysctls_leave_the_spec_only_for_a_container_in_the_pods_network() {
+        let d = tempfile::tempdir().unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&spec_json(d.path(), "")).unwrap();
+        v["linux"]["sysctl"] = serde_json::json!({
+            "net.ipv4.ping_group_range": "0 2147483647",
+            "kernel.msgmax": "8192",
+        });
+        let p = prepare("c1", &serde_json::to_vec(&v).unwrap(), |_| None).unwrap();
+        assert_eq!(
+            p.pod_net_sysctls,
+            vec![("net.ipv4.ping_group_range".into(), "0 2147483647".into())]
+        );
+        let left = p.spec.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(left.keys().collect::<Vec<_>>(), vec!["kernel.msgmax"]);
+
+        // A container in a new network namespace of its own: libcontainer sets them there.
+        v["linux"]["namespaces"] = serde_json::json!([{"type": "network"}, {"type": "mount"}]);
+        let p = prepare("c1", &serde_json::to_vec(&v).unwrap(), |_| None).unwrap();
+        assert!(p.pod_net_sysctls.is_empty());
+        assert_eq!(
+            p.spec
+                .linux()
+                .as_ref()
+                .unwrap()
+                .sysctl()
+                .as_ref()
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
