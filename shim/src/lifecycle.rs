@@ -94,6 +94,7 @@ impl Sandbox {
         }
         let bundle = PathBuf::from(&req.bundle);
         let mut spec = Spec::load(&bundle)?;
+        spec.check_host_namespaces()?;
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),

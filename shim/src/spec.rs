@@ -141,6 +141,37 @@ impl Spec {
             .map(PathBuf::from)
     }
 
+    /// Refuses a spec that shares a namespace of the host with the container. Without a
+    /// `network`, `ipc` or `pid` entry in `linux.namespaces` the container asks for the host's
+    /// (CRI's `hostNetwork`, `hostIPC`, `hostPID`; `ctr run --net-host`), which a VM cannot
+    /// give: it would silently get the guest's instead, so the request is refused by name.
+    pub fn check_host_namespaces(&self) -> Result<(), SpecError> {
+        let kinds: Vec<&str> = self
+            .0
+            .pointer("/linux/namespaces")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.get("type").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (kind, k8s) in [
+            ("network", "hostNetwork"),
+            ("ipc", "hostIPC"),
+            ("pid", "hostPID"),
+        ] {
+            if !kinds.contains(&kind) {
+                return Err(SpecError::Invalid(format!(
+                    "linux.namespaces has no {kind} namespace, so the container would share the \
+                     host's ({k8s}: true in a pod spec): a husk VM cannot give a container the \
+                     host's {kind} namespace; run it with runc"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `root.path` (absolute, or relative to the bundle).
     pub fn root_path(&self, bundle: &Path) -> Option<PathBuf> {
         let p = self.0.pointer("/root/path").and_then(Value::as_str)?;
@@ -255,6 +286,30 @@ mod tests {
             s(r#"[{"type":"pid"},{"type":"network","path":"/var/run/netns/cni-1"}]"#),
             Some(PathBuf::from("/var/run/netns/cni-1"))
         );
+    }
+
+    #[test]
+    fn a_host_namespace_is_refused_by_its_pod_field() {
+        let s = |ns: &str| {
+            Spec::parse(
+                format!(r#"{{"linux":{{"namespaces":{ns}}}}}"#).as_bytes(),
+                Path::new("c"),
+            )
+            .unwrap()
+            .check_host_namespaces()
+        };
+        assert!(s(r#"[{"type":"pid"},{"type":"ipc"},{"type":"network","path":"/x"}]"#).is_ok());
+        for (ns, want) in [
+            (r#"[{"type":"pid"},{"type":"ipc"}]"#, "hostNetwork"),
+            (r#"[{"type":"pid"},{"type":"network"}]"#, "hostIPC"),
+            (r#"[{"type":"ipc"},{"type":"network"}]"#, "hostPID"),
+            ("[]", "hostNetwork"),
+        ] {
+            let e = s(ns).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("runc"), "{ns}: {e}");
+        }
+        let none = Spec::parse(b"{}", Path::new("x")).unwrap();
+        assert!(none.check_host_namespaces().is_err());
     }
 
     #[test]

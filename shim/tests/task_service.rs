@@ -83,6 +83,9 @@ impl Env {
             "hostname": "fakehost",
             "process": {"args": args, "cwd": "/"},
             "root": {"path": self.path("rootfs-src")},
+            "linux": {"namespaces": [
+                {"type": "pid"}, {"type": "ipc"}, {"type": "network"}, {"type": "mount"}
+            ]},
         });
         std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
         b
