@@ -3,11 +3,18 @@
 //! Edits go through `toml_edit`, so comments, ordering and every other table survive. The
 //! handler lives at
 //! - `version = 2` (containerd 1.6 / 1.7): `plugins."io.containerd.grpc.v1.cri".containerd.runtimes.husk`
-//! - `version = 3` (containerd 2.x): `plugins."io.containerd.cri.v1.runtime".containerd.runtimes.husk`
+//! - `version = 3` (containerd 2.0–2.2) and `version = 4` (2.3's default, the same CRI plugin
+//!   layout): `plugins."io.containerd.cri.v1.runtime".containerd.runtimes.husk`
+//!
+//! Where the config imports a drop-in directory (containerd 2.3's stock config imports
+//! `/etc/containerd/conf.d/*.toml`), the handler goes into a drop-in of husk's own there
+//! ([`imports`]).
 //!
 //! A config without `version` is containerd's version 1 format, which husk refuses to edit:
 //! `containerd config migrate` converts it. An existing `husk` table with other contents is a
 //! conflict, reported and left alone unless the caller forces the replacement.
+
+pub mod imports;
 
 use toml_edit::{value, Array, DocumentMut, Item, Table};
 
@@ -35,7 +42,7 @@ pub enum ContainerdConfigError {
     )]
     Version1,
     /// A version this code does not know.
-    #[error("unsupported containerd config version {0} (husk knows versions 2 and 3)")]
+    #[error("unsupported containerd config version {0} (husk knows versions 2, 3 and 4)")]
     UnknownVersion(String),
     /// A key on the handler's path is not a table.
     #[error("`{0}` is not a table, so the husk handler cannot be added below it")]
@@ -60,8 +67,10 @@ pub enum ContainerdConfigError {
 pub enum Version {
     /// containerd 1.6 / 1.7.
     V2,
-    /// containerd 2.x.
+    /// containerd 2.0–2.2 (2.3 reads it too).
     V3,
+    /// containerd 2.3's default; its CRI runtime handlers sit where version 3 has them.
+    V4,
 }
 
 impl Version {
@@ -69,7 +78,7 @@ impl Version {
     pub fn cri_plugin(self) -> &'static str {
         match self {
             Version::V2 => "io.containerd.grpc.v1.cri",
-            Version::V3 => "io.containerd.cri.v1.runtime",
+            Version::V3 | Version::V4 => "io.containerd.cri.v1.runtime",
         }
     }
 
@@ -97,6 +106,7 @@ impl Version {
         match self {
             Version::V2 => 2,
             Version::V3 => 3,
+            Version::V4 => 4,
         }
     }
 }
@@ -132,6 +142,7 @@ fn parse(text: &str) -> Result<(DocumentMut, Version), ContainerdConfigError> {
         Some(item) => match item.as_integer() {
             Some(2) => Version::V2,
             Some(3) => Version::V3,
+            Some(4) => Version::V4,
             Some(1) => return Err(ContainerdConfigError::Version1),
             _ => {
                 return Err(ContainerdConfigError::UnknownVersion(

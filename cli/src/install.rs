@@ -146,31 +146,56 @@ pub fn husk_config_text(layout: &Layout) -> String {
     out
 }
 
-/// The planned containerd edit: the text before (None: no file) and after.
+/// The planned containerd edit: the file (the main config, or husk's drop-in where the main
+/// config imports a drop-in directory), its text before (None: no file) and after.
 struct ConfigPlan {
+    path: PathBuf,
     before: Option<String>,
     after: String,
     version: containerd::Version,
     outcome: Registered,
 }
 
+fn read_optional(opts: &InstallOptions, path: &Path) -> Result<Option<String>, InstallError> {
+    match std::fs::read_to_string(opts.root.at(path)) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("reading containerd config", path)(e)),
+    }
+}
+
 fn plan_containerd(opts: &InstallOptions) -> Result<ConfigPlan, InstallError> {
-    let file = opts.root.at(&opts.containerd_config);
-    let before = match std::fs::read_to_string(&file) {
-        Ok(t) => Some(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io("reading containerd config", &opts.containerd_config)(e)),
+    let main_path = &opts.containerd_config;
+    let main = read_optional(opts, main_path)?;
+    let config_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InstallError::Containerd { path, source }
     };
-    let base = before.as_deref().unwrap_or(containerd::MINIMAL_V2);
+    let drop_in = main
+        .as_deref()
+        .and_then(|t| containerd::imports::drop_in(t, main_path));
+    let (path, before, base) = match drop_in {
+        Some(d) => {
+            let main_version = containerd::version(main.as_deref().unwrap_or_default())
+                .map_err(config_error(main_path))?;
+            let before = read_optional(opts, &d)?;
+            let base = before
+                .clone()
+                .unwrap_or_else(|| containerd::imports::new_drop_in(main_version.number()));
+            (d, before, base)
+        }
+        None => {
+            let base = main
+                .clone()
+                .unwrap_or_else(|| containerd::MINIMAL_V2.to_string());
+            (main_path.clone(), main, base)
+        }
+    };
     let config_path = opts.husk_config.display().to_string();
     let (after, version, outcome) =
-        containerd::register(base, &config_path, opts.force).map_err(|source| {
-            InstallError::Containerd {
-                path: opts.containerd_config.clone(),
-                source,
-            }
-        })?;
+        containerd::register(&base, &config_path, opts.force).map_err(config_error(&path))?;
     Ok(ConfigPlan {
+        path,
         before,
         after,
         version,
@@ -351,7 +376,7 @@ fn apply(
     }
 
     // containerd's config.
-    let ccfg = &opts.containerd_config;
+    let ccfg = &plan.path;
     let header = plan.version.header();
     if plan.outcome == Registered::AlreadyPresent && plan.before.is_some() {
         report.same(format!("{} already registers [{header}]", ccfg.display()));

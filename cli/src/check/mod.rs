@@ -381,7 +381,18 @@ fn containerd_handler(p: &dyn Probe, path: &Path) -> Line {
             )
         }
     };
-    match containerd::find(&text) {
+    // Without a handler in the main config, the one `husk install` puts in a drop-in the main
+    // config imports.
+    let drop_in = match containerd::find(&text) {
+        Ok(None) => containerd::imports::drop_in(&text, path)
+            .and_then(|d| p.read_to_string(&d).ok().map(|t| (d, t))),
+        _ => None,
+    };
+    let (path, text) = match &drop_in {
+        Some((d, t)) => (d.as_path(), t.as_str()),
+        None => (path, text.as_str()),
+    };
+    match containerd::find(text) {
         Ok(Some(f)) if f.runtime_type.as_deref() == Some(containerd::RUNTIME_TYPE) => Line::ok(
             C,
             format!(

@@ -304,6 +304,30 @@ fn containerd_config_verdicts() {
 }
 
 #[test]
+fn the_handler_in_husks_drop_in_counts_where_the_main_config_imports_it() {
+    let mut f = Fake::good();
+    f.files.insert(
+        CONTAINERD_CONFIG.into(),
+        "version = 4\nimports = ['/etc/containerd/conf.d/*.toml']\n".into(),
+    );
+    let l = line(&lines(&f), "containerd handler").clone();
+    assert_eq!(l.status, Status::Fail, "no drop-in yet: {l}");
+    f.files.insert(
+        "/etc/containerd/conf.d/husk.toml".into(),
+        "version = 4\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.husk]\n\
+         runtime_type = 'io.containerd.husk.v2'\n"
+            .into(),
+    );
+    let l = line(&lines(&f), "containerd handler").clone();
+    assert_eq!(l.status, Status::Ok, "{l}");
+    assert!(
+        l.to_string()
+            .contains("/etc/containerd/conf.d/husk.toml registers"),
+        "{l}"
+    );
+}
+
+#[test]
 fn a_kernel_that_cannot_jail_husk_vmm_fails_naming_the_option() {
     let jail = |f: &Fake| {
         lines(f)

@@ -188,3 +188,16 @@ fn the_snippets_in_runtimeclass_config_are_what_install_writes() {
         assert!(snippet.ends_with(table), "snippet differs from:\n{table}");
     }
 }
+
+#[test]
+fn a_stock_containerd_2_3_config_version_4_gets_the_handler_where_2_3_reads_it() {
+    let stock = include_str!("../../tests/fixtures/containerd-2.3-default-v4.toml");
+    let (out, version, what) = register(stock, CFG, false).unwrap();
+    assert_eq!((version, what), (Version::V4, Registered::Added));
+    let h = husk_of(&out, "io.containerd.cri.v1.runtime");
+    assert_eq!(h["runtime_type"].as_str(), Some(RUNTIME_TYPE));
+    assert_eq!(find(&out).unwrap().unwrap().version, Version::V4);
+    let (back, removed) = unregister(&out).unwrap();
+    assert!(removed);
+    assert_eq!(value(&back), value(stock), "same meaning after removal");
+}

@@ -152,3 +152,44 @@ fn the_written_husk_config_is_valid_for_the_shim() {
         Some(PathBuf::from("/opt/husk/share/husk/husk-initrd.img"))
     );
 }
+
+#[test]
+fn a_config_importing_conf_d_gets_a_drop_in_and_keeps_its_bytes() {
+    let e = env();
+    let main = e.root.join("etc/containerd/config.toml");
+    let stock = include_str!("../../tests/fixtures/containerd-2.3-default-v4.toml");
+    std::fs::write(&main, stock).unwrap();
+    let mut o = opts(&e);
+    o.label_node = None;
+    o.restart_containerd = false;
+    let report = install(&o, &Recorder::default()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&main).unwrap(),
+        stock,
+        "main config untouched"
+    );
+    let drop_in = e.root.join("etc/containerd/conf.d/husk.toml");
+    let text = std::fs::read_to_string(&drop_in).unwrap();
+    assert!(text.contains("version = 4\n"), "{text}");
+    let found = containerd::find(&text).unwrap().unwrap();
+    assert_eq!(
+        found.runtime_type.as_deref(),
+        Some(containerd::RUNTIME_TYPE)
+    );
+    assert!(
+        report
+            .lines
+            .iter()
+            .any(|l| l.contains("/etc/containerd/conf.d/husk.toml: created with")),
+        "{report:?}"
+    );
+    let mut u = un(&e);
+    u.restart_containerd = false;
+    uninstall(&u, &Recorder::default()).unwrap();
+    assert!(!drop_in.exists(), "the drop-in is removed");
+    assert!(
+        !e.root.join("etc/containerd/conf.d").exists(),
+        "the directory install made is removed"
+    );
+    assert_eq!(std::fs::read_to_string(&main).unwrap(), stock);
+}
