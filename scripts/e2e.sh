@@ -26,9 +26,40 @@ if [ -n "${HUSK_E2E_ONLY-}" ]; then
   bins=("${picked[@]}")
 fi
 
+# The containerd each binary runs on (issue 19). Upstream containerd releases built for tests are
+# in ../shared/containerd (HUSK_SHARED_CONTAINERD overrides; the product never uses them). When
+# the newest is there, every suite runs on it (current Kubernetes runs containerd 2.x) and the
+# smoke set (containerd_smoke) runs again on each older release: 1.7 and the host's (Debian's
+# 1.6). A HUSK_CONTAINERD_BIN the caller set picks the one containerd for everything.
+shared=${HUSK_SHARED_CONTAINERD:-$repo/../shared/containerd}
+shared=$(cd "$shared" 2>/dev/null && pwd || echo "$shared")
+newest=v2.3.4
+smoke_on=()
+if [ -n "${HUSK_CONTAINERD_BIN-}" ]; then
+  echo "e2e: every suite on the containerd in HUSK_CONTAINERD_BIN=$HUSK_CONTAINERD_BIN (set by the caller)"
+elif [ -x "$shared/$newest/bin/containerd" ]; then
+  export HUSK_CONTAINERD_BIN="$shared/$newest/bin"
+  echo "e2e: every suite on containerd $newest ($HUSK_CONTAINERD_BIN)"
+  for old in v1.7.34; do
+    if [ -x "$shared/$old/bin/containerd" ]; then smoke_on+=("$shared/$old/bin"); else
+      echo "e2e: *** containerd $old NOT FOUND at $shared/$old/bin: its smoke set does NOT run ***"; fi
+  done
+  smoke_on+=(host)
+else
+  echo "e2e: *** containerd $newest NOT FOUND at $shared/$newest/bin: every suite runs on the host's containerd ($(containerd --version 2>/dev/null | cut -d' ' -f3)) and NONE on containerd 2.x ***"
+fi
+# The runs: each binary on the default containerd, then the smoke set on each older release.
+runs=() run_cd=()
+for b in "${bins[@]}"; do runs+=("$b"); run_cd+=(default); done
+for b in "${bins[@]}"; do
+  case "$(basename "$b")" in containerd_smoke-*)
+    for cd in "${smoke_on[@]}"; do runs+=("$b"); run_cd+=("$cd"); done ;;
+  esac
+done
+
 artifacts="$repo/target/e2e-artifacts"
 rm -rf "$artifacts" && mkdir -p "$artifacts"
-echo "e2e: ${#bins[@]} test binaries; kernel $HUSK_KERNEL; logs of failures go to $artifacts"
+echo "e2e: ${#bins[@]} test binaries, ${#runs[@]} runs; kernel $HUSK_KERNEL; logs of failures go to $artifacts"
 # Every binary runs even when an earlier one failed, so one failure does not hide another; the
 # run fails at the end, naming each failed binary. A binary that fails is run once more: in the
 # nested test host a small share of guest boots die or hang in early kernel setup under any VMM
@@ -71,11 +102,17 @@ bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
 # (cri_pod's ten pods, hostile_guest) meet it up to a few times in a run; four reruns keep a
 # run from failing on it while every one is still recorded in retries.jsonl.
 host_failures_allowed=4
-run_one() {
-  local rc=0
+run_one() { # binary log containerd-dir ("default", "host" or a directory)
+  local rc=0 cd_env=''
+  case "$3" in
+    default) ;;
+    host) cd_env="export HUSK_CONTAINERD_BIN=''" ;;
+    *) cd_env="export HUSK_CONTAINERD_BIN='$3'" ;;
+  esac
   # Streamed as it runs (a killed binary still shows how far it got) and kept for the record.
   "$TESTHOST" --timeout "$bound" --rw "$artifacts" -- "
     export HUSK_E2E_ARTIFACTS='$artifacts'
+    $cd_env
     $1 --ignored --test-threads=1 --nocapture $skip_args" 2>&1 | tee "$2"
   rc=${PIPESTATUS[0]}
   case "$rc" in
@@ -97,8 +134,14 @@ record_failure() { # log rc binary attempt action
 failed=''
 retried=''
 host_failed=''
-for b in "${bins[@]}"; do
+for j in "${!runs[@]}"; do
+  b=${runs[$j]} cd=${run_cd[$j]}
   name=$(basename "$b")
+  case "$cd" in
+    default) ;;
+    host) name="$name@host-containerd" ;;
+    *) name="$name@containerd-$(basename "$(dirname "$cd")")" ;;
+  esac
   echo "== e2e: $name"
   start=$(date +%s)
   test_failures=0 host_failures=0
@@ -108,7 +151,7 @@ for b in "${bins[@]}"; do
     log="$artifacts/$name.attempt$attempt.log"
     rc=0
     set +e
-    run_one "$b" "$log"
+    run_one "$b" "$log" "$cd"
     rc=$?
     set -e
     if [ "$rc" = 0 ]; then

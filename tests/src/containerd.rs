@@ -1,4 +1,5 @@
-//! A private containerd for end-to-end tests: Debian's containerd 1.6 with its own root, state,
+//! A private containerd for end-to-end tests: the host's containerd (Debian's 1.6) or the release
+//! `HUSK_CONTAINERD_BIN` names ([`Release`], in `binaries`), with its own root, state,
 //! sockets and opt directory under `/run/hct-XXXXXX` (tmpfs, where the overlayfs snapshotter
 //! works, also inside the test host), the CRI plugin disabled, the overlayfs snapshotter, the
 //! busybox image built by [`crate::oci_image`] imported, and `containerd-shim-husk-v2` in the
@@ -11,13 +12,16 @@
 //! husk-vmm processes of this instance, mounts, the directory. [`Containerd::leftovers`] lists
 //! what a test left behind (processes, mounts, sockets, state).
 //!
-//! Split by purpose: [`HuskArtifacts`] and [`HuskSettings`] (what husk needs and the config the
+//! Split by purpose: which containerd and its config file (`binaries`, `config`),
+//! [`HuskArtifacts`] and [`HuskSettings`] (what husk needs and the config the
 //! harness writes for it) in `husk`, [`run_bounded`] and [`CtrOutput`] (any command, bounded in
 //! time) in `bounded`, and the look at the host for what a test left behind
 //! ([`Containerd::leftovers`], [`processes_with`], [`mounts_below`], [`shim_socket`]) in
 //! `leftovers`; this module starts, drives and tears down containerd itself.
 
+mod binaries;
 mod bounded;
+pub mod config;
 mod husk;
 mod leftovers;
 
@@ -27,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub use binaries::Release;
 pub use bounded::{run_bounded, CtrOutput};
 pub use husk::{writable_dir, HuskArtifacts, HuskSettings};
 pub use leftovers::{loop_devices_below, mounts_below, processes_with, shim_socket};
@@ -54,37 +59,8 @@ pub struct Containerd {
     pub husk_state: PathBuf,
     /// The husk config file containerd's shims read.
     pub husk_config: PathBuf,
-}
-
-/// containerd's config; `cri` is the CRI plugin's section (the plugin is disabled without it).
-fn containerd_config(base: &Path, cri: Option<&str>) -> String {
-    let b = base.display();
-    let no_cri = if cri.is_some() {
-        ""
-    } else {
-        "\"io.containerd.grpc.v1.cri\", "
-    };
-    let cri = cri.unwrap_or_default();
-    format!(
-        r#"version = 2
-root = "{b}/root"
-state = "{b}/state"
-disabled_plugins = [{no_cri}"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.devmapper"]
-
-[grpc]
-  address = "{b}/containerd.sock"
-
-[ttrpc]
-  address = "{b}/containerd.sock.ttrpc"
-
-[debug]
-  address = "{b}/debug.sock"
-  level = "info"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{b}/opt"
-{cri}"#
-    )
+    /// The containerd release this is (`HUSK_CONTAINERD_BIN`).
+    release: &'static Release,
 }
 
 impl Containerd {
@@ -101,6 +77,7 @@ impl Containerd {
     }
 
     fn start_with(husk: Option<&HuskSettings>, cri: bool) -> anyhow::Result<Containerd> {
+        let release = Release::current()?;
         let base = tempfile::Builder::new()
             .prefix("hct-")
             .tempdir_in("/run")
@@ -112,13 +89,13 @@ impl Containerd {
             std::fs::create_dir_all(base.join(d))?;
         }
         let cri_section = if cri {
-            Some(crate::cri::config::prepare(&base, &husk_config)?)
+            Some(crate::cri::config::prepare(&base, &husk_config, release)?)
         } else {
             None
         };
         std::fs::write(
             base.join("config.toml"),
-            containerd_config(&base, cri_section.as_deref()),
+            config::containerd_config(&base, cri_section.as_deref(), release),
         )?;
         let mut c = Containerd {
             base,
@@ -131,6 +108,7 @@ impl Containerd {
             cri,
             husk_state,
             husk_config,
+            release,
         };
         if let Some(h) = husk {
             std::os::unix::fs::symlink(
@@ -140,6 +118,31 @@ impl Containerd {
             .context("installing the shim in the opt directory")?;
             c.write_husk_config(h)?;
         }
+        c.launch()?;
+        Ok(c)
+    }
+
+    /// Starts containerd with CRI on a config file the caller wrote at `<base>/config.toml`: a
+    /// node's config as a user has it (a release's stock config that `husk install` edited).
+    /// That config must put containerd's gRPC socket at `<base>/containerd.sock`; `husk_state`
+    /// and `husk_config` are the ones its husk handler uses. `base` (under `/run`, named
+    /// `hct-*` like the harness's own) is torn down on drop like theirs.
+    pub fn start_with_config_file(
+        base: PathBuf,
+        husk_state: PathBuf,
+        husk_config: PathBuf,
+    ) -> anyhow::Result<Containerd> {
+        std::fs::create_dir_all(base.join("log"))?;
+        std::fs::create_dir_all(base.join("img"))?;
+        let mut c = Containerd {
+            base,
+            child: None,
+            namespace: crate::cri::NAMESPACE,
+            cri: true,
+            husk_state,
+            husk_config,
+            release: Release::current()?,
+        };
         c.launch()?;
         Ok(c)
     }
@@ -165,6 +168,11 @@ impl Containerd {
         self.namespace
     }
 
+    /// The containerd release running.
+    pub fn release(&self) -> &'static Release {
+        self.release
+    }
+
     /// containerd's gRPC socket.
     pub fn socket(&self) -> PathBuf {
         self.base.join("containerd.sock")
@@ -175,9 +183,10 @@ impl Containerd {
             .create(true)
             .append(true)
             .open(self.base.join("log/containerd.log"))?;
-        let mut cmd = Command::new("containerd");
+        let mut cmd = Command::new(self.release.containerd());
         cmd.arg("--config")
             .arg(self.base.join("config.toml"))
+            .env("PATH", self.release.path_env())
             .env("HUSK_CONFIG", &self.husk_config)
             .env("HUSK_LOG", "debug")
             .stdin(Stdio::null())
@@ -185,9 +194,12 @@ impl Containerd {
             .stderr(log);
         own_process_group(&mut cmd);
         kill_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .context("starting containerd (apt-get install containerd)")?;
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (apt-get install containerd, or set HUSK_CONTAINERD_BIN)",
+                self.release.containerd().display()
+            )
+        })?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -230,7 +242,7 @@ impl Containerd {
 
     /// A ctr command against this containerd.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(self.release.ctr());
         cmd.arg("--address")
             .arg(self.socket())
             .arg("--namespace")
@@ -247,7 +259,8 @@ impl Containerd {
     /// The ctr command line as one shell string (for `script`).
     pub fn ctr_shell(&self, args: &[&str]) -> String {
         let mut s = format!(
-            "ctr --address '{}' --namespace '{}'",
+            "'{}' --address '{}' --namespace '{}'",
+            self.release.ctr().display(),
             self.socket().display(),
             self.namespace
         );

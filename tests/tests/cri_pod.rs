@@ -1,12 +1,13 @@
 //! Kubernetes pods on husk: containerd's CRI plugin driven as kubelet drives it
 //! (src/cri/), with `runtime_handler = "husk"`, and the same scenario under `runc` for parity.
 //!
-//! The scenario: RunPodSandbox, two long-running busybox containers (under husk: one VM, one
-//! boot id, not the test host's), ExecSync, CRI log files, hostPath volumes (read-write,
+//! The scenario: RunPodSandbox (with a network sysctl), two long-running busybox containers
+//! (under husk: one VM, one boot id, not the test host's), the pod's sysctl in both, ExecSync, CRI log files, hostPath volumes (read-write,
 //! updated on the host, read-only), CRI's /etc/hosts, /etc/resolv.conf and hostname,
 //! UpdateContainerResources, ContainerStats, an OOM-killed container, a server in the pod
 //! reached over the CNI bridge, then StopPodSandbox + RemovePodSandbox and nothing left.
-//! Also: ten husk pods at once, and bad input (annotations, memory, a missing kernel).
+//! Also: ten husk pods at once, and bad input (annotations, memory, the node's network, IPC or
+//! PID namespace, a missing kernel).
 //! End-to-end tests (`#[ignore]`d): they run in the nested test host.
 
 use std::io::{Read, Write};
@@ -19,7 +20,10 @@ use husk_tests::cri::{
     self, container_config, eventually, exited, husk_settings, pod_config, running, start,
     wait_container, with_memory_limit, Cri,
 };
-use k8s_cri::v1::{LinuxContainerResources, Mount, PodSandboxConfig};
+use k8s_cri::v1::{
+    LinuxContainerResources, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
+    PodSandboxConfig,
+};
 
 const T: Duration = Duration::from_secs(300);
 const HUSK: &str = "husk";
@@ -80,7 +84,14 @@ fn scenario(handler: &str) {
     std::fs::write(cfg.join("key"), "v1\n").unwrap();
     std::fs::write(ro.join("fixed"), "fixed\n").unwrap();
 
-    let pod_cfg: PodSandboxConfig = pod_config("web", &logs);
+    let mut pod_cfg: PodSandboxConfig = pod_config("web", &logs);
+    // A pod network sysctl (kubelet passes the pod's safe sysctls in the sandbox config).
+    pod_cfg
+        .linux
+        .as_mut()
+        .unwrap()
+        .sysctls
+        .insert("net.ipv4.ip_local_port_range".into(), "20000 40000".into());
     let pod = cri
         .run_pod(&pod_cfg, handler)
         .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", c.log_tail(60)));
@@ -125,6 +136,15 @@ fn scenario(handler: &str) {
         assert!(vmms[0].1.contains(&format!("{pod}/vm.json")), "{vmms:?}");
     } else {
         assert_eq!(boot_a, host_boot, "runc's containers share the host kernel");
+    }
+
+    // The pod's network sysctl holds in every container of the pod.
+    for id in [&a, &b] {
+        assert_eq!(
+            sh(&cri, id, "cat /proc/sys/net/ipv4/ip_local_port_range"),
+            "20000\t40000\n",
+            "[{handler}] the pod's sysctl in {id}"
+        );
     }
 
     // ExecSync: stdout, stderr, exit code.
@@ -414,6 +434,37 @@ fn cri_bad_input_is_refused_without_leaks() {
         });
     }
     refused(&c, &cri, &pod, &["io.kubernetes.cri.sandbox-memory"]);
+
+    // A pod that asks for one of the node's namespaces, which a VM cannot give.
+    for (name, mode, needle) in [
+        (
+            "host-net",
+            [NamespaceMode::Node, NamespaceMode::Pod, NamespaceMode::Pod],
+            "hostNetwork",
+        ),
+        (
+            "host-ipc",
+            [NamespaceMode::Pod, NamespaceMode::Node, NamespaceMode::Pod],
+            "hostIPC",
+        ),
+        (
+            "host-pid",
+            [NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Node],
+            "hostPID",
+        ),
+    ] {
+        let mut pod = pod_config(name, &logs);
+        pod.linux.as_mut().unwrap().security_context = Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: mode[0] as i32,
+                ipc: mode[1] as i32,
+                pid: mode[2] as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        refused(&c, &cri, &pod, &[needle, "runc"]);
+    }
 
     let mut missing = settings.clone();
     missing.artifacts.kernel = c.base().join("no-such-vmlinux");

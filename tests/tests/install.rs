@@ -1,5 +1,6 @@
 //! `husk install` → `husk check` → a container from the installed files → `husk uninstall`,
-//! with the real built artifacts, on a host with hardware KVM (the test host here). Everything
+//! with the real built artifacts, on a host with hardware KVM (the test host here); and the
+//! same on the stock config of the containerd release under test, with a CRI pod. Everything
 //! goes below a temporary directory: prefix, containerd config (a copy of the host's), husk
 //! config, the PATH directory for the shim link. End-to-end (`#[ignore]`d): run it with
 //! `make e2e` or `make testhost`; `target/release/husk` comes from `make build`.
@@ -8,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use husk_tests::containerd::{Containerd, HuskArtifacts, HuskSettings, HUSK};
+use husk_tests::containerd::config::localize_stock;
+use husk_tests::containerd::{Containerd, HuskArtifacts, HuskSettings, Release, HUSK};
+use husk_tests::cri::Cri;
 use husk_tests::e2e;
 use husk_tests::oci_image::BUSYBOX_REF;
 
@@ -175,4 +178,138 @@ fn install_check_run_uninstall() {
     assert!(!prefix.exists(), "{} is left", prefix.display());
     assert!(!hcfg.exists());
     assert!(!bin.join("containerd-shim-husk-v2").exists());
+}
+
+/// `husk install` on the stock config of the containerd release under test (`containerd config
+/// default`, moved into a private directory and nothing else changed): on containerd 2.3 the
+/// config is version 4 and imports `conf.d/*.toml`, so the handler goes into `conf.d/husk.toml`
+/// and the main config is not touched; on 1.x it is added to the main config. `husk check` finds
+/// it, containerd started on that config runs a CRI pod with `runtime_handler = "husk"` (a
+/// container, exec), and `husk uninstall` leaves the config byte for byte as it was.
+#[test]
+#[ignore = "end-to-end: needs hardware KVM and the built artifacts (make e2e)"]
+fn install_on_a_stock_config_then_a_cri_pod() {
+    e2e::require();
+    let artifacts = HuskArtifacts::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let husk = husk_binary(&artifacts);
+    let release = Release::current().expect("containerd");
+    let base = tempfile::Builder::new()
+        .prefix("hct-")
+        .tempdir_in("/run")
+        .unwrap()
+        .keep();
+    let p = |p: &Path| p.display().to_string();
+    let out = Command::new(release.containerd())
+        .args(["config", "default"])
+        .output()
+        .expect("containerd config default");
+    let stock = localize_stock(&String::from_utf8_lossy(&out.stdout), &base);
+    let ccfg = base.join("config.toml");
+    std::fs::write(&ccfg, &stock).unwrap();
+    let net_d = base.join("cni/net.d");
+    std::fs::create_dir_all(&net_d).unwrap();
+    std::fs::write(
+        net_d.join("10-husk-cri.conflist"),
+        husk_tests::cri::config::conflist(&base.join("cni/ipam")),
+    )
+    .unwrap();
+    // The harness's husk config (test timeouts, pinned vCPUs nested): install keeps an
+    // existing one, and the handler points at it.
+    let (hstate, hcfg) = (base.join("hs"), base.join("husk.toml"));
+    std::fs::write(&hcfg, HuskSettings::new(artifacts.clone()).toml(&hstate)).unwrap();
+    let src = base.join("artifacts");
+    std::fs::create_dir(&src).unwrap();
+    for (name, f) in [
+        ("containerd-shim-husk-v2", &artifacts.shim),
+        ("husk-vmm", &artifacts.vmm),
+        ("husk", &husk),
+        ("vmlinux", &artifacts.kernel),
+        ("husk-initrd.img", &artifacts.initramfs),
+    ] {
+        std::os::unix::fs::symlink(f, src.join(name)).unwrap();
+    }
+    let prefix = base.join("prefix");
+    let (code, out) = run(Command::new(&husk).args([
+        "install",
+        "--prefix",
+        &p(&prefix),
+        "--containerd-config",
+        &p(&ccfg),
+        "--husk-config",
+        &p(&hcfg),
+        // The opt directory's bin/, which containerd puts first on its shims' PATH.
+        "--link-dir",
+        &p(&base.join("opt/bin")),
+        "--artifacts",
+        &p(&src),
+    ]));
+    assert_eq!(code, 0, "husk install failed:\n{out}");
+    let drop_in = base.join("conf.d/husk.toml");
+    if release.is_v2() {
+        assert_eq!(
+            std::fs::read_to_string(&ccfg).unwrap(),
+            stock,
+            "containerd {}: the main config is not touched",
+            release.version
+        );
+        let d = std::fs::read_to_string(&drop_in).expect("the drop-in");
+        assert!(d.contains("io.containerd.cri.v1.runtime"), "{d}");
+    } else {
+        assert!(std::fs::read_to_string(&ccfg)
+            .unwrap()
+            .contains("runtimes.husk]"));
+    }
+    let (_, out) = run(Command::new(&husk).args([
+        "check",
+        "--config",
+        &p(&hcfg),
+        "--containerd-config",
+        &p(&ccfg),
+    ]));
+    assert!(
+        check_line(&out, "containerd handler").starts_with("ok"),
+        "{out}"
+    );
+
+    let c = Containerd::start_with_config_file(base.clone(), hstate, hcfg.clone())
+        .expect("containerd on the installed stock config");
+    husk_tests::cri::import_images(&c).expect("images");
+    let cri = Cri::connect(&c.socket()).expect("CRI");
+    let netns_before = husk_tests::cri::netns_names();
+    let logs = base.join("pods/inst");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod_cfg = husk_tests::cri::pod_config("inst", &logs);
+    let pod = cri.run_pod(&pod_cfg, "husk").unwrap_or_else(|e| {
+        panic!(
+            "containerd {}: RunPodSandbox: {e}\n{}",
+            release.version,
+            c.log_tail(60)
+        )
+    });
+    let ctr = cri
+        .create_and_start(
+            &pod,
+            &pod_cfg,
+            &husk_tests::cri::container_config("app", &["sleep", "3600"]),
+        )
+        .unwrap_or_else(|e| panic!("container: {e}\n{}", c.log_tail(60)));
+    let x = cri
+        .exec_sync(&ctr, &["cat", "/proc/sys/kernel/random/boot_id"], 60)
+        .expect("exec");
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(x.exit_code, 0, "{x:?}");
+    assert_ne!(String::from_utf8_lossy(&x.stdout), host_boot, "ran in a VM");
+    cri.stop_and_remove_pod(&pod).expect("stop/remove pod");
+    c.assert_clean(&[&pod, &ctr]);
+    husk_tests::cri::wait_nothing_left(&c, &netns_before).unwrap();
+
+    let (code, out) = run(Command::new(&husk).args(["uninstall", "--prefix", &p(&prefix)]));
+    assert_eq!(code, 0, "husk uninstall failed:\n{out}");
+    assert_eq!(
+        std::fs::read_to_string(&ccfg).unwrap(),
+        stock,
+        "containerd's config is byte-identical after uninstall"
+    );
+    assert!(!drop_in.exists(), "the drop-in is left");
+    assert!(!prefix.exists(), "{} is left", prefix.display());
 }

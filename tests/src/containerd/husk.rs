@@ -113,7 +113,8 @@ impl HuskSettings {
         }
     }
 
-    pub(super) fn toml(&self, state_dir: &Path) -> String {
+    /// The husk config file text, with husk's per-sandbox state under `state_dir`.
+    pub fn toml(&self, state_dir: &Path) -> String {
         let a = &self.artifacts;
         format!(
             "# written by husk-tests (src/containerd/husk.rs)\nvmm = {:?}\nkernel = {:?}\ninitramfs = {:?}\n\

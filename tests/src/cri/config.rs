@@ -1,13 +1,15 @@
-//! The CRI side of the private containerd: the `io.containerd.grpc.v1.cri` plugin section
-//! (sandbox image, stream server on loopback, runtimes `runc` and `husk`, CNI) and the CNI
-//! network: a bridge of its own on a private subnet, host-local IPAM with its state under the
-//! harness directory.
+//! The CRI side of the private containerd: the CRI plugins' config (sandbox image, stream server
+//! on loopback, runtimes `runc` and `husk`, CNI), as containerd 1.x's one `io.containerd.grpc.v1.cri`
+//! section or 2.x's split `io.containerd.cri.v1.images` / `io.containerd.cri.v1.runtime` /
+//! `io.containerd.grpc.v1.cri` sections, and the CNI network: a bridge of its own on a private
+//! subnet, host-local IPAM with its state under the harness directory.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::Context;
 
+use crate::containerd::Release;
 use crate::oci_image::PAUSE_REF;
 
 /// The CNI bridge the harness's pods attach to (not the name any other harness uses).
@@ -41,7 +43,8 @@ pub fn conflist(ipam_dir: &Path) -> String {
     .to_string()
 }
 
-/// The CRI plugin's config section for a containerd whose directory is `base`.
+/// The CRI plugin's config section (containerd 1.x, config version 2) for a containerd whose
+/// directory is `base`.
 pub fn cri_section(base: &Path, husk_config: &Path) -> String {
     let b = base.display();
     let hc = husk_config.display();
@@ -72,15 +75,58 @@ pub fn cri_section(base: &Path, husk_config: &Path) -> String {
     )
 }
 
-/// Writes the CNI config under `base` and returns the CRI section of containerd's config.
-pub fn prepare(base: &Path, husk_config: &Path) -> anyhow::Result<String> {
+/// The CRI plugins' config sections (containerd 2.x, config version 3) for a containerd whose
+/// directory is `base`: the same settings as [`cri_section`], where 2.x keeps them.
+pub fn cri_sections_v3(base: &Path, husk_config: &Path) -> String {
+    let b = base.display();
+    let hc = husk_config.display();
+    let rt = "plugins.\"io.containerd.cri.v1.runtime\"";
+    format!(
+        r#"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_REF}"
+
+[{rt}]
+  disable_apparmor = true
+  enable_selinux = false
+  [{rt}.containerd]
+    default_runtime_name = "runc"
+    [{rt}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [{rt}.containerd.runtimes.husk]
+      runtime_type = "io.containerd.husk.v2"
+      pod_annotations = ["io.husk.*"]
+      privileged_without_host_devices = true
+      [{rt}.containerd.runtimes.husk.options]
+        ConfigPath = "{hc}"
+  [{rt}.cni]
+    bin_dirs = ["{CNI_BIN_DIR}"]
+    conf_dir = "{b}/cni/net.d"
+    max_conf_num = 1
+
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"#
+    )
+}
+
+/// Writes the CNI config under `base` and returns the CRI section(s) of containerd's config in
+/// the syntax of `release`.
+pub fn prepare(base: &Path, husk_config: &Path, release: &Release) -> anyhow::Result<String> {
     let net_d = base.join("cni/net.d");
     std::fs::create_dir_all(&net_d).context("creating the CNI config directory")?;
     std::fs::write(
         net_d.join("10-husk-cri.conflist"),
         conflist(&base.join("cni/ipam")),
     )?;
-    Ok(cri_section(base, husk_config))
+    Ok(if release.is_v2() {
+        cri_sections_v3(base, husk_config)
+    } else {
+        cri_section(base, husk_config)
+    })
 }
 
 /// Removes what CNI leaves on the host after the last pod: the bridge (best effort).
@@ -117,6 +163,31 @@ mod tests {
         assert!(
             s.contains(&format!("sandbox_image = \"{PAUSE_REF}\"")),
             "{s}"
+        );
+    }
+
+    #[test]
+    fn the_v3_sections_keep_the_same_settings_where_containerd_2_reads_them() {
+        let s = cri_sections_v3(Path::new("/run/hct-x"), Path::new("/run/hct-x/husk.toml"));
+        let v: toml::Value = toml::from_str(&s).expect("valid TOML");
+        let p = &v["plugins"];
+        assert_eq!(
+            p["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
+            Some(PAUSE_REF)
+        );
+        let rt = &p["io.containerd.cri.v1.runtime"];
+        let husk = &rt["containerd"]["runtimes"]["husk"];
+        assert_eq!(husk["runtime_type"].as_str(), Some("io.containerd.husk.v2"));
+        assert_eq!(
+            husk["options"]["ConfigPath"].as_str(),
+            Some("/run/hct-x/husk.toml")
+        );
+        assert_eq!(husk["pod_annotations"][0].as_str(), Some("io.husk.*"));
+        assert_eq!(rt["cni"]["bin_dirs"][0].as_str(), Some(CNI_BIN_DIR));
+        assert_eq!(rt["cni"]["conf_dir"].as_str(), Some("/run/hct-x/cni/net.d"));
+        assert_eq!(
+            p["io.containerd.grpc.v1.cri"]["stream_server_address"].as_str(),
+            Some("127.0.0.1")
         );
     }
 }
