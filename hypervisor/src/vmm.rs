@@ -393,7 +393,7 @@ impl Machine {
             .transition(VmState::Running)
             .map_err(setup("starting"))?;
         self.timeline.mark("vcpus");
-        eprintln!("husk-vmm: vCPUs running; {}", self.timeline);
+        eprintln!("{}; {}", husk_protocol::vmm::VCPUS_RUNNING, self.timeline);
 
         let mut events = vec![EpollEvent::default(); 8];
         let exit = 'run: loop {

@@ -1,5 +1,19 @@
-//! The contract between the shim and a `husk-vmm` process: its exit codes and the line
-//! protocol of its control socket.
+//! The contract between the shim and a `husk-vmm` process: its exit codes, the milestone
+//! lines of its stderr, and the line protocol of its control socket.
+
+/// The stderr line husk-vmm prints once its vCPUs run (followed by its setup timeline).
+pub const VCPUS_RUNNING: &str = "husk-vmm: vCPUs running";
+
+/// The stderr line husk-vmm prints, once per device, when the guest's driver first sets
+/// DRIVER_OK, followed by the device's name (`virtio-vsock`, `virtio-fs`, `virtio-net`): how
+/// far the guest's boot got.
+pub const DRIVER_READY: &str = "husk-vmm: guest driver ready:";
+
+/// How the shim describes a boot that stopped before the guest kernel set up any of its virtio
+/// devices (no [`DRIVER_READY`] line): a guest that died or hung in early kernel setup. The
+/// end-to-end harness recognises the nested test host's known early-boot loss by this text
+/// (the ten-pods test's retry, scripts/e2e-failure.py): keep them the same.
+pub const EARLY_BOOT: &str = "the guest died or hung in early kernel setup";
 
 /// How a `husk-vmm` process ended, as its exit code says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

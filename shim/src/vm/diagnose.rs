@@ -2,7 +2,11 @@
 //! (its setup errors and how the guest ended), the guest console and how the readiness poll
 //! went.
 
+use husk_protocol::vmm::EARLY_BOOT;
+
 use super::spawn::Tail;
+#[cfg(test)]
+use super::spawn::TAIL_LINES;
 use crate::agent::NotReady;
 
 /// Setup failures, recognised on husk-vmm's `error:` lines only: its other lines (the setup
@@ -37,10 +41,19 @@ pub fn diagnose(console: &Tail, stderr: &Tail, wait: &NotReady) -> String {
         }
         return format!("the guest kernel panicked ({line})");
     }
+    // How far the guest's boot got: its drivers set up husk-vmm's devices at device init.
+    let ready = husk_protocol::vmm::DRIVER_READY;
+    let vcpus_ran = stderr.reached(husk_protocol::vmm::VCPUS_RUNNING);
     if let Some(line) = stderr.find("guest shut down") {
+        if vcpus_ran && !stderr.reached(ready) {
+            return format!(
+                "{EARLY_BOOT}: it reset itself before its kernel set up any virtio device, with \
+                 no kernel panic on the console: a triple fault ends a VM this way ({line})"
+            );
+        }
         return format!(
             "the guest reset itself before its agent answered, with no kernel panic on the \
-             console: a triple fault in early boot ends a VM this way ({line})"
+             console ({line})"
         );
     }
     if let Some(line) = errors.first() {
@@ -53,6 +66,20 @@ pub fn diagnose(console: &Tail, stderr: &Tail, wait: &NotReady) -> String {
     if wait.connected {
         return "the agent accepted a connection on vsock port 1024 but did not answer Check"
             .into();
+    }
+    if vcpus_ran && !stderr.reached(ready) {
+        return format!(
+            "{EARLY_BOOT}: its kernel set up none of its virtio devices (husk-vmm printed no \
+             `{ready}` line); console: {}",
+            console.lines().last().unwrap_or("(nothing)")
+        );
+    }
+    if vcpus_ran && !stderr.reached(&format!("{ready} virtio-vsock")) {
+        return format!(
+            "the guest kernel set up its other virtio devices but never its vsock device: does \
+             it have virtio-vsock (CONFIG_VIRTIO_VSOCKETS)? ({})",
+            stderr.find(ready).unwrap_or_default()
+        );
     }
     if console.is_empty() {
         return "nothing answered on vsock port 1024 and the guest console is empty \
@@ -86,6 +113,38 @@ mod tests {
 
     const TIMELINE: &str = "husk-vmm: vCPUs running; setup 1154 ms (vm+memory 110 ms, \
                             devices 148 ms, kernel 498 ms, initramfs 346 ms, vcpus 51 ms)";
+    const VSOCK_READY: &str = "husk-vmm: guest driver ready: virtio-vsock";
+
+    #[test]
+    fn a_guest_that_never_set_up_vsock_died_in_early_boot_however_long_ago() {
+        let mut stderr = tail(&[TIMELINE]);
+        let console = tail(&["[    0.5] pps_core: LinuxPPS API ver. 1 registered"]);
+        let why = diagnose(&console, &stderr, &waited(true, false));
+        assert!(
+            why.starts_with(EARLY_BOOT) && why.contains("pps_core"),
+            "{why}"
+        );
+        // Another device but not vsock: the kernel, not the boot.
+        stderr.push("husk-vmm: guest driver ready: virtio-fs".into());
+        let why = diagnose(&console, &stderr, &waited(true, false));
+        assert!(why.contains("CONFIG_VIRTIO_VSOCKETS"), "{why}");
+        // The vsock line, then more than a tail's worth of later lines.
+        stderr.push(VSOCK_READY.into());
+        for i in 0..2 * TAIL_LINES {
+            stderr.push(format!("husk-vmm: warning: {i}"));
+        }
+        let why = diagnose(&tail(&[]), &stderr, &waited(true, false));
+        assert!(!why.contains(EARLY_BOOT), "{why}");
+    }
+
+    #[test]
+    fn the_e2e_scripts_recognise_the_early_boot_text() {
+        let script = include_str!("../../../scripts/e2e-failure.py");
+        assert!(
+            script.contains(EARLY_BOOT),
+            "scripts/e2e-failure.py lost {EARLY_BOOT:?}"
+        );
+    }
 
     #[test]
     fn the_setup_timeline_is_not_mistaken_for_an_error() {
@@ -94,8 +153,16 @@ mod tests {
             "husk-vmm: guest shut down (vCPU 0: triple fault (reboot) at rip 0x1000)",
         ]);
         let why = diagnose(&tail(&[]), &stderr, &waited(true, false));
-        assert!(why.starts_with("the guest reset itself"), "{why}");
+        assert!(why.starts_with(EARLY_BOOT), "{why}");
         assert!(why.contains("triple fault (reboot)"), "{why}");
+        // A reset after the guest's drivers came up is not an early-boot loss.
+        let later = tail(&[
+            TIMELINE,
+            VSOCK_READY,
+            "husk-vmm: guest shut down (i8042 reset)",
+        ]);
+        let why = diagnose(&tail(&[]), &later, &waited(true, false));
+        assert!(why.starts_with("the guest reset itself"), "{why}");
     }
 
     #[test]
@@ -127,9 +194,10 @@ mod tests {
         assert!(why.contains("never created its vsock socket"), "{why}");
         let why = diagnose(&tail(&[]), &quiet, &waited(true, true));
         assert!(why.contains("did not answer Check"), "{why}");
-        let why = diagnose(&tail(&[]), &quiet, &waited(true, false));
+        let vsock_up = tail(&[TIMELINE, VSOCK_READY]);
+        let why = diagnose(&tail(&[]), &vsock_up, &waited(true, false));
         assert!(why.contains("console is empty"), "{why}");
-        let why = diagnose(&tail(&["booting"]), &quiet, &waited(true, false));
+        let why = diagnose(&tail(&["booting"]), &vsock_up, &waited(true, false));
         assert!(why.contains("the guest booted"), "{why}");
     }
 }

@@ -30,19 +30,38 @@ pub const TAIL_LINES: usize = 50;
 /// Console lines logged per second before the rest is dropped (and counted).
 const CONSOLE_LINES_PER_SEC: u32 = 50;
 
-/// The last lines of a stream.
+/// husk-vmm's milestone lines, kept by a [`Tail`] whatever follows them (at most
+/// [`MILESTONES_KEPT`]): how far a VM got must not be pushed out by later lines.
+const MILESTONES: [&str; 2] = [
+    husk_protocol::vmm::VCPUS_RUNNING,
+    husk_protocol::vmm::DRIVER_READY,
+];
+/// Milestone lines kept (one timeline, a few devices).
+const MILESTONES_KEPT: usize = 8;
+
+/// The last lines of a stream, and husk-vmm's milestone lines.
 #[derive(Debug, Default)]
 pub struct Tail {
     lines: VecDeque<String>,
+    milestones: Vec<String>,
 }
 
 impl Tail {
-    /// Adds a line, forgetting the oldest beyond [`TAIL_LINES`].
+    /// Adds a line, forgetting the oldest beyond [`TAIL_LINES`] (milestones stay).
     pub fn push(&mut self, line: String) {
+        if self.milestones.len() < MILESTONES_KEPT && MILESTONES.iter().any(|m| line.starts_with(m))
+        {
+            self.milestones.push(line.clone());
+        }
         if self.lines.len() == TAIL_LINES {
             self.lines.pop_front();
         }
         self.lines.push_back(line);
+    }
+
+    /// Whether husk-vmm printed a milestone line starting with `prefix`, however long ago.
+    pub fn reached(&self, prefix: &str) -> bool {
+        self.milestones.iter().any(|l| l.starts_with(prefix))
     }
 
     /// The kept lines, newline-separated; `(nothing)` when empty.

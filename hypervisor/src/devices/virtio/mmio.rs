@@ -159,6 +159,18 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     config_generation: u32,
+    /// Whether the first activation was announced on stderr.
+    announced: bool,
+}
+
+/// A device type's name for messages.
+pub fn device_name(device_type: u32) -> String {
+    match device_type {
+        1 => "virtio-net".into(),
+        19 => "virtio-vsock".into(),
+        26 => "virtio-fs".into(),
+        t => format!("virtio device type {t}"),
+    }
 }
 
 impl MmioTransport {
@@ -188,6 +200,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             config_generation: 0,
+            announced: false,
         })
     }
 
@@ -451,6 +464,15 @@ impl MmioTransport {
         match self.device.activate(activation) {
             Ok(()) => {
                 self.active = true;
+                // Once per device: a guest that resets and activates it again says nothing more.
+                if !self.announced {
+                    self.announced = true;
+                    eprintln!(
+                        "{} {}",
+                        husk_protocol::vmm::DRIVER_READY,
+                        device_name(self.device.device_type())
+                    );
+                }
                 Ok(())
             }
             Err(e) => {
