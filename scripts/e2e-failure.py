@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
 """Describes one failed run of an e2e test binary as a JSON line, and summarises those lines.
 
+  e2e-failure.py reason <log> <rc>                               prints the reason alone
   e2e-failure.py record <log> <rc> <binary> <attempt> <action>   prints one JSON object
   e2e-failure.py summary <jsonl>                                 prints the run's summary
 
 The reason is what the exit code and output say:
   test-host-failed  husk-testhost exit 75: the nested test host wedged or its kernel died
                     under the binary (the environment, not the tests);
+  guest-early-boot  every failed test failed on a guest that died or hung in early kernel
+                    setup, before its kernel set up any virtio device (the shim's message
+                    carries EARLY_BOOT below, protocol/src/vmm.rs): the nested test host's
+                    known loss, which QEMU's microvm suffers alike (scripts/boot-stress.sh);
   killed-at-bound   exit 124: the binary ran past its bound (a hang; see its output);
   tests-failed      the binary's own tests failed: a product bug until shown otherwise.
+Only the first two are the environment's: scripts/e2e.sh runs a binary again for those (and,
+until the guest triple faults under running containers are understood, once for any other
+failure, reported as FLAKY).
 For tests-failed the record names the failed tests and the first lines of their panics, so
 the end of a CI log says what failed without scrolling back.
 """
@@ -44,13 +52,41 @@ def panics(text, limit=3):
     return out
 
 
-def record(log, rc, binary, attempt, action):
+# The shim's words for a guest that died or hung in early kernel setup (protocol/src/vmm.rs,
+# EARLY_BOOT; a shim unit test checks this file still carries them).
+EARLY_BOOT = "the guest died or hung in early kernel setup"
+
+
+def panic_first_lines(text):
+    # The first line of each panic's message: the error itself. What tests print after it
+    # (containerd's log tail) may quote earlier, retried failures, so it is not read.
+    lines = text.splitlines()
+    return [lines[i + 1] if i + 1 < len(lines) else ""
+            for i, line in enumerate(lines) if "panicked at" in line]
+
+
+def reason_of(text, rc):
+    if rc == 75:
+        return "test-host-failed"
+    if rc == 124:
+        return "killed-at-bound"
+    msgs = panic_first_lines(text)
+    if msgs and all(EARLY_BOOT in m for m in msgs):
+        return "guest-early-boot"
+    return "tests-failed"
+
+
+def read(log):
     try:
-        text = open(log, errors="replace").read()
+        return open(log, errors="replace").read()
     except OSError:
-        text = ""
+        return ""
+
+
+def record(log, rc, binary, attempt, action):
+    text = read(log)
     rc = int(rc)
-    reason = {75: "test-host-failed", 124: "killed-at-bound"}.get(rc, "tests-failed")
+    reason = reason_of(text, rc)
     last_test = re.findall(r"^test (\S+) \.\.\. ", text, re.M)
     obj = {
         "binary": binary,
@@ -84,7 +120,9 @@ def summary(path):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "record":
+    if sys.argv[1] == "reason":
+        print(reason_of(read(sys.argv[2]), int(sys.argv[3])))
+    elif sys.argv[1] == "record":
         record(*sys.argv[2:7])
     elif sys.argv[1] == "summary":
         summary(sys.argv[2])

@@ -48,6 +48,11 @@ elif [ -x "$shared/$newest/bin/containerd" ]; then
 else
   echo "e2e: *** containerd $newest NOT FOUND at $shared/$newest/bin: every suite runs on the host's containerd ($(containerd --version 2>/dev/null | cut -d' ' -f3)) and NONE on containerd 2.x ***"
 fi
+# crictl (cri-tools) for the install test's walk-through of the README's crictl steps.
+if [ -z "${HUSK_CRICTL-}" ] && [ -x "$shared/cri-tools/bin/crictl" ]; then
+  export HUSK_CRICTL="$shared/cri-tools/bin/crictl"
+fi
+echo "e2e: crictl: ${HUSK_CRICTL:-*** none (the install test uses its own CRI client) ***}"
 # The runs: each binary on the default containerd, then the smoke set on each older release.
 runs=() run_cd=()
 for b in "${bins[@]}"; do runs+=("$b"); run_cd+=(default); done
@@ -61,11 +66,16 @@ artifacts="$repo/target/e2e-artifacts"
 rm -rf "$artifacts" && mkdir -p "$artifacts"
 echo "e2e: ${#bins[@]} test binaries, ${#runs[@]} runs; kernel $HUSK_KERNEL; logs of failures go to $artifacts"
 # Every binary runs even when an earlier one failed, so one failure does not hide another; the
-# run fails at the end, naming each failed binary. A binary that fails is run once more: in the
-# nested test host a small share of guest boots die or hang in early kernel setup under any VMM
-# (QEMU's microvm as much as husk-vmm; scripts/boot-stress.sh measures it). The harness pins
-# vCPU threads there, which takes the rate from about one boot in twenty to about one in a
-# hundred (issue 3). A pass on the retry is reported as FLAKY, never silently.
+# run fails at the end, naming each failed binary. Each failure is classified by its signature
+# (scripts/e2e-failure.py): the environment's are the test host itself failing (exit 75,
+# below) and a guest that died or hung in early kernel setup, before its kernel set up any
+# virtio device (the shim says so, from husk-vmm's milestone lines; in the nested test host a
+# small share of boots end that way under any VMM, QEMU's microvm as much as husk-vmm:
+# scripts/boot-stress.sh; pinned vCPU threads take it to about one in a hundred, issue 3).
+# Those are run again as the environment's. Any other failure is a product bug until shown
+# otherwise; it still gets one retry, reported as FLAKY with its reason, until the guest
+# triple faults seen under running containers (hostile_guest's share_symlink_swaps, once in a
+# CI run on 2026-12-04; issue 16) are understood: then this retry goes.
 # Known failures, excluded by name and announced on every run (never counted as passed): each
 # names the open issue that tracks it. Override with HUSK_E2E_EXCLUDE='' to run them too.
 # - pods_churned_in_parallel_leave_nothing_behind (tests/tests/churn.rs, issue 16): 10 pods in
@@ -94,7 +104,8 @@ done
 bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
 # husk-testhost exits 75 when the test host itself failed under the binary (it wedged, or its
 # kernel died): that says nothing about the tests, so such a run does not count as the binary's
-# failure, up to $host_failures_allowed times per binary. A failure of the tests gets one retry.
+# failure, up to $host_failures_allowed times per binary; an early-boot guest loss up to
+# $boot_failures_allowed times.
 # The test host's kernel dies of QEMU 7.2's TCG delivering an interrupt (a reschedule IPI) right
 # after a #VMEXIT, before KVM has reloaded the host's GS base: `BUG: TASK stack guard page was
 # hit` in `exc_page_fault`, `Fatal exception in interrupt`, from `__svm_vcpu_run`. Its rate grows
@@ -102,6 +113,7 @@ bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
 # (cri_pod's ten pods, hostile_guest) meet it up to a few times in a run; four reruns keep a
 # run from failing on it while every one is still recorded in retries.jsonl.
 host_failures_allowed=4
+boot_failures_allowed=2
 run_one() { # binary log containerd-dir ("default", "host" or a directory)
   local rc=0 cd_env=''
   case "$3" in
@@ -133,6 +145,7 @@ record_failure() { # log rc binary attempt action
 }
 failed=''
 retried=''
+passed_flaky=''
 host_failed=''
 for j in "${!runs[@]}"; do
   b=${runs[$j]} cd=${run_cd[$j]}
@@ -144,7 +157,7 @@ for j in "${!runs[@]}"; do
   esac
   echo "== e2e: $name"
   start=$(date +%s)
-  test_failures=0 host_failures=0
+  boot_failures=0 host_failures=0 test_failures=0
   attempt=0
   while :; do
     attempt=$((attempt + 1))
@@ -155,15 +168,23 @@ for j in "${!runs[@]}"; do
     rc=$?
     set -e
     if [ "$rc" = 0 ]; then
-      [ "$test_failures" = 0 ] || retried="$retried $name"
+      [ "$boot_failures" = 0 ] || retried="$retried $name"
+      [ "$test_failures" = 0 ] || passed_flaky="$passed_flaky $name"
       rm -f "$log"
       break
     fi
-    if [ "$rc" = 75 ] && [ "$host_failures" -lt "$host_failures_allowed" ]; then
+    reason=$("$repo/scripts/e2e-failure.py" reason "$log" "$rc")
+    if [ "$reason" = test-host-failed ] && [ "$host_failures" -lt "$host_failures_allowed" ]; then
       host_failures=$((host_failures + 1))
       case " $host_failed " in *" $name "*) ;; *) host_failed="$host_failed $name" ;; esac
       record_failure "$log" "$rc" "$name" "$attempt" "run again in a fresh test host"
       echo "== e2e: RUNNING $name again in a fresh test host (test host failure $host_failures of $host_failures_allowed allowed)"
+      continue
+    fi
+    if [ "$reason" = guest-early-boot ] && [ "$boot_failures" -lt "$boot_failures_allowed" ]; then
+      boot_failures=$((boot_failures + 1))
+      record_failure "$log" "$rc" "$name" "$attempt" "run again: a guest died in early kernel setup"
+      echo "== e2e: RUNNING $name again: a guest died or hung in early kernel setup (output above; $boot_failures of $boot_failures_allowed allowed)"
       continue
     fi
     test_failures=$((test_failures + 1))
@@ -172,8 +193,8 @@ for j in "${!runs[@]}"; do
       failed="$failed $name"
       break
     fi
-    record_failure "$log" "$rc" "$name" "$attempt" "retried once (FLAKY if the retry passes)"
-    echo "== e2e: RETRYING $name once after a failure (output above)"
+    record_failure "$log" "$rc" "$name" "$attempt" "retried once: FLAKY if the retry passes, a product bug to chase"
+    echo "== e2e: RETRYING $name once after a failure that is not the environment's ($reason; output above)"
   done
   echo "== e2e: $name took $(( $(date +%s) - start )) s"
 done
@@ -182,7 +203,10 @@ if [ -n "$host_failed" ]; then
   echo "e2e: *** the test host failed under:$host_failed (each run again in a fresh one) ***" >&2
 fi
 if [ -n "$retried" ]; then
-  echo "e2e: *** FLAKY: failed once, passed on the retry:$retried (see the first failure's output above: a guest that died in early kernel setup is the nested environment (issue 3); anything else is a bug to chase) ***" >&2
+  echo "e2e: *** passed after a guest died in early kernel setup (the nested test host's known loss, issue 3):$retried ***" >&2
+fi
+if [ -n "$passed_flaky" ]; then
+  echo "e2e: *** FLAKY: failed (not the environment's failure), passed on the retry:$passed_flaky: a product bug to chase (its output is in $artifacts, its reason in retries.jsonl) ***" >&2
 fi
 if [ -n "$failed" ]; then echo "e2e: FAILED:$failed" >&2; exit 1; fi
 echo 'e2e: all passed'

@@ -1,20 +1,20 @@
-//! Starting a pod the way kubelet does, retrying a sandbox that died as kubelet's pod sync
-//! would (the CRI suites that start many pods share it).
+//! Starting a pod the way kubelet does, retrying a sandbox whose guest was lost in early boot as
+//! kubelet's pod sync would (the CRI suites that start many pods share it).
 
 use std::time::Duration;
 
+use husk_protocol::vmm::EARLY_BOOT;
 use k8s_cri::v1::{PodSandboxConfig, PodSandboxState};
 
 use super::{container_config, eventually, running, wait_container, Cri};
 
 /// A pod with one `sleep` container, started as kubelet starts it: a sandbox that failed to
-/// start, or that died before its container ran (PodSandboxStatus NOTREADY), is removed and
-/// the pod tried once more as a new attempt, which is what kubelet's pod sync does. On the
-/// nested test host a few percent of guest boots die in early kernel setup under any VMM
-/// (QEMU's microvm loses them at the same rate: scripts/boot-stress.sh, issue 3), and now and
-/// then a running nested guest resets; husk must report such a failure with its cause and
-/// leave nothing behind, which the final leak check verifies. Every retry is announced on
-/// stderr. A container that fails while its sandbox is READY is a failure, not retried.
+/// start because its guest died or hung in early kernel setup (the shim's message carries
+/// [`EARLY_BOOT`]) is removed and the pod tried once more as a new attempt, which is what
+/// kubelet's pod sync does. On the nested test host about one guest boot in a hundred ends
+/// that way under any VMM (QEMU's microvm loses them at the same rate: scripts/boot-stress.sh,
+/// issue 3); husk must report it with its cause and leave nothing behind, which the final leak
+/// check verifies. Every retry is announced on stderr. Any other failure is returned at once.
 pub fn start_pod_like_kubelet(
     cri: &Cri,
     cfg: &mut PodSandboxConfig,
@@ -42,6 +42,11 @@ pub fn start_pod_like_kubelet(
         Ok(started) => return Ok(started),
         Err(failed) => failed,
     };
+    if !first.contains(EARLY_BOOT) {
+        return Err(format!(
+            "pod {i}: {first} (not retried: only a guest lost in early kernel setup is)"
+        ));
+    }
     if let Some(pod) = &dead {
         // containerd marks the sandbox NOTREADY when it handles the sandbox task's exit event,
         // which can trail the container's failure a little.
