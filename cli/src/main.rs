@@ -77,6 +77,9 @@ enum Command {
         /// containerd's config file.
         #[arg(long)]
         containerd_config: Option<PathBuf>,
+        /// containerd's gRPC socket, to ask the running containerd (ctr, crictl).
+        #[arg(long)]
+        containerd_address: Option<PathBuf>,
     },
 }
 
@@ -165,12 +168,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check {
             config,
             containerd_config,
+            containerd_address,
         } => {
             let lines = check::run(
                 &check::system::System,
                 &CheckOptions {
                     config,
                     containerd_config,
+                    containerd_address,
                 },
             );
             for l in &lines {

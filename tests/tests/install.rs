@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use husk_tests::containerd::config::localize_stock;
-use husk_tests::containerd::{Containerd, HuskArtifacts, HuskSettings, Release, HUSK};
+use husk_tests::containerd::{run_bounded, Containerd, HuskArtifacts, HuskSettings, Release, HUSK};
 use husk_tests::cri::Cri;
 use husk_tests::e2e;
 use husk_tests::oci_image::BUSYBOX_REF;
@@ -184,8 +184,9 @@ fn install_check_run_uninstall() {
 /// default`, moved into a private directory and nothing else changed): on containerd 2.3 the
 /// config is version 4 and imports `conf.d/*.toml`, so the handler goes into `conf.d/husk.toml`
 /// and the main config is not touched; on 1.x it is added to the main config. `husk check` finds
-/// it, containerd started on that config runs a CRI pod with `runtime_handler = "husk"` (a
-/// container, exec), and `husk uninstall` leaves the config byte for byte as it was.
+/// it, containerd started on that config runs the README's crictl walk-through (a pod with
+/// `--runtime husk`, a container, exec, logs, stop and remove; `HUSK_CRICTL`), and
+/// `husk uninstall` leaves the config byte for byte as it was.
 #[test]
 #[ignore = "end-to-end: needs hardware KVM and the built artifacts (make e2e)"]
 fn install_on_a_stock_config_then_a_cri_pod() {
@@ -274,33 +275,54 @@ fn install_on_a_stock_config_then_a_cri_pod() {
     let c = Containerd::start_with_config_file(base.clone(), hstate, hcfg.clone())
         .expect("containerd on the installed stock config");
     husk_tests::cri::import_images(&c).expect("images");
-    let cri = Cri::connect(&c.socket()).expect("CRI");
+    let crictl = std::env::var_os("HUSK_CRICTL")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+
+    // `husk check` asks the running containerd (ctr, and crictl when on PATH) whether it
+    // loaded the handler.
+    let mut path: Vec<PathBuf> =
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    path.splice(
+        0..0,
+        crictl
+            .iter()
+            .filter_map(|c| c.parent().map(Path::to_path_buf))
+            .chain(release.dir.clone()),
+    );
+    let (_, out) = run(Command::new(&husk)
+        .env("PATH", std::env::join_paths(path).unwrap())
+        .args([
+            "check",
+            "--config",
+            &p(&hcfg),
+            "--containerd-config",
+            &p(&ccfg),
+            "--containerd-address",
+            &p(&c.socket()),
+        ]));
+    let live = check_line(&out, "containerd running");
+    assert!(live.contains(&release.version), "{live}");
+    if crictl.is_some() {
+        assert!(
+            live.starts_with("ok") && live.contains("husk handler loaded"),
+            "{live}"
+        );
+    }
+
     let netns_before = husk_tests::cri::netns_names();
-    let logs = base.join("pods/inst");
-    std::fs::create_dir_all(&logs).unwrap();
-    let pod_cfg = husk_tests::cri::pod_config("inst", &logs);
-    let pod = cri.run_pod(&pod_cfg, "husk").unwrap_or_else(|e| {
-        panic!(
-            "containerd {}: RunPodSandbox: {e}\n{}",
-            release.version,
-            c.log_tail(60)
-        )
-    });
-    let ctr = cri
-        .create_and_start(
-            &pod,
-            &pod_cfg,
-            &husk_tests::cri::container_config("app", &["sleep", "3600"]),
-        )
-        .unwrap_or_else(|e| panic!("container: {e}\n{}", c.log_tail(60)));
-    let x = cri
-        .exec_sync(&ctr, &["cat", "/proc/sys/kernel/random/boot_id"], 60)
-        .expect("exec");
-    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    assert_eq!(x.exit_code, 0, "{x:?}");
-    assert_ne!(String::from_utf8_lossy(&x.stdout), host_boot, "ran in a VM");
-    cri.stop_and_remove_pod(&pod).expect("stop/remove pod");
-    c.assert_clean(&[&pod, &ctr]);
+    let (pod, app) = match &crictl {
+        Some(crictl) => pod_through_crictl(crictl, &c),
+        None => {
+            eprintln!(
+                "*** HUSK_CRICTL is not set (make e2e sets it to \
+                 ../shared/containerd/cri-tools/bin/crictl when that exists): the pod goes \
+                 through husk-tests' CRI client instead of crictl ***"
+            );
+            pod_through_cri_client(&c)
+        }
+    };
+    c.assert_clean(&[&pod, &app]);
     husk_tests::cri::wait_nothing_left(&c, &netns_before).unwrap();
 
     let (code, out) = run(Command::new(&husk).args(["uninstall", "--prefix", &p(&prefix)]));
@@ -312,4 +334,94 @@ fn install_on_a_stock_config_then_a_cri_pod() {
     );
     assert!(!drop_in.exists(), "the drop-in is left");
     assert!(!prefix.exists(), "{} is left", prefix.display());
+}
+
+/// The README's crictl walk-through (runtimeclass/README.md, "A pod through crictl") against
+/// `c`, with the local busybox image: runp with `--runtime husk`, create, start, exec (the
+/// guest's kernel), logs, stopp, rmp. Returns the pod's and the container's ids.
+fn pod_through_crictl(crictl: &Path, c: &Containerd) -> (String, String) {
+    let base = c.base();
+    let logs = base.join("pods/web");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod_json = base.join("pod.json");
+    let pod_spec = serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "web-1"},
+        "log_directory": logs, "linux": {}
+    });
+    std::fs::write(&pod_json, pod_spec.to_string()).unwrap();
+    let app_json = base.join("app.json");
+    let app_spec = serde_json::json!({
+        "metadata": {"name": "app"}, "image": {"image": BUSYBOX_REF},
+        "command": ["sh", "-c", "echo started; exec sleep 3600"], "log_path": "app.log",
+        "linux": {}
+    });
+    std::fs::write(&app_json, app_spec.to_string()).unwrap();
+    let endpoint = format!("unix://{}", c.socket().display());
+    let crictl_out = |args: &[&str]| {
+        let mut cmd = Command::new(crictl);
+        cmd.args([
+            "--runtime-endpoint",
+            &endpoint,
+            "--image-endpoint",
+            &endpoint,
+        ])
+        .args(["--timeout", "300s"])
+        .args(args);
+        run_bounded(cmd, None, Duration::from_secs(360))
+    };
+    let crictl_ok = |args: &[&str]| {
+        let out = crictl_out(args);
+        assert_eq!(out.code, 0, "crictl {args:?}: {out}\n{}", c.log_tail(60));
+        out.stdout.trim().to_string()
+    };
+    let (pod_json, app_json) = (
+        pod_json.display().to_string(),
+        app_json.display().to_string(),
+    );
+    let pod = crictl_ok(&["runp", "--runtime", "husk", &pod_json]);
+    let app = crictl_ok(&["create", &pod, &app_json, &pod_json]);
+    crictl_ok(&["start", &app]);
+    let kernel = crictl_ok(&["exec", &app, "uname", "-r"]);
+    let node = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(kernel, node.trim(), "crictl exec ran in the node's kernel");
+    let logged = (0..60).any(|_| {
+        let out = crictl_out(&["logs", &app]);
+        let found = out.code == 0 && out.stdout.contains("started");
+        if !found {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        found
+    });
+    assert!(logged, "crictl logs: {}", crictl_out(&["logs", &app]));
+    crictl_ok(&["stopp", &pod]);
+    crictl_ok(&["rmp", &pod]);
+    (pod, app)
+}
+
+/// The same pod through husk-tests' CRI client, where no crictl is at hand.
+fn pod_through_cri_client(c: &Containerd) -> (String, String) {
+    let cri = Cri::connect(&c.socket()).expect("CRI");
+    let logs = c.base().join("pods/web");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod_cfg = husk_tests::cri::pod_config("web", &logs);
+    let pod = cri
+        .run_pod(&pod_cfg, "husk")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log_tail(60)));
+    let app = cri
+        .create_and_start(
+            &pod,
+            &pod_cfg,
+            &husk_tests::cri::container_config("app", &["sleep", "3600"]),
+        )
+        .unwrap_or_else(|e| panic!("container: {e}\n{}", c.log_tail(60)));
+    let x = cri.exec_sync(&app, &["uname", "-r"], 60).expect("exec");
+    let node = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(x.exit_code, 0, "{x:?}");
+    assert_ne!(
+        String::from_utf8_lossy(&x.stdout).trim(),
+        node.trim(),
+        "ran in the node's kernel"
+    );
+    cri.stop_and_remove_pod(&pod).expect("stop/remove pod");
+    (pod, app)
 }

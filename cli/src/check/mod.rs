@@ -8,6 +8,7 @@
 
 mod cgroups;
 mod jail;
+mod live;
 pub mod system;
 
 use std::fmt;
@@ -20,6 +21,8 @@ use crate::paths::SHIM;
 
 /// containerd's default config file.
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+/// containerd's default gRPC socket.
+pub const CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
 /// Where husk's guests can be run on a PVM host.
 const NESTED_HINT: &str = "run husk on a machine with VT-x or AMD-V (bare metal, or a cloud VM \
      with nested virtualization enabled); on this machine husk's guests run only inside the \
@@ -120,6 +123,20 @@ pub trait Probe {
     fn husk_config(&self, explicit: Option<&Path>) -> Result<Loaded, ConfigError>;
     /// The directory the shim's defaults are relative to when the shim is not on PATH.
     fn fallback_bindir(&self) -> PathBuf;
+    /// Runs `program` with `args`, bounded in time: how it ended and what it printed, or why
+    /// it did not run to the end.
+    fn run(&self, program: &Path, args: &[&str]) -> Result<ToolRun, String>;
+}
+
+/// How a tool [`Probe::run`] ran ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolRun {
+    /// Its exit code (-1 when a signal ended it).
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
 }
 
 /// What to check.
@@ -129,6 +146,8 @@ pub struct CheckOptions {
     pub config: Option<PathBuf>,
     /// `--containerd-config` (default [`CONTAINERD_CONFIG`]).
     pub containerd_config: Option<PathBuf>,
+    /// `--containerd-address` (default [`CONTAINERD_ADDRESS`]).
+    pub containerd_address: Option<PathBuf>,
 }
 
 /// Runs every check.
@@ -146,6 +165,11 @@ pub fn run(probe: &dyn Probe, opts: &CheckOptions) -> Vec<Line> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(CONTAINERD_CONFIG));
     lines.push(containerd_handler(probe, &ccfg));
+    let address = opts
+        .containerd_address
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(CONTAINERD_ADDRESS));
+    lines.push(live::check(probe, &address));
     lines.push(shim_on_path(probe));
     lines
 }

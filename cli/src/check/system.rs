@@ -1,14 +1,17 @@
 //! The real [`Probe`]: `/proc`, `/sys/module`, `/dev/kvm` ioctls, PATH, the shim's config
-//! loader.
+//! loader, and tools run bounded in time (ctr, crictl).
 
 use std::fs::OpenOptions;
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use husk_shim::config::{ConfigError, Loaded};
 
-use super::{KvmFacts, Probe};
+use super::{KvmFacts, Probe, ToolRun};
 
 /// `_IO(KVMIO, 0x00)`.
 const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
@@ -94,10 +97,89 @@ impl Probe for System {
         husk_shim::config::load(explicit)
     }
 
+    fn run(&self, program: &Path, args: &[&str]) -> Result<ToolRun, String> {
+        run_bounded(program, args, RUN_BOUND)
+    }
+
     fn fallback_bindir(&self) -> PathBuf {
         std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("/usr/local/bin"))
+    }
+}
+
+/// How long a tool `husk check` runs (ctr, crictl) may take.
+const RUN_BOUND: Duration = Duration::from_secs(15);
+
+/// Runs `program`, killing it at `bound`; stdout and stderr are read on their own threads so a
+/// chatty tool cannot block on a full pipe.
+fn run_bounded(program: &Path, args: &[&str], bound: Duration) -> Result<ToolRun, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + bound;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{} did not finish in {bound:?}", program.display()));
+            }
+            Err(e) => return Err(format!("waiting for {}: {e}", program.display())),
+        }
+    };
+    Ok(ToolRun {
+        code: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_runs_bounded_with_its_code_and_output() {
+        let sh = Path::new("/bin/sh");
+        assert_eq!(
+            run_bounded(sh, &["-c", "echo out; echo err >&2; exit 3"], RUN_BOUND),
+            Ok(ToolRun {
+                code: 3,
+                stdout: "out\n".into(),
+                stderr: "err\n".into()
+            })
+        );
+        let slow = run_bounded(sh, &["-c", "sleep 5"], Duration::from_millis(200));
+        assert!(slow.unwrap_err().contains("did not finish"));
+        assert!(run_bounded(Path::new("/no/such/tool"), &[], RUN_BOUND).is_err());
     }
 }

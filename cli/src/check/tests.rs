@@ -18,6 +18,8 @@ struct Fake {
     tun: Result<(), ErrorKind>,
     shim: Option<PathBuf>,
     config: Result<Option<HuskConfig>, String>,
+    /// Tools on PATH (ctr, crictl) and what running them prints.
+    tools: HashMap<&'static str, Result<ToolRun, String>>,
 }
 
 fn good_kvm() -> KvmFacts {
@@ -65,6 +67,13 @@ impl Fake {
             tun: Ok(()),
             shim: Some(PathBuf::from("/opt/husk/bin/containerd-shim-husk-v2")),
             config: Ok(None),
+            tools: HashMap::from([
+                ("ctr", Ok(tool(0, CTR_VERSION, ""))),
+                (
+                    "crictl",
+                    Ok(tool(0, r#"{"runtimeHandlers":[{"name":"husk"}]}"#, "")),
+                ),
+            ]),
         }
     }
 }
@@ -94,8 +103,18 @@ impl Probe for Fake {
             .cloned()
             .ok_or_else(|| Error::from(ErrorKind::NotFound))
     }
-    fn find_on_path(&self, _: &str) -> Option<PathBuf> {
-        self.shim.clone()
+    fn find_on_path(&self, name: &str) -> Option<PathBuf> {
+        if self.tools.contains_key(name) {
+            return Some(Path::new("/usr/bin").join(name));
+        }
+        self.shim.clone().filter(|_| name == SHIM)
+    }
+    fn run(&self, program: &Path, _: &[&str]) -> Result<ToolRun, String> {
+        let name = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        self.tools
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Err(format!("{name}: not found")))
     }
     fn husk_config(&self, _: Option<&Path>) -> Result<Loaded, ConfigError> {
         match &self.config {
@@ -133,7 +152,7 @@ fn a_good_host_passes_every_check() {
         assert_eq!(l.status, Status::Ok, "{l}");
     }
     assert!(!failed(&ls));
-    assert_eq!(ls.len(), 12);
+    assert_eq!(ls.len(), 13);
     assert!(line(&ls, "hardware virtualization")
         .detail
         .contains("kvm_amd"));
@@ -380,4 +399,68 @@ fn the_cgroup_hierarchy_is_named_v2_hybrid_or_missing() {
     assert_eq!(cg(&f).status, Status::Warn, "{}", cg(&f));
     f.files.remove(Path::new(MOUNTINFO));
     assert_eq!(cg(&f).status, Status::Fail);
+}
+
+fn tool(code: i32, stdout: &str, stderr: &str) -> ToolRun {
+    ToolRun {
+        code,
+        stdout: stdout.into(),
+        stderr: stderr.into(),
+    }
+}
+
+const CTR_VERSION: &str = "Client:\n  Version:  v2.3.4\n\nServer:\n  Version:  v2.3.4\n  UUID: u\n";
+
+#[test]
+fn the_running_containerd_is_asked_which_handlers_it_loaded() {
+    let live = |f: &Fake| line(&lines(f), "containerd running").clone();
+    let mut f = Fake::good();
+    f.tools.clear();
+    let l = live(&f);
+    assert_eq!(l.status, Status::Warn, "no ctr: {l}");
+    f.tools
+        .insert("ctr", Ok(tool(1, "", "ctr: connection refused\n")));
+    let l = live(&f);
+    assert!(
+        l.status == Status::Warn && l.to_string().contains("connection refused"),
+        "{l}"
+    );
+    f.tools.insert("ctr", Ok(tool(0, CTR_VERSION, "")));
+    let l = live(&f);
+    assert!(
+        l.status == Status::Warn && l.to_string().contains("crictl is not on PATH"),
+        "{l}"
+    );
+    f.tools.insert(
+        "crictl",
+        Ok(tool(
+            0,
+            r#"{"runtimeHandlers":[{"name":"runc"}]}"#,
+            "WARN[0000] image connect using default endpoints\n",
+        )),
+    );
+    let l = live(&f);
+    assert_eq!(l.status, Status::Fail, "{l}");
+    assert!(
+        l.to_string().contains("v2.3.4") && l.to_string().contains("runc"),
+        "{l}"
+    );
+    assert!(
+        l.fix
+            .as_deref()
+            .unwrap_or("")
+            .contains("restart containerd"),
+        "{l}"
+    );
+    f.tools.insert(
+        "crictl",
+        Ok(tool(
+            0,
+            r#"{"runtimeHandlers":[{"name":"runc"},{"name":"husk"}]}"#,
+            "",
+        )),
+    );
+    let l = live(&f);
+    assert_eq!(l.status, Status::Ok, "{l}");
+    assert!(l.to_string().contains("containerd v2.3.4"), "{l}");
 }
