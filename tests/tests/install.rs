@@ -32,6 +32,22 @@ fn husk_binary(artifacts: &HuskArtifacts) -> PathBuf {
     husk
 }
 
+/// `<dir>/artifacts` with links to the five files `husk install --artifacts` takes.
+fn artifacts_dir(dir: &Path, artifacts: &HuskArtifacts, husk: &Path) -> PathBuf {
+    let src = dir.join("artifacts");
+    std::fs::create_dir(&src).unwrap();
+    for (name, f) in [
+        ("containerd-shim-husk-v2", artifacts.shim.as_path()),
+        ("husk-vmm", &artifacts.vmm),
+        ("husk", husk),
+        ("vmlinux", &artifacts.kernel),
+        ("husk-initrd.img", &artifacts.initramfs),
+    ] {
+        std::os::unix::fs::symlink(f, src.join(name)).unwrap();
+    }
+    src
+}
+
 fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().expect("running husk");
     let text = format!(
@@ -62,17 +78,7 @@ fn install_check_run_uninstall() {
     let husk = husk_binary(&artifacts);
     let t = tempfile::tempdir().unwrap();
     let tmp = t.path();
-    let src = tmp.join("artifacts");
-    std::fs::create_dir(&src).unwrap();
-    for (name, p) in [
-        ("containerd-shim-husk-v2", &artifacts.shim),
-        ("husk-vmm", &artifacts.vmm),
-        ("husk", &husk),
-        ("vmlinux", &artifacts.kernel),
-        ("husk-initrd.img", &artifacts.initramfs),
-    ] {
-        std::os::unix::fs::symlink(p, src.join(name)).unwrap();
-    }
+    let src = artifacts_dir(tmp, &artifacts, &husk);
     let original = std::fs::read_to_string("/etc/containerd/config.toml")
         .unwrap_or_else(|_| DEBIAN_DEFAULT.to_string());
     let ccfg = tmp.join("config.toml");
@@ -218,17 +224,7 @@ fn install_on_a_stock_config_then_a_cri_pod() {
     // existing one, and the handler points at it.
     let (hstate, hcfg) = (base.join("hs"), base.join("husk.toml"));
     std::fs::write(&hcfg, HuskSettings::new(artifacts.clone()).toml(&hstate)).unwrap();
-    let src = base.join("artifacts");
-    std::fs::create_dir(&src).unwrap();
-    for (name, f) in [
-        ("containerd-shim-husk-v2", &artifacts.shim),
-        ("husk-vmm", &artifacts.vmm),
-        ("husk", &husk),
-        ("vmlinux", &artifacts.kernel),
-        ("husk-initrd.img", &artifacts.initramfs),
-    ] {
-        std::os::unix::fs::symlink(f, src.join(name)).unwrap();
-    }
+    let src = artifacts_dir(&base, &artifacts, &husk);
     let prefix = base.join("prefix");
     let (code, out) = run(Command::new(&husk).args([
         "install",
