@@ -95,12 +95,21 @@ pub fn diagnose(console: &Tail, stderr: &Tail, wait: &NotReady) -> String {
 mod tests {
     use super::*;
 
-    fn tail(lines: &[&str]) -> Tail {
-        let mut t = Tail::default();
+    fn fill(mut t: Tail, lines: &[&str]) -> Tail {
         for l in lines {
             t.push((*l).to_string());
         }
         t
+    }
+
+    /// A console tail.
+    fn tail(lines: &[&str]) -> Tail {
+        fill(Tail::default(), lines)
+    }
+
+    /// A husk-vmm stderr tail.
+    fn vmm(lines: &[&str]) -> Tail {
+        fill(Tail::vmm_stderr(), lines)
     }
 
     fn waited(socket_seen: bool, connected: bool) -> NotReady {
@@ -117,7 +126,7 @@ mod tests {
 
     #[test]
     fn a_guest_that_never_set_up_vsock_died_in_early_boot_however_long_ago() {
-        let mut stderr = tail(&[TIMELINE]);
+        let mut stderr = vmm(&[TIMELINE]);
         let console = tail(&["[    0.5] pps_core: LinuxPPS API ver. 1 registered"]);
         let why = diagnose(&console, &stderr, &waited(true, false));
         assert!(
@@ -148,7 +157,7 @@ mod tests {
 
     #[test]
     fn the_setup_timeline_is_not_mistaken_for_an_error() {
-        let stderr = tail(&[
+        let stderr = vmm(&[
             TIMELINE,
             "husk-vmm: guest shut down (vCPU 0: triple fault (reboot) at rip 0x1000)",
         ]);
@@ -156,7 +165,7 @@ mod tests {
         assert!(why.starts_with(EARLY_BOOT), "{why}");
         assert!(why.contains("triple fault (reboot)"), "{why}");
         // A reset after the guest's drivers came up is not an early-boot loss.
-        let later = tail(&[
+        let later = vmm(&[
             TIMELINE,
             VSOCK_READY,
             "husk-vmm: guest shut down (i8042 reset)",
@@ -179,14 +188,14 @@ mod tests {
             ("husk-vmm: error: something new", "husk-vmm failed"),
         ];
         for (line, expect) in cases {
-            let why = diagnose(&tail(&[]), &tail(&[line]), &waited(false, false));
+            let why = diagnose(&tail(&[]), &vmm(&[line]), &waited(false, false));
             assert!(why.contains(expect) && why.contains(line), "{line}: {why}");
         }
     }
 
     #[test]
     fn console_and_poll_state_explain_the_rest() {
-        let quiet = tail(&[TIMELINE]);
+        let quiet = vmm(&[TIMELINE]);
         let panic = tail(&["Kernel panic - not syncing: No working init found."]);
         let why = diagnose(&panic, &quiet, &waited(true, false));
         assert!(why.contains("no usable /init"), "{why}");
@@ -194,7 +203,7 @@ mod tests {
         assert!(why.contains("never created its vsock socket"), "{why}");
         let why = diagnose(&tail(&[]), &quiet, &waited(true, true));
         assert!(why.contains("did not answer Check"), "{why}");
-        let vsock_up = tail(&[TIMELINE, VSOCK_READY]);
+        let vsock_up = vmm(&[TIMELINE, VSOCK_READY]);
         let why = diagnose(&tail(&[]), &vsock_up, &waited(true, false));
         assert!(why.contains("console is empty"), "{why}");
         let why = diagnose(&tail(&["booting"]), &vsock_up, &waited(true, false));

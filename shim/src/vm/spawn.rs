@@ -39,17 +39,30 @@ const MILESTONES: [&str; 2] = [
 /// Milestone lines kept (one timeline, a few devices).
 const MILESTONES_KEPT: usize = 8;
 
-/// The last lines of a stream, and husk-vmm's milestone lines.
+/// The last lines of a stream, and, for husk-vmm's stderr, its milestone lines.
 #[derive(Debug, Default)]
 pub struct Tail {
     lines: VecDeque<String>,
+    /// Whether milestone lines are kept: only on husk-vmm's own stderr, never on the console,
+    /// whose lines the guest writes.
+    keeps_milestones: bool,
     milestones: Vec<String>,
 }
 
 impl Tail {
+    /// The tail of husk-vmm's stderr: it also keeps the milestone lines.
+    pub fn vmm_stderr() -> Tail {
+        Tail {
+            keeps_milestones: true,
+            ..Tail::default()
+        }
+    }
+
     /// Adds a line, forgetting the oldest beyond [`TAIL_LINES`] (milestones stay).
     pub fn push(&mut self, line: String) {
-        if self.milestones.len() < MILESTONES_KEPT && MILESTONES.iter().any(|m| line.starts_with(m))
+        if self.keeps_milestones
+            && self.milestones.len() < MILESTONES_KEPT
+            && MILESTONES.iter().any(|m| line.starts_with(m))
         {
             self.milestones.push(line.clone());
         }
@@ -167,7 +180,7 @@ pub fn spawn(
     )?;
     let pid = launched.pid;
     let console = SharedTail::default();
-    let stderr = SharedTail::default();
+    let stderr: SharedTail = Arc::new(Mutex::new(Tail::vmm_stderr()));
     pump(
         pipe::Receiver::from_owned_fd(launched.stdout)?,
         console.clone(),
