@@ -4,7 +4,8 @@
 //! - [`state`]: the status machine; [`spec`]: parsing and guest rewriting of the OCI spec;
 //! - [`create`] and [`exec`]: the two operations that go through a runner;
 //! - [`process`]: a process's stdio and exit; [`cgroup`]: stats, freeze, kill, removal;
-//!   [`oom`]: OOM-kill events; [`sysctl`]: the pod's network sysctls, set by the agent.
+//!   [`oom`]: OOM-kill events; [`sysctl`]: the pod's network sysctls, set by the agent;
+//!   [`propagation`]: the rootfs propagation names libcontainer takes.
 //!
 //! libcontainer is built with cgroup v2 (`v2`) and seccomp (`libseccomp`), without
 //! `cgroupsv2_devices`: that feature needs libbpf built from C source and linked into the static
@@ -18,6 +19,7 @@ pub mod create;
 pub mod exec;
 pub mod oom;
 pub mod process;
+pub mod propagation;
 pub mod spec;
 pub mod state;
 pub mod sysctl;

@@ -7,6 +7,7 @@
 //!   `/proc/<its pid>/ns/<kind>`, or become new namespaces when that container is unknown.
 //! - For a container in the pod's network namespace, the `net.*` sysctls leave the spec; the
 //!   agent sets them in the guest's root namespace ([`super::sysctl`]).
+//! - `linux.rootfsPropagation` takes libcontainer's names ([`super::propagation`]).
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use oci_spec::runtime::{
 };
 
 use super::cgroup;
+use super::propagation;
 use super::sysctl::{self, Sysctl};
 use crate::error::{AgentError, Result};
 
@@ -86,6 +88,7 @@ pub fn prepare(
     if let Some(seccomp) = linux.seccomp() {
         check_seccomp(seccomp)?;
     }
+    propagation::normalize(&mut linux)?;
     if let Some(label) = linux.mount_label().clone() {
         tracing::warn!(
             container_id,
