@@ -3,7 +3,7 @@
 //!
 //! The scenario: RunPodSandbox (with a network sysctl), two long-running busybox containers
 //! (under husk: one VM, one boot id, not the test host's), the pod's sysctl in both, ExecSync, CRI log files, hostPath volumes (read-write,
-//! updated on the host, read-only), CRI's /etc/hosts, /etc/resolv.conf and hostname,
+//! updated on the host, read-only, rslave and rshared with a mount the host makes afterwards), CRI's /etc/hosts, /etc/resolv.conf and hostname,
 //! UpdateContainerResources, ContainerStats, an OOM-killed container, a server in the pod
 //! reached over the CNI bridge, then StopPodSandbox + RemovePodSandbox and nothing left.
 //! Also: ten husk pods at once, and bad input (annotations, memory, the node's network, IPC or
@@ -21,8 +21,8 @@ use husk_tests::cri::{
     wait_container, with_memory_limit, Cri,
 };
 use k8s_cri::v1::{
-    LinuxContainerResources, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
-    PodSandboxConfig,
+    LinuxContainerResources, LinuxSandboxSecurityContext, Mount, MountPropagation, NamespaceMode,
+    NamespaceOption, PodSandboxConfig,
 };
 
 const T: Duration = Duration::from_secs(300);
@@ -53,6 +53,92 @@ fn bind(host: &Path, container: &str, readonly: bool) -> Mount {
     }
 }
 
+fn run(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Unmounts everything at and below its path when dropped (what [`propagation`] mounted), so a
+/// failed test leaves no mount behind either.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-R")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A container with the `prop` volume twice, HostToContainer at /slave and Bidirectional at
+/// /shared; after it started, the host mounts a tmpfs below the volume and the container must
+/// see it through both. Returns the container's id and the guard of the host's mounts.
+fn propagation(
+    c: &Containerd,
+    cri: &Cri,
+    pod: &str,
+    pod_cfg: &PodSandboxConfig,
+    prop: &Path,
+) -> (String, Unmount) {
+    let p = prop.display().to_string();
+    run("mount", &["-t", "tmpfs", "-o", "size=1m", "husk-prop", &p]);
+    let mounted = Unmount(prop.to_path_buf());
+    run("mount", &["--make-shared", &p]);
+    let mut cfg = container_config("prop", &["sleep", "3600"]);
+    cfg.mounts = vec![
+        Mount {
+            propagation: MountPropagation::PropagationHostToContainer as i32,
+            ..bind(prop, "/slave", false)
+        },
+        Mount {
+            propagation: MountPropagation::PropagationBidirectional as i32,
+            ..bind(prop, "/shared", false)
+        },
+    ];
+    let id = cri
+        .create_and_start(pod, pod_cfg, &cfg)
+        .unwrap_or_else(|e| {
+            panic!(
+                "container with rslave and rshared volumes: {e}\n{}",
+                c.log_tail(60)
+            )
+        });
+    wait_container(cri, &id, T, running).unwrap();
+    let sub = prop.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "husk-prop-sub",
+            &sub.display().to_string(),
+        ],
+    );
+    std::fs::write(sub.join("late.txt"), "mounted-after-start\n").unwrap();
+    for dest in ["/slave", "/shared"] {
+        let mut last = String::new();
+        assert!(
+            eventually(Duration::from_secs(60), || {
+                last = cri
+                    .exec_sync(&id, &["cat", &format!("{dest}/sub/late.txt")], 60)
+                    .map(|r| String::from_utf8_lossy(&r.stdout).into_owned())
+                    .unwrap_or_else(|e| e.to_string());
+                last == "mounted-after-start\n"
+            }),
+            "a mount the host made below the {dest} volume after start never appeared: {last:?}"
+        );
+    }
+    (id, mounted)
+}
+
 /// GET / from `ip:port` over the CNI bridge; the body on success.
 fn http_get(ip: &str, port: u16) -> std::io::Result<String> {
     let addr = format!("{ip}:{port}")
@@ -77,7 +163,8 @@ fn scenario(handler: &str) {
         base.join("vol/cfg"),
         base.join("vol/ro"),
     );
-    for d in [&logs, &data, &cfg, &ro] {
+    let prop = base.join("vol/prop");
+    for d in [&logs, &data, &cfg, &ro, &prop] {
         std::fs::create_dir_all(d).unwrap();
     }
     std::fs::write(data.join("hello.txt"), "from-host\n").unwrap();
@@ -194,6 +281,11 @@ fn scenario(handler: &str) {
     );
     assert_eq!(sh(&cri, &a, "cat /ro/fixed"), "fixed\n");
 
+    // Mount propagation: hostPath volumes with HostToContainer (rslave) and Bidirectional
+    // (rshared) propagation start, and a mount the host makes below the volume afterwards
+    // appears in the container. containerd requires such a volume's source to be a shared mount.
+    let (prop_ctr, prop_mounts) = propagation(&c, &cri, &pod, &pod_cfg, &prop);
+
     // CRI's /etc/hosts (a copy of the host's), resolv.conf (from the pod's DNS config), hostname.
     let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap();
     assert_eq!(sh(&cri, &a, "cat /etc/hosts"), host_hosts);
@@ -285,6 +377,32 @@ fn scenario(handler: &str) {
         });
     let net_failure = (!net_ok).then(|| format!("pod ip {ip:?}: last answer {last:?}"));
 
+    // A command that does not exist fails at once, naming it: a container's and an exec's (the
+    // times are printed next to runc's, from the same run).
+    let t0 = Instant::now();
+    let e = cri
+        .create_and_start(
+            &pod,
+            &pod_cfg,
+            &container_config("noexec", &["/no/such/program"]),
+        )
+        .unwrap_err();
+    eprintln!(
+        "cri_pod[{handler}]: a missing executable failed after {:?}: {e}",
+        t0.elapsed()
+    );
+    assert!(e.to_string().contains("/no/such/program"), "{e}");
+    let t0 = Instant::now();
+    let r = cri.exec_sync(&b, &["/no/such/program"], 60);
+    eprintln!(
+        "cri_pod[{handler}]: an exec of a missing executable ended after {:?}: {r:?}",
+        t0.elapsed()
+    );
+    match r {
+        Ok(r) => assert_ne!(r.exit_code, 0, "{r:?}"),
+        Err(e) => assert!(e.to_string().contains("/no/such/program"), "{e}"),
+    }
+
     // Stop and remove: nothing of the pod is left.
     cri.stop_and_remove_pod(&pod)
         .unwrap_or_else(|e| panic!("stop/remove pod: {e}\n{}", c.log_tail(60)));
@@ -294,7 +412,9 @@ fn scenario(handler: &str) {
         b.as_str(),
         hog.as_str(),
         web.as_str(),
+        prop_ctr.as_str(),
     ];
+    drop(prop_mounts);
     c.assert_clean(&ids);
     assert!(
         !shim_socket(&c.socket(), cri::NAMESPACE, &pod).exists(),
@@ -483,35 +603,6 @@ fn cri_bad_input_is_refused_without_leaks() {
     let id = cri
         .run_pod(&good, HUSK)
         .unwrap_or_else(|e| panic!("a good pod after bad ones: {e}\n{}", c.log_tail(40)));
-    // A command that does not exist fails at once, naming it, as under runc: a container's
-    // and an exec's.
-    let t0 = Instant::now();
-    let e = cri
-        .create_and_start(
-            &id,
-            &good,
-            &container_config("noexec", &["/no/such/program"]),
-        )
-        .unwrap_err();
-    eprintln!(
-        "cri_pod: a missing executable failed after {:?}: {e}",
-        t0.elapsed()
-    );
-    assert!(e.to_string().contains("/no/such/program"), "{e}");
-    let sleeper = cri
-        .create_and_start(&id, &good, &container_config("sleeper", &["sleep", "3600"]))
-        .unwrap();
-    wait_container(&cri, &sleeper, T, running).unwrap();
-    let t0 = Instant::now();
-    let r = cri.exec_sync(&sleeper, &["/no/such/program"], 60);
-    eprintln!(
-        "cri_pod: an exec of a missing executable ended after {:?}: {r:?}",
-        t0.elapsed()
-    );
-    match r {
-        Ok(r) => assert_ne!(r.exit_code, 0, "{r:?}"),
-        Err(e) => assert!(e.to_string().contains("/no/such/program"), "{e}"),
-    }
     cri.stop_and_remove_pod(&id).unwrap();
     cri::wait_nothing_left(&c, &netns_before).unwrap();
 }
