@@ -11,19 +11,24 @@
 //! - [`containerd`]: a private containerd (own root, state, sockets) with husk's shim installed;
 //!   [`oci_image`]: the busybox OCI image it imports; [`bench_ctr`]: `make bench BENCH=ctr`.
 //! - [`cri`]: the same containerd with its CRI plugin on, and a CRI client (kubelet's calls);
-//!   [`cgroup`]: the pod cgroups kubelet would make and what husk left in them.
+//!   [`cgroup`]: the pod cgroups kubelet would make and what husk left in them; [`churn`]: pods
+//!   created and removed in parallel, cycle after cycle (a test and a bench).
+//! - [`guest_loss`]: the nested test host's guest losses, told apart from husk's by signature.
 
 pub mod agent;
 pub mod bench;
 pub mod bench_agent;
+pub mod bench_churn;
 pub mod bench_cri;
 pub mod bench_ctr;
 pub mod bench_jail;
 pub mod bench_net;
 pub mod cgroup;
+pub mod churn;
 pub mod containerd;
 pub mod cri;
 pub mod e2e;
+pub mod guest_loss;
 pub mod hostkind;
 pub mod microvm;
 pub mod oci_image;

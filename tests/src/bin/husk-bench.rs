@@ -34,6 +34,10 @@ enum Bench {
     Net,
     /// husk-vmm's jail: interleaved boots against `--baseline-vmm` (an earlier build).
     Jail,
+    /// Pods created, exec'd into and removed in parallel, cycle after cycle (tests/src/churn.rs),
+    /// under runc and under husk: each cycle's time, and what grew (host memory, containerd's
+    /// descriptors; the target is nothing).
+    Churn,
 }
 
 /// Run husk's benchmarks and record the results.
@@ -410,6 +414,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     .context("the jail bench needs --baseline-vmm (a husk-vmm from before)")?;
                 husk_tests::bench_jail::run(&args.vmm, baseline, &guest(&args, "quiet"), args.runs)?
             }
+            Bench::Churn => husk_tests::bench_churn::run()?,
             Bench::Net => husk_tests::bench_net::run(&husk_tests::bench_net::NetBenchArgs {
                 vmm: args.vmm.clone(),
                 kernel: args.kernel.clone(),

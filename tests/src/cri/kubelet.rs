@@ -1,20 +1,21 @@
-//! Starting a pod the way kubelet does, retrying a sandbox whose guest was lost in early boot as
-//! kubelet's pod sync would (the CRI suites that start many pods share it).
+//! Starting a pod the way kubelet does, retrying a sandbox whose guest the nested test host lost
+//! as kubelet's pod sync would (the CRI suites that start many pods share it).
 
 use std::time::Duration;
 
-use husk_protocol::vmm::EARLY_BOOT;
 use k8s_cri::v1::{PodSandboxConfig, PodSandboxState};
 
 use super::{container_config, eventually, running, wait_container, Cri};
+use crate::guest_loss::{environment_loss, fetch_faults_seen};
 
 /// A pod with one `sleep` container, started as kubelet starts it: a sandbox that failed to
-/// start because its guest died or hung in early kernel setup (the shim's message carries
-/// [`EARLY_BOOT`]) is removed and the pod tried once more as a new attempt, which is what
-/// kubelet's pod sync does. On the nested test host about one guest boot in a hundred ends
-/// that way under any VMM (QEMU's microvm loses them at the same rate: scripts/boot-stress.sh,
-/// issue 3); husk must report it with its cause and leave nothing behind, which the final leak
-/// check verifies. Every retry is announced on stderr. Any other failure is returned at once.
+/// start because the nested test host lost its guest ([`crate::guest_loss`]: a death or hang in
+/// early kernel setup, or a triple fault on the test host's instruction-fetch fault) is removed
+/// and the pod tried once more as a new attempt, which is what kubelet's pod sync does. On the
+/// nested test host about one guest boot in a hundred ends that way under any VMM (QEMU's
+/// microvm loses them at the same rate: scripts/boot-stress.sh, issue 3); husk must report it
+/// with its cause and leave nothing behind, which the final leak check verifies. Every retry is
+/// announced on stderr. Any other failure is returned at once.
 pub fn start_pod_like_kubelet(
     cri: &Cri,
     cfg: &mut PodSandboxConfig,
@@ -38,15 +39,16 @@ pub fn start_pod_like_kubelet(
             Err(e) => Err((Some(pod), e)),
         }
     };
+    let faults_before = fetch_faults_seen();
     let (dead, first) = match once(cfg) {
         Ok(started) => return Ok(started),
         Err(failed) => failed,
     };
-    if !first.contains(EARLY_BOOT) {
+    let Some(loss) = environment_loss(&first, faults_before) else {
         return Err(format!(
-            "pod {i}: {first} (not retried: only a guest lost in early kernel setup is)"
+            "pod {i}: {first} (not retried: only a guest the test host lost is)"
         ));
-    }
+    };
     if let Some(pod) = &dead {
         // containerd marks the sandbox NOTREADY when it handles the sandbox task's exit event,
         // which can trail the container's failure a little.
@@ -62,7 +64,9 @@ pub fn start_pod_like_kubelet(
         cri.stop_and_remove_pod(pod)
             .map_err(|e| format!("pod {i}: removing the dead sandbox: {e}"))?;
     }
-    eprintln!("*** RETRY pod {i}: {first}; the sandbox is gone, retrying as kubelet would");
+    eprintln!(
+        "*** RETRY pod {i} ({loss}): {first}; the sandbox is gone, retrying as kubelet would"
+    );
     if let Some(m) = cfg.metadata.as_mut() {
         m.attempt += 1;
     }

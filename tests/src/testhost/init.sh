@@ -55,6 +55,15 @@ mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || die "cgroup2 mount failed"
+# KVM's exit tracepoint, kept only for SHUTDOWN exits (SVM exit code 0x7f: a guest's triple
+# fault). Its rip is where the guest was when it faulted, read before KVM resets the vCPU (what
+# KVM_GET_REGS shows afterwards is the reset state); the lines go to $rundir/kvm-shutdowns, which
+# husk-testhost prints with the guest kernel's symbol for each rip.
+tr=/newroot/sys/kernel/tracing
+if mount -t tracefs tracefs "$tr" 2>/dev/null && [ -d "$tr/events/kvm/kvm_exit" ]; then
+  echo 'exit_reason == 127' > "$tr/events/kvm/kvm_exit/filter" &&
+    echo 1 > "$tr/events/kvm/kvm_exit/enable" || echo "husk-testhost-init: kvm_exit tracing not enabled"
+fi
 # Plain tmpfs (not overlay) where runtimes put their own overlay mounts and state. The host's
 # /tmp stays visible (through the overlay): work trees and run directories may live there.
 for d in /run /var/lib/containerd /var/lib/husk; do
@@ -86,6 +95,8 @@ mount --move . / || die "moving the overlay root onto / failed"
 exec chroot . /bin/busybox sh -c '
   cd /
   ( while :; do date +%s > "$1/heartbeat"; sleep 5; done ) &
+  [ -r /sys/kernel/tracing/trace_pipe ] &&
+    ( while read -r l; do echo "$l" >> "$1/kvm-shutdowns"; done < /sys/kernel/tracing/trace_pipe ) &
   /bin/sh "$1/cmd.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
   echo $? > "$1/exit"
   sync

@@ -7,6 +7,7 @@
 //! plugins, QEMU) are all there; the directories named with `--rw` are shared writable.
 
 mod assets;
+mod kvm_trace;
 mod native;
 mod nested;
 

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::kvm_trace::ShutdownTrace;
 use super::{io_err, Assets, Mode, Outcome, RunSpec, TestHostError, INTERRUPTED};
 use crate::process::{kill_and_reap, kill_with_parent, wait_until};
 
@@ -41,6 +42,8 @@ fn command_script(spec: &RunSpec) -> String {
         }
     }
     script.push_str("export HUSK_IN_TESTHOST=1\n");
+    // The test host's record of guest triple faults (init.sh; crate::guest_loss reads it).
+    script.push_str("export HUSK_TESTHOST_KVM_SHUTDOWNS=\"$(dirname \"$0\")/kvm-shutdowns\"\n");
     script.push_str(&format!(
         "cd {} || exit 125\n",
         shell_quote(&spec.cwd.to_string_lossy())
@@ -240,6 +243,7 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
         path: dir.join("stderr"),
         offset: 0,
     };
+    let mut shutdowns = ShutdownTrace::new(dir);
     let mut ready_secs = None;
 
     let status = loop {
@@ -259,6 +263,7 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
         }
         out.pump(&mut std::io::stdout());
         err.pump(&mut std::io::stderr());
+        shutdowns.pump(&mut std::io::stderr());
         if let Some(status) = exited {
             break status;
         }

@@ -1,0 +1,97 @@
+//! Guest losses that are the nested test host's, not husk's, told apart by their signature.
+//!
+//! - A guest that died or hung in early kernel setup: the shim's message carries
+//!   [`EARLY_BOOT`] (from husk-vmm's milestone lines).
+//! - A guest that triple faulted while the test host's KVM was delivering it a page fault on an
+//!   instruction fetch from a not-present page: the guest kernel's own text vanished under it.
+//!   The test host's init records every SHUTDOWN exit its KVM sees (with the event being
+//!   delivered) in the file `HUSK_TESTHOST_KVM_SHUTDOWNS` names; QEMU's microvm guests die with
+//!   the same record (`scripts/boot-stress.sh`), and a guest kernel bug would oops on the console
+//!   instead. `scripts/e2e-failure.py` reads the same signature from a binary's output.
+//!
+//! Whoever retries on one of these (as kubelet's pod sync would) announces it on stderr.
+
+use std::time::{Duration, Instant};
+
+use husk_protocol::vmm::EARLY_BOOT;
+
+/// How long a triple fault's record may trail the shim's report of it.
+const RECORD_DELAY: Duration = Duration::from_secs(10);
+
+/// The shim's words for a VM that ended on a triple fault (hypervisor/src/vcpu.rs).
+const TRIPLE_FAULT: &str = "triple fault";
+
+/// Whether a `kvm_exit` trace line is a SHUTDOWN exit in the guest kernel's text while a #PF
+/// (vector 14, with an error code: intr_info 0x80000b0e) for a supervisor instruction fetch from
+/// a not-present page (error code 0x10) was being delivered.
+fn is_fetch_fault(line: &str) -> bool {
+    line.contains("reason shutdown rip 0xffffffff")
+        && line.contains("intr_info 0x80000b0e error_code 0x00000010")
+}
+
+/// How many fetch-fault shutdowns the test host's KVM has seen so far (0 outside the test host).
+pub fn fetch_faults_seen() -> usize {
+    let Some(path) = std::env::var_os("HUSK_TESTHOST_KVM_SHUTDOWNS") else {
+        return 0;
+    };
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| is_fetch_fault(l))
+        .count()
+}
+
+/// The environment's loss that `error` reports, if it is one: `faults_before` is
+/// [`fetch_faults_seen`] from before the attempt that failed.
+pub fn environment_loss(error: &str, faults_before: usize) -> Option<&'static str> {
+    loss_within(error, faults_before, RECORD_DELAY)
+}
+
+fn loss_within(error: &str, faults_before: usize, wait: Duration) -> Option<&'static str> {
+    if error.contains(EARLY_BOOT) {
+        return Some("a guest died or hung in early kernel setup");
+    }
+    if !error.contains(TRIPLE_FAULT) {
+        return None;
+    }
+    // The record is written by the test host's init as KVM traces the exit, which can trail the
+    // shim's report of the VM's end a little.
+    let deadline = Instant::now() + wait;
+    loop {
+        if fetch_faults_seen() > faults_before {
+            return Some("a guest triple faulted on the test host's instruction-fetch fault");
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_fetch_fault_delivery_is_the_signature() {
+        let fetch = "vcpu0-293 [001] ..... 8.7: kvm_exit: vcpu 0 reason shutdown rip \
+                     0xffffffff81246c37 info1 0x0 info2 0x0 intr_info 0x80000b0e error_code 0x00000010";
+        assert!(is_fetch_fault(fetch));
+        // A guest's own reboot by triple fault (reboot=t: int3 with no IDT).
+        let reboot = "vcpu0-293 [001] ..... 8.7: kvm_exit: vcpu 0 reason shutdown rip \
+                      0xffffffff8101f410 info1 0x0 info2 0x0 intr_info 0x80000403 error_code 0x00000000";
+        assert!(!is_fetch_fault(reboot));
+        // A fetch fault in user space is not the kernel's text vanishing.
+        assert!(!is_fetch_fault(
+            &fetch.replace("0xffffffff81246c37", "0x401000")
+        ));
+    }
+
+    #[test]
+    fn a_triple_fault_without_the_signature_is_not_forgiven() {
+        let msg =
+            "exec: the VM ended: guest shut down (vCPU 0: triple fault (reboot) at rip 0xfff0)";
+        assert_eq!(loss_within(msg, fetch_faults_seen(), Duration::ZERO), None);
+        assert!(environment_loss(&format!("boot: {EARLY_BOOT}"), 0).is_some());
+    }
+}
