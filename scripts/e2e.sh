@@ -71,8 +71,8 @@ echo "e2e: ${#bins[@]} test binaries, ${#runs[@]} runs; kernel $HUSK_KERNEL; log
 # below); a guest that died or hung in early kernel setup, before its kernel set up any virtio
 # device (the shim says so, from husk-vmm's milestone lines); and a guest that triple faulted
 # while the test host's KVM was delivering it a page fault on an instruction fetch from a
-# not-present page (husk-testhost prints each SHUTDOWN exit its KVM sees, with the guest's
-# rip). In the nested test host both VMMs lose a share of guests that way, QEMU's microvm as
+# not-present page or one whose entry is garbage (husk-testhost prints each SHUTDOWN exit its
+# KVM sees, with the guest's rip). In the nested test host both VMMs lose a share of guests that way, QEMU's microvm as
 # much as husk-vmm (scripts/boot-stress.sh; pinned vCPU threads take it to about one boot in a
 # hundred, issue 3). Those are run again as the environment's; any other failure fails the run.
 # Known failures, excluded by name and announced on every run (never counted as passed): each

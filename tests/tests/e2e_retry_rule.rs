@@ -52,12 +52,20 @@ fn the_test_host_failing_and_guests_it_lost_are_the_environments() {
         "guest-early-boot"
     );
     assert_eq!(reason(&failed_on(TRIPLE, FETCH), 101), "guest-fetch-fault");
+    let reserved = FETCH.replace("error_code 0x00000010", "error_code 0x00000018");
+    assert_eq!(
+        reason(&failed_on(TRIPLE, &reserved), 101),
+        "guest-fetch-fault"
+    );
 }
 
 #[test]
 fn every_other_failure_is_husks() {
     // A triple fault without the test host's fetch-fault record.
     assert_eq!(reason(&failed_on(TRIPLE, ""), 101), "tests-failed");
+    // A data access's page fault (no instruction-fetch bit) is not the signature.
+    let data = FETCH.replace("error_code 0x00000010", "error_code 0x00000002");
+    assert_eq!(reason(&failed_on(TRIPLE, &data), 101), "tests-failed");
     // The guest's own reboot by triple fault is no fetch fault.
     assert_eq!(reason(&failed_on(TRIPLE, REBOOT), 101), "tests-failed");
     // A fetch fault elsewhere in the run does not excuse a failure that is not a guest's death.

@@ -60,9 +60,14 @@ mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup || die "cgroup2 mount failed"
 # KVM_GET_REGS shows afterwards is the reset state); the lines go to $rundir/kvm-shutdowns, which
 # husk-testhost prints with the guest kernel's symbol for each rip.
 tr=/newroot/sys/kernel/tracing
+# Also every KVM_RUN that returns KVM_EXIT_SHUTDOWN (8) to userspace: one without a SHUTDOWN
+# exit just before it is a triple fault KVM itself synthesized.
 if mount -t tracefs tracefs "$tr" 2>/dev/null && [ -d "$tr/events/kvm/kvm_exit" ]; then
   echo 'exit_reason == 127' > "$tr/events/kvm/kvm_exit/filter" &&
     echo 1 > "$tr/events/kvm/kvm_exit/enable" || echo "husk-testhost-init: kvm_exit tracing not enabled"
+  echo 'reason == 8' > "$tr/events/kvm/kvm_userspace_exit/filter" &&
+    echo 1 > "$tr/events/kvm/kvm_userspace_exit/enable" ||
+    echo "husk-testhost-init: kvm_userspace_exit tracing not enabled"
 fi
 # Plain tmpfs (not overlay) where runtimes put their own overlay mounts and state. The host's
 # /tmp stays visible (through the overlay): work trees and run directories may live there.

@@ -1,8 +1,10 @@
 //! The test host's record of guest triple faults. Its init keeps KVM's `kvm_exit` tracepoint for
-//! SHUTDOWN exits only and appends each line to `kvm-shutdowns` in the run directory; the line's
-//! rip is where the guest was when it faulted (husk-vmm sees only the vCPU's reset state). This
-//! module prints each new line once, with the guest kernel's symbol for the rip when
-//! `HUSK_KERNEL` names an ELF with a symbol table.
+//! SHUTDOWN exits only, and `kvm_userspace_exit` for KVM_EXIT_SHUTDOWN only, and appends each
+//! line to `kvm-shutdowns` in the run directory. A `kvm_exit` line's rip is where the guest was
+//! when it faulted (husk-vmm sees only the vCPU's reset state); a shutdown returned to userspace
+//! without a SHUTDOWN exit before it is one KVM itself synthesized. This module prints each new
+//! line once, with the guest kernel's symbol for the rip when `HUSK_KERNEL` names an ELF with a
+//! symbol table.
 
 use std::fs;
 use std::io::Write;
@@ -37,6 +39,14 @@ impl ShutdownTrace {
             .collect();
         for line in &lines[self.printed.min(lines.len())..] {
             let line = line.trim_end();
+            if !line.contains(" kvm_exit: ") {
+                // kvm_userspace_exit: KVM_RUN returned KVM_EXIT_SHUTDOWN to the VMM.
+                let _ = writeln!(
+                    out,
+                    "husk-testhost: KVM returned a guest's shutdown: {line}"
+                );
+                continue;
+            }
             let symbol = rip_of(line).and_then(|rip| {
                 self.symbols
                     .get_or_insert_with(Symbols::of_guest_kernel)
@@ -139,8 +149,19 @@ mod tests {
         let mut out = Vec::new();
         t.pump(&mut out);
         t.pump(&mut out);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert_eq!(text.matches("triple faulted").count(), 1, "{text}");
+        let user =
+            "husk-vmm-2345 [001] ..... 120.6: kvm_userspace_exit: reason KVM_EXIT_SHUTDOWN (8)";
+        fs::write(
+            dir.path().join("kvm-shutdowns"),
+            format!("{LINE}\n{user}\n"),
+        )
+        .unwrap();
+        t.pump(&mut out);
         let out = String::from_utf8(out).unwrap();
         assert_eq!(out.matches("triple faulted").count(), 1, "{out}");
+        assert!(out.contains("KVM returned a guest's shutdown"), "{out}");
         assert!(out.contains("rip 0xffffffff81000123"), "{out}");
     }
 }
