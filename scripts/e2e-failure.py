@@ -4,6 +4,7 @@
   e2e-failure.py reason <log> <rc>                               prints the reason alone
   e2e-failure.py record <log> <rc> <binary> <attempt> <action>   prints one JSON object
   e2e-failure.py summary <jsonl>                                 prints the run's summary
+  e2e-failure.py passed <log>...                                 the tests that passed in them
 
 The reason is what the exit code and output say:
   test-host-failed  husk-testhost exit 75: the nested test host wedged or its kernel died
@@ -24,6 +25,8 @@ The reason is what the exit code and output say:
   tests-failed      the binary's own tests failed: a product bug until shown otherwise.
 Only the first three are the environment's: scripts/e2e.sh runs a binary again for those; any
 other failure fails the run.
+A binary run again runs only the tests that have not passed in an earlier run of it (`passed`):
+each test stands alone, and one that passed has passed.
 For tests-failed the record names the failed tests and the first lines of their panics, so
 the end of a CI log says what failed without scrolling back.
 """
@@ -107,6 +110,35 @@ def reason_of(text, rc):
     return "tests-failed"
 
 
+# libtest's line for a test that starts (--test-threads=1 --nocapture): its result follows the
+# test's own output, as "ok", "FAILED" or "ignored" at the end of a line.
+TEST_START = re.compile(r"^test (\S+) \.\.\. ", re.M)
+# What ends the last test's output: libtest's summary, or a new run of the binary.
+RUN_END = re.compile(r"^(successes:$|failures:$|test result: |running \d+ tests?$)", re.M)
+
+
+def passed_tests(text):
+    # A test passed when the last line of what followed its start, leaving out the lines the
+    # test host prints on its own (its console and KVM records, interleaved at any point), is
+    # libtest's "ok". A test the test host died under never printed it (and its output has
+    # husk-testhost's error).
+    starts = list(TEST_START.finditer(text))
+    out = []
+    for i, m in enumerate(starts):
+        end = starts[i + 1].start() if i + 1 < len(starts) else len(text)
+        seg = text[m.end():end]
+        cut = RUN_END.search(seg)
+        seg = seg[:cut.start()] if cut else seg
+        lines = [l.rstrip() for l in seg.splitlines()
+                 if l.strip() and not l.startswith("husk-testhost:")
+                 and not re.match(r"^\[\s*\d+\.\d+\]", l)]
+        if "husk-testhost: error:" in seg:
+            continue
+        if lines and (lines[-1] == "ok" or (len(lines) == 1 and lines[0].endswith(" ok"))):
+            out.append(m.group(1))
+    return out
+
+
 def read(log):
     try:
         return open(log, errors="replace").read()
@@ -158,5 +190,8 @@ if __name__ == "__main__":
         record(*sys.argv[2:7])
     elif sys.argv[1] == "summary":
         summary(sys.argv[2])
+    elif sys.argv[1] == "passed":
+        for name in sorted({t for log in sys.argv[2:] for t in passed_tests(read(log))}):
+            print(name)
     else:
-        sys.exit(f"usage: {sys.argv[0]} record|summary ...")
+        sys.exit(f"usage: {sys.argv[0]} reason|record|summary|passed ...")

@@ -108,7 +108,7 @@ bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
 # run from failing on it while every one is still recorded in retries.jsonl.
 host_failures_allowed=4
 boot_failures_allowed=2
-run_one() { # binary log containerd-dir ("default", "host" or a directory)
+run_one() { # binary log containerd-dir ("default", "host" or a directory) [more libtest args]
   local rc=0 cd_env=''
   case "$3" in
     default) ;;
@@ -119,7 +119,7 @@ run_one() { # binary log containerd-dir ("default", "host" or a directory)
   "$TESTHOST" --timeout "$bound" --rw "$artifacts" -- "
     export HUSK_E2E_ARTIFACTS='$artifacts'
     $cd_env
-    $1 --ignored --test-threads=1 --nocapture $skip_args" 2>&1 | tee "$2"
+    $1 --ignored --test-threads=1 --nocapture $skip_args ${4-}" 2>&1 | tee "$2"
   rc=${PIPESTATUS[0]}
   case "$rc" in
     124) echo "== e2e: *** $(basename "$1") KILLED at its ${bound} s bound ***" ;;
@@ -155,9 +155,18 @@ for j in "${!runs[@]}"; do
   while :; do
     attempt=$((attempt + 1))
     log="$artifacts/$name.attempt$attempt.log"
+    # A run again runs only the tests no earlier run of this binary passed: each test stands
+    # alone, and what passed has passed (announced, and counted in the logs kept).
+    again=''
+    if [ "$attempt" -gt 1 ]; then
+      mapfile -t done_tests < <("$repo/scripts/e2e-failure.py" passed "$artifacts/$name".attempt*.log)
+      for t in "${done_tests[@]}"; do again="$again --skip $t"; done
+      # libtest refuses a second --exact; $skip_args has one when it skips anything.
+      [ -z "$again" ] || { [ -n "$skip_args" ] || again="$again --exact"; echo "e2e: $name attempt $attempt: not again (passed before): ${done_tests[*]}"; }
+    fi
     rc=0
     set +e
-    run_one "$b" "$log" "$cd"
+    run_one "$b" "$log" "$cd" "$again"
     rc=$?
     set -e
     if [ "$rc" = 0 ]; then

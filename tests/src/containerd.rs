@@ -292,6 +292,19 @@ impl Containerd {
         Some(to)
     }
 
+    /// How long containerd's log is now, in bytes (for [`Containerd::log_since`]).
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(self.base.join("log/containerd.log")).map_or(0, |m| m.len())
+    }
+
+    /// What containerd's log (which includes the shims' logs) gained after `offset`
+    /// ([`Containerd::log_len`]).
+    pub fn log_since(&self, offset: u64) -> String {
+        let text = std::fs::read(self.base.join("log/containerd.log")).unwrap_or_default();
+        let from = usize::try_from(offset).map_or(text.len(), |o| o.min(text.len()));
+        String::from_utf8_lossy(&text[from..]).into_owned()
+    }
+
     /// The last `n` lines of containerd's log (which includes the shims' logs).
     pub fn log_tail(&self, n: usize) -> String {
         let text =

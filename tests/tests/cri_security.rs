@@ -20,7 +20,8 @@ use husk_tests::containerd::Containerd;
 use husk_tests::cri::{self, container_config, pod_config, running, wait_container, Cri};
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
-    Capability, Int64Value, LinuxContainerConfig, LinuxContainerSecurityContext, SecurityProfile,
+    Capability, Int64Value, LinuxContainerConfig, LinuxContainerSecurityContext, PodSandboxConfig,
+    SecurityProfile,
 };
 
 const T: Duration = Duration::from_secs(300);
@@ -166,19 +167,43 @@ fn log_report(path: &Path) -> Option<String> {
         .then(|| lines.iter().map(|l| format!("{l}\n")).collect())
 }
 
-/// Runs every case in a pod of `handler`; returns `case -> (init report, exec report)`.
+/// Runs every case in a pod of `handler`; returns `case -> (init report, exec report)`. A pod
+/// whose guest the nested test host lost is run again, once, as kubelet would recreate it.
 fn reports(
     c: &Containerd,
     cri: &Cri,
     handler: &str,
     profile: &Path,
 ) -> BTreeMap<String, (String, String)> {
-    let logs = c.base().join(format!("pods/sec-{handler}"));
-    std::fs::create_dir_all(&logs).unwrap();
-    let pod_cfg = pod_config(&format!("sec-{handler}"), &logs);
-    let pod = cri
-        .run_pod(&pod_cfg, handler)
-        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", c.log_tail(60)));
+    cri::retry_if_guest_lost(c, &format!("cri_security[{handler}]"), |attempt| {
+        let logs = c.base().join(format!("pods/sec-{handler}-{attempt}"));
+        std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+        let mut pod_cfg = pod_config(&format!("sec-{handler}"), &logs);
+        if let Some(m) = pod_cfg.metadata.as_mut() {
+            m.attempt = attempt;
+        }
+        let pod = cri
+            .run_pod(&pod_cfg, handler)
+            .map_err(|e| format!("RunPodSandbox ({handler}): {e}"))?;
+        let out = run_cases(cri, handler, profile, &pod, &pod_cfg, &logs);
+        let removed = cri
+            .stop_and_remove_pod(&pod)
+            .map_err(|e| format!("[{handler}] removing the pod: {e}"));
+        let out = out?;
+        removed.map(|()| out)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log_tail(60)))
+}
+
+/// Every case, one container each, in the running `pod`.
+fn run_cases(
+    cri: &Cri,
+    handler: &str,
+    profile: &Path,
+    pod: &str,
+    pod_cfg: &PodSandboxConfig,
+    logs: &Path,
+) -> Result<BTreeMap<String, (String, String)>, String> {
     let script = format!("{REPORT}\nexec sleep 3600");
     let mut out = BTreeMap::new();
     for (name, security) in cases(profile) {
@@ -188,33 +213,39 @@ fn reports(
             ..Default::default()
         });
         let id = cri
-            .create_and_start(&pod, &pod_cfg, &cfg)
-            .unwrap_or_else(|e| panic!("[{handler}] container {name}: {e}\n{}", c.log_tail(60)));
-        wait_container(cri, &id, T, running).unwrap();
+            .create_and_start(pod, pod_cfg, &cfg)
+            .map_err(|e| format!("[{handler}] container {name}: {e}"))?;
+        wait_container(cri, &id, T, running)
+            .map_err(|e| format!("[{handler}] container {name}: {e:#}"))?;
         let log = logs.join(format!("{name}.log"));
         let deadline = Instant::now() + Duration::from_secs(120);
         let init = loop {
             if let Some(r) = log_report(&log) {
                 break r;
             }
-            assert!(
-                Instant::now() < deadline,
-                "[{handler}] {name}: no report in {}: {:?}",
-                log.display(),
-                std::fs::read_to_string(&log)
-            );
+            // A container that is no longer running (its VM died) never writes it.
+            let gone = cri.container_status(&id).is_ok_and(|s| !running(&s));
+            if gone || Instant::now() >= deadline {
+                if let Some(r) = log_report(&log) {
+                    break r;
+                }
+                return Err(format!(
+                    "[{handler}] {name}: no report in {} (container still running: {}): {:?}",
+                    log.display(),
+                    !gone,
+                    std::fs::read_to_string(&log)
+                ));
+            }
             std::thread::sleep(Duration::from_millis(300));
         };
         let exec = cri
             .exec_sync(&id, &["sh", "-c", REPORT], 120)
-            .unwrap_or_else(|e| panic!("[{handler}] exec in {name}: {e}"));
+            .map_err(|e| format!("[{handler}] exec in {name}: {e}"))?;
         let exec = String::from_utf8_lossy(&exec.stdout).into_owned();
         eprintln!("cri_security[{handler}] {name}:\n  init: {init:?}\n  exec: {exec:?}");
         out.insert(name.to_string(), (init, exec));
     }
-    cri.stop_and_remove_pod(&pod)
-        .unwrap_or_else(|e| panic!("[{handler}] removing the pod: {e}"));
-    out
+    Ok(out)
 }
 
 fn seccomp_mode(report: &str) -> &str {

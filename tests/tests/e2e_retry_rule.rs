@@ -7,15 +7,27 @@ use std::process::Command;
 use husk_protocol::vmm::EARLY_BOOT;
 
 fn reason(log: &str, rc: i32) -> String {
+    script(&["reason"], &[log], &[&rc.to_string()])
+}
+
+/// scripts/e2e-failure.py's answer for `args`, the `logs` (written to files) and `more` args.
+fn script(args: &[&str], logs: &[&str], more: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("binary.log");
-    std::fs::write(&path, log).unwrap();
+    let paths: Vec<_> = logs
+        .iter()
+        .enumerate()
+        .map(|(i, log)| {
+            let path = dir.path().join(format!("binary.attempt{i}.log"));
+            std::fs::write(&path, log).unwrap();
+            path
+        })
+        .collect();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/e2e-failure.py");
     let out = Command::new("python3")
         .arg(&script)
-        .arg("reason")
-        .arg(&path)
-        .arg(rc.to_string())
+        .args(args)
+        .args(&paths)
+        .args(more)
         .output()
         .expect("python3 runs scripts/e2e-failure.py");
     assert!(
@@ -77,4 +89,24 @@ fn every_other_failure_is_husks() {
         "tests-failed"
     );
     assert_eq!(reason("", 124), "killed-at-bound");
+}
+
+#[test]
+fn a_run_again_skips_only_the_tests_that_passed() {
+    // As libtest prints with --test-threads=1 --nocapture: results follow each test's output,
+    // and the test host's own lines can land anywhere.
+    let first = "running 4 tests\n\
+        test quiet ... ok\n\
+        test chatty ... harness: up\n[   12.5] console\nstep 2\nok\n\
+        test failing ... FAILED\n\
+        test dying ... pod 1 up\nhusk-testhost: error: the test host stopped\nok\n";
+    let second = format!(
+        "running 2 tests\ntest failing ... {FETCH}ok\ntest dying ... step\n\n\
+         failures:\n    dying\n\ntest result: FAILED. 1 passed; 1 failed\n"
+    );
+    assert_eq!(script(&["passed"], &[first], &[]), "chatty\nquiet");
+    assert_eq!(
+        script(&["passed"], &[first, &second], &[]),
+        "chatty\nfailing\nquiet"
+    );
 }

@@ -1,12 +1,52 @@
 //! Starting a pod the way kubelet does, retrying a sandbox whose guest the nested test host lost
-//! as kubelet's pod sync would (the CRI suites that start many pods share it).
+//! as kubelet's pod sync would (the CRI suites that start many pods share it), and the same for
+//! a pod's whole life ([`retry_if_guest_lost`]).
 
 use std::time::Duration;
 
 use k8s_cri::v1::{PodSandboxConfig, PodSandboxState};
 
 use super::{container_config, eventually, running, wait_container, Cri};
+use crate::containerd::Containerd;
 use crate::guest_loss::{environment_loss, fetch_faults_seen};
+
+/// The shim's log line for a VM that ended under running containers (shim/src/sandbox.rs), which
+/// carries husk-vmm's account of the end (a triple fault names itself).
+const VM_ENDED: &str = "the sandbox VM ended unexpectedly";
+
+/// Runs `attempt(0)`, a pod's whole life (it starts the pod and removes it before it returns,
+/// also when it fails), and once more as `attempt(1)` if it failed because the nested test host
+/// lost the pod's running guest ([`crate::guest_loss`]): a pod whose VM died under it is one
+/// kubelet would recreate. The evidence is the failure's words and the shim's account of the
+/// VM's end in containerd's log, written during the attempt. The retry is announced on stderr;
+/// any other failure is returned at once, and so is a second failure.
+pub fn retry_if_guest_lost<T>(
+    c: &Containerd,
+    what: &str,
+    mut attempt: impl FnMut(u32) -> Result<T, String>,
+) -> Result<T, String> {
+    let log_from = c.log_len();
+    let faults_before = fetch_faults_seen();
+    let first = match attempt(0) {
+        Ok(done) => return Ok(done),
+        Err(e) => e,
+    };
+    let ends: Vec<String> = c
+        .log_since(log_from)
+        .lines()
+        .filter(|l| l.contains(VM_ENDED))
+        .map(str::to_owned)
+        .collect();
+    let evidence = format!("{first}\n{}", ends.join("\n"));
+    let Some(loss) = environment_loss(&evidence, faults_before) else {
+        return Err(format!(
+            "{what}: {first}\n(not retried: only a guest the test host lost is; the shim's \
+             account of VM ends: {ends:?})"
+        ));
+    };
+    eprintln!("*** RETRY {what} ({loss}): {first}; the pod is gone, running it again");
+    attempt(1).map_err(|e| format!("{what}: failed twice: first {first}; then {e}"))
+}
 
 /// A pod with one `sleep` container, started as kubelet starts it: a sandbox that failed to
 /// start because the nested test host lost its guest ([`crate::guest_loss`]: a death or hang in

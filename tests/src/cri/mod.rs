@@ -24,7 +24,7 @@ use crate::containerd::{Containerd, HuskArtifacts, HuskSettings};
 use crate::oci_image::{self, BUSYBOX_REF};
 
 pub use client::{Cri, CriError};
-pub use kubelet::start_pod_like_kubelet;
+pub use kubelet::{retry_if_guest_lost, start_pod_like_kubelet};
 
 /// The containerd namespace CRI keeps its objects in.
 pub const NAMESPACE: &str = "k8s.io";
