@@ -2,7 +2,7 @@
 //! [`uninstall`] undoes exactly what install recorded ([`record`]), [`check`] tells whether a
 //! host can run husk.
 //!
-//! Installed layout (what the shim's config module expects, see `husk_shim::config`):
+//! Installed layout (what the shim's config module expects, see `husk_protocol::config`):
 //! `<prefix>/bin/{containerd-shim-husk-v2,husk-vmm,husk}`,
 //! `<prefix>/share/husk/{vmlinux,husk-initrd.img,install.json}`, `/etc/husk/config.toml`, and
 //! `containerd-shim-husk-v2` linked into a directory on containerd's PATH. Every host path goes

@@ -38,7 +38,7 @@ enum Command {
         #[arg(long, default_value = check::CONTAINERD_CONFIG)]
         containerd_config: PathBuf,
         /// husk's config file, written only if absent (the handler's ConfigPath).
-        #[arg(long, default_value = husk_shim::config::SYSTEM_CONFIG)]
+        #[arg(long, default_value = husk_protocol::config::SYSTEM_CONFIG)]
         husk_config: PathBuf,
         /// A directory on containerd's PATH where containerd-shim-husk-v2 is linked.
         #[arg(long, default_value = "/usr/local/bin")]

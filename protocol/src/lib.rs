@@ -10,6 +10,10 @@
 
 #[cfg(feature = "agent-api")]
 pub mod agent;
+#[cfg(feature = "node")]
+pub mod cgroup_layout;
+#[cfg(feature = "node")]
+pub mod config;
 pub mod hybrid;
 pub mod ids;
 pub mod ports;

@@ -11,7 +11,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod cleanup;
-pub mod config;
+pub use husk_protocol::config;
 pub mod container;
 pub mod control;
 pub mod error;

@@ -69,6 +69,12 @@ fn the_test_host_failing_and_guests_it_lost_are_the_environments() {
         reason(&failed_on(TRIPLE, &reserved), 101),
         "guest-fetch-fault"
     );
+    // Entering the local timer's interrupt: the kernel's IDT or stacks vanished the same way.
+    let timer = FETCH.replace(
+        "intr_info 0x80000b0e error_code 0x00000010",
+        "intr_info 0x800000ec error_code 0x00000000",
+    );
+    assert_eq!(reason(&failed_on(TRIPLE, &timer), 101), "guest-fetch-fault");
 }
 
 #[test]
@@ -78,6 +84,12 @@ fn every_other_failure_is_husks() {
     // A data access's page fault (no instruction-fetch bit) is not the signature.
     let data = FETCH.replace("error_code 0x00000010", "error_code 0x00000002");
     assert_eq!(reason(&failed_on(TRIPLE, &data), 101), "tests-failed");
+    // An NMI being delivered is not the signature.
+    let nmi = FETCH.replace(
+        "intr_info 0x80000b0e error_code 0x00000010",
+        "intr_info 0x80000202 error_code 0x00000000",
+    );
+    assert_eq!(reason(&failed_on(TRIPLE, &nmi), 101), "tests-failed");
     // The guest's own reboot by triple fault is no fetch fault.
     assert_eq!(reason(&failed_on(TRIPLE, REBOOT), 101), "tests-failed");
     // A fetch fault elsewhere in the run does not excuse a failure that is not a guest's death.

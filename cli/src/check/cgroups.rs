@@ -1,9 +1,9 @@
-//! Which cgroup hierarchy the pods' VMs go into (`husk_shim::cgroup`): v2, hybrid or legacy
+//! Which cgroup hierarchy the pods' VMs go into (`husk_protocol::cgroup_layout`): v2, hybrid or legacy
 //! v1, and whether the memory controller is there to account a VM to its pod.
 
 use std::path::Path;
 
-use husk_shim::cgroup::Hierarchy;
+use husk_protocol::cgroup_layout::Hierarchy;
 
 use super::{Line, Probe};
 

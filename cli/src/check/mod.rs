@@ -2,7 +2,7 @@
 //! and a `fix:` line under every failure. The facts come from a [`Probe`] ([`system::System`]
 //! on a real host, fakes in the tests), so every verdict below is tested without root or KVM.
 //!
-//! The artifacts are resolved exactly as the shim resolves them (`husk_shim::config`): the
+//! The artifacts are resolved exactly as the shim resolves them (`husk_protocol::config`): the
 //! config named by `--config`, else `$HUSK_CONFIG`, else `/etc/husk/config.toml`, else the
 //! defaults next to the shim binary found on PATH.
 
@@ -14,7 +14,7 @@ pub mod system;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use husk_shim::config::{ConfigError, HuskConfig, Loaded};
+use husk_protocol::config::{ConfigError, HuskConfig, Loaded};
 
 use crate::containerd::{self, ContainerdConfigError};
 use crate::paths::SHIM;
@@ -336,7 +336,7 @@ fn artifacts(p: &dyn Probe, explicit: Option<&Path>) -> Vec<Line> {
         ),
         None => format!(
             "run `husk install`, or set `{key} = \"...\"` in {}",
-            husk_shim::config::SYSTEM_CONFIG
+            husk_protocol::config::SYSTEM_CONFIG
         ),
     };
     for (check, key, path) in [

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_shim::config::{ConfigError, Loaded};
+use husk_protocol::config::{ConfigError, Loaded};
 
 use super::{KvmFacts, Probe, ToolRun};
 
@@ -94,7 +94,7 @@ impl Probe for System {
     }
 
     fn husk_config(&self, explicit: Option<&Path>) -> Result<Loaded, ConfigError> {
-        husk_shim::config::load(explicit)
+        husk_protocol::config::load(explicit)
     }
 
     fn run(&self, program: &Path, args: &[&str]) -> Result<ToolRun, String> {

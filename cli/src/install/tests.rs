@@ -141,7 +141,7 @@ fn the_written_husk_config_is_valid_for_the_shim() {
     let text = husk_config_text(&Layout {
         prefix: "/opt/husk".into(),
     });
-    let c = husk_shim::config::HuskConfig::parse(&text, Path::new("x")).unwrap();
+    let c = husk_protocol::config::HuskConfig::parse(&text, Path::new("x")).unwrap();
     assert_eq!(c.vmm, Some(PathBuf::from("/opt/husk/bin/husk-vmm")));
     assert_eq!(
         c.kernel,

@@ -16,7 +16,6 @@
 //! The shim itself stays where containerd started it: it must outlive any OOM in the pod to
 //! report the containers' exits, and the pod's OOM killer must never be able to pick it.
 
-pub mod hierarchy;
 pub mod path;
 
 use std::io;
@@ -25,7 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use hierarchy::Hierarchy;
+pub use husk_protocol::cgroup_layout::{self as hierarchy, Hierarchy};
 
 /// The controllers enabled down a v2 path (when the parent offers them).
 const V2_CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
