@@ -17,7 +17,7 @@ set -euo pipefail
 
 # Outside the test host: the rounds run in chunks of CHUNK (default 5), each in a fresh test host,
 # because the nested test host's own kernel dies now and then under many guests (QEMU 7.2's TCG
-# delivering an IPI right after a #VMEXIT; see README "Status"). A chunk whose test host died
+# delivering an IPI right after a #VMEXIT; see docs/testing.md). A chunk whose test host died
 # counts the rounds it finished; the round it was in is not counted, and the death is reported.
 if [ "${1:-}" != "--inside" ]; then
   source "$(dirname "${BASH_SOURCE[0]}")/guest-env.sh"

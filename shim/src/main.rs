@@ -6,8 +6,8 @@
 //! containerd 2.x a fourth, `-info` (see `husk_shim::info`):
 //! `start` prints the address of the shim daemon serving this task (launching it if needed),
 //! `delete` cleans up after a task whose shim is gone, and with `-socket` it is that daemon,
-//! serving `containerd.task.v2.Task` over ttrpc. docs/DESIGN.md and the README's
-//! "containerd-shim-husk-v2" section describe the whole path.
+//! serving `containerd.task.v2.Task` over ttrpc. docs/DESIGN.md and docs/shim.md
+//! describe the whole path.
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -28,7 +28,7 @@ fn env_count(name: &str, default: usize) -> usize {
 impl Churn {
     /// `HUSK_CHURN_PODS` × `HUSK_CHURN_CYCLES`: by default 10 × 10, and 5 × 8 in the nested
     /// test host, whose own kernel panics under VMs cycling in parallel (QEMU 7.2's TCG delivers
-    /// an interrupt right after #VMEXIT, README "Status"): on 2026-12-04, 3 of 3 runs of 10 × 10
+    /// an interrupt right after #VMEXIT, docs/testing.md): on 2026-12-04, 3 of 3 runs of 10 × 10
     /// died after 2 to 4 cycles, and a run of 5 × 20 after 12 (7 minutes). The nested numbers
     /// are announced on stderr; `make bench BENCH=churn` takes the full ones from the
     /// environment.

@@ -7,7 +7,7 @@
 //! whole mount tree (`MS_REC`), as runc does for the `r` names, so `rX` becomes `X`. Its second
 //! step marks the container's root mount `shared` or `unbindable` without `MS_REC`; runc's is
 //! recursive. Inside a VM that difference does not reach the host: nothing the container mounts
-//! can propagate out of the guest (README, "Rootfs over virtio-fs").
+//! can propagate out of the guest (docs/shim.md, "Rootfs over virtio-fs").
 
 use oci_spec::runtime::Linux;
 

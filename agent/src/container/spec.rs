@@ -143,7 +143,7 @@ fn check_seccomp(seccomp: &LinuxSeccomp) -> Result<()> {
 }
 
 /// Checks a process and drops the LSM labels the guest kernel cannot apply (AppArmor and
-/// SELinux are not built into it: README, "Security"), saying so in the log.
+/// SELinux are not built into it: docs/security.md), saying so in the log.
 fn check_process(p: &mut Process) -> Result<()> {
     if let Some(profile) = p.apparmor_profile().clone() {
         tracing::warn!(
