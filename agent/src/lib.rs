@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod container;
 pub mod error;
+pub mod forward;
 pub mod init;
 pub mod logging;
 pub mod network;

@@ -1,7 +1,7 @@
 //! The accept loops: every connection becomes a (port, [`Conn`]) pair, then port 1024 goes to
-//! the ttrpc server and port 1025 to the stdio attach handler.
+//! the ttrpc server, port 1025 to the stdio attach handler and port 1027 to port forwarding.
 //!
-//! - Guest: vsock listeners on [`AGENT_PORT`] and [`STDIO_PORT`].
+//! - Guest: vsock listeners on [`AGENT_PORT`], [`STDIO_PORT`] and [`FORWARD_PORT`].
 //! - Host mode: one Unix socket serving the hybrid handshake (`CONNECT <port>\n` → `OK <port>\n`)
 //!   so a client is the same as against husk-vmm's vsock socket.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use husk_protocol::agent::service::create_agent;
 use husk_protocol::hybrid;
-use husk_protocol::ports::{AGENT_PORT, STDIO_PORT};
+use husk_protocol::ports::{AGENT_PORT, FORWARD_PORT, STDIO_PORT};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -27,7 +27,7 @@ use crate::sandbox::Sandbox;
 /// Where the agent listens.
 #[derive(Debug, Clone)]
 pub enum Listen {
-    /// vsock ports 1024 and 1025.
+    /// vsock ports 1024, 1025 and 1027.
     Vsock,
     /// A Unix socket with the hybrid handshake.
     Unix(PathBuf),
@@ -55,6 +55,18 @@ pub async fn serve(sb: Arc<Sandbox>, listen: Listen) -> Result<Server> {
         Listen::Vsock => {
             let rpc = vsock_listener(AGENT_PORT)?;
             let stdio = vsock_listener(STDIO_PORT)?;
+            let forward = vsock_listener(FORWARD_PORT)?;
+            tokio::spawn(async move {
+                loop {
+                    match forward.accept().await {
+                        Ok((s, peer)) if from_host(peer) => {
+                            tokio::spawn(crate::forward::handle(Conn::Vsock(s)));
+                        }
+                        Ok((_, peer)) => refused(peer),
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+            });
             let tx = rpc_tx.clone();
             tokio::spawn(async move {
                 loop {
@@ -143,7 +155,7 @@ async fn hybrid_handshake(
             _ => return,
         };
     let port = match hybrid::parse_connect(&line) {
-        Ok(p @ (AGENT_PORT | STDIO_PORT)) => p,
+        Ok(p @ (AGENT_PORT | STDIO_PORT | FORWARD_PORT)) => p,
         Ok(p) => {
             tracing::debug!(port = p, "hybrid connect to a port nobody serves");
             return;
@@ -156,9 +168,11 @@ async fn hybrid_handshake(
     if s.write_all(hybrid::ok_line(port).as_bytes()).await.is_err() {
         return;
     }
-    if port == AGENT_PORT {
-        let _ = rpc.send(Ok(Conn::Unix(s))).await;
-    } else {
-        crate::stdio::attach::handle(sb, Conn::Unix(s)).await;
+    match port {
+        AGENT_PORT => {
+            let _ = rpc.send(Ok(Conn::Unix(s))).await;
+        }
+        FORWARD_PORT => crate::forward::handle(Conn::Unix(s)).await,
+        _ => crate::stdio::attach::handle(sb, Conn::Unix(s)).await,
     }
 }

@@ -4,6 +4,7 @@
 //! - [`vm_config`]: the VM configuration the shim hands to `husk-vmm`;
 //! - [`vmm`]: `husk-vmm`'s exit codes and control-socket requests;
 //! - [`ports`], [`stdio`], [`ids`]: vsock ports, the stdio stream hello, container/exec ids;
+//! - [`forward`]: CRI port forwarding's request to the agent;
 //! - `agent` (feature `agent-api`): the agent API, protobuf + ttrpc, generated from
 //!   `protos/husk/agent/v1/agent.proto`;
 //! - `rtnl` (feature `rtnl`): a small synchronous rtnetlink client for pod networking.
@@ -14,6 +15,7 @@ pub mod agent;
 pub mod cgroup_layout;
 #[cfg(feature = "node")]
 pub mod config;
+pub mod forward;
 pub mod hybrid;
 pub mod ids;
 pub mod ports;

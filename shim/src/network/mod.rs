@@ -15,6 +15,7 @@
 //! with only `lo`, gives the VM no NIC.
 
 pub mod discover;
+pub mod forward;
 pub mod netns;
 pub mod record;
 pub mod tap;

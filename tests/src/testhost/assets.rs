@@ -40,6 +40,13 @@ pub const MODULES: &[&str] = &[
     "nft_compat",
     "nft_chain_nat",
     "xt_MASQUERADE",
+    // The shim's port-forward redirect in a pod's network namespace (iptables -j REDIRECT).
+    "xt_REDIRECT",
+    "nft_redir",
+    "xt_tcpudp",
+    // What cri_pod's mesh-style container programs in a runc pod's network namespace (the
+    // guest kernel has them built in): iptables-nft's nat table and REDIRECT above, a bridge.
+    "nft_nat",
     "xt_comment",
     "xt_addrtype",
     "xt_mark",

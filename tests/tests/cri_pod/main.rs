@@ -1,17 +1,22 @@
 //! Kubernetes pods on husk: containerd's CRI plugin driven as kubelet drives it
 //! (src/cri/), with `runtime_handler = "husk"`, and the same scenario under `runc` for parity.
 //!
-//! The scenario: RunPodSandbox (with a network sysctl), two long-running busybox containers
-//! (under husk: one VM, one boot id, not the test host's), the pod's sysctl in both, ExecSync, CRI log files, hostPath volumes (read-write,
-//! updated on the host, read-only, rslave and rshared with a mount the host makes afterwards), CRI's /etc/hosts, /etc/resolv.conf and hostname,
-//! UpdateContainerResources, ContainerStats, an OOM-killed container, a server in the pod
-//! reached over the CNI bridge, then StopPodSandbox + RemovePodSandbox and nothing left.
-//! Also: ten husk pods at once, and bad input (annotations, memory, the node's network, IPC or
-//! PID namespace, a missing kernel).
+//! The scenario ([`scenario`]): RunPodSandbox (with a network sysctl), two long-running busybox
+//! containers (under husk: one VM, one boot id, not the test host's), the pod's sysctl in both,
+//! ExecSync, CRI log files, hostPath volumes ([`volumes`]: read-write, updated on the host,
+//! read-only, rslave and rshared with a mount the host makes afterwards), CRI's /etc/hosts,
+//! /etc/resolv.conf and hostname, UpdateContainerResources, ContainerStats, an OOM-killed
+//! container, a server in the pod reached over the CNI bridge and through CRI PortForward
+//! ([`portforward`]), iptables NAT and a bridge programmed in the pod ([`netfilter`]), a missing
+//! executable, then StopPodSandbox + RemovePodSandbox and nothing
+//! left. Also: ten husk pods at once ([`parallel`]), and bad input ([`bad_input`]: annotations,
+//! memory, the node's network, IPC or PID namespace, a missing kernel).
 //! End-to-end tests (`#[ignore]`d): they run in the nested test host.
 
 mod bad_input;
+mod netfilter;
 mod parallel;
+mod portforward;
 mod scenario;
 mod volumes;
 

@@ -105,6 +105,8 @@ pub fn run(handler: &str) {
     resources(&pod, &a, &b);
     let hog = out_of_memory(&pod);
     let (web, net_failure) = server(&pod);
+    crate::portforward::check(&pod);
+    let mesh = crate::netfilter::check(&pod);
     missing_executable(&pod, &b);
 
     // Stop and remove: nothing of the pod is left.
@@ -117,6 +119,7 @@ pub fn run(handler: &str) {
         hog.as_str(),
         web.as_str(),
         prop.as_str(),
+        mesh.as_str(),
     ];
     drop(prop_mounts);
     c.assert_clean(&ids);
@@ -244,7 +247,8 @@ fn out_of_memory(pod: &Pod) -> String {
     hog
 }
 
-/// A server in the pod answers a client on the test host over the CNI bridge. Returns its id
+/// A server in the pod answers a client on the test host over the CNI bridge (and a second one
+/// listens on `[::1]:8081` alone, for [`crate::portforward`]). Returns its id
 /// and, when it never answered, what the client last saw (the caller fails after cleaning up).
 fn server(pod: &Pod) -> (String, Option<String>) {
     let web = pod.start(
@@ -253,7 +257,8 @@ fn server(pod: &Pod) -> (String, Option<String>) {
             &[
                 "sh",
                 "-c",
-                "mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 8080 -h /www",
+                "mkdir -p /www && echo hello-from-pod > /www/index.html && \
+                 httpd -p [::1]:8081 -h /www && exec httpd -f -p 8080 -h /www",
             ],
         ),
         "srv",

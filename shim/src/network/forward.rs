@@ -1,0 +1,314 @@
+//! CRI port forwarding into the VM, the host's half. containerd serves `PortForward` (what
+//! `kubectl port-forward` uses) by dialling `localhost:<port>` inside the pod's network namespace
+//! on the host, but a husk pod's processes listen in the guest. So when the VM is up the shim
+//! binds one listener per family on that namespace's loopback (`127.0.0.1`, and `::1` when the
+//! namespace has it) and has the namespace's NAT send every other loopback TCP port there
+//! (`iptables -t nat ... -j REDIRECT`; the rule lives and dies with the namespace). Each
+//! connection's original port (`SO_ORIGINAL_DST`) goes to the agent on its own vsock stream
+//! ([`husk_protocol::forward`]), which connects to that port on the guest's loopback; the two
+//! streams are spliced, each direction's end passed on (half-close), until both ended. The
+//! listeners close when the VM ends. The guest's half is `agent/src/forward.rs`.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdListener};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use husk_protocol::forward::{parse_answer, Family, Request, MAX_LINE};
+use husk_protocol::ports::FORWARD_PORT;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::watch;
+
+use super::{netns, NetError};
+use crate::agent::hybrid_connect;
+use crate::vm::VmGone;
+
+/// `SO_ORIGINAL_DST` (`linux/netfilter_ipv4.h`) and `IP6T_SO_ORIGINAL_DST`
+/// (`linux/netfilter_ipv6/ip6_tables.h`): the same number at `SOL_IP` and `SOL_IPV6`.
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// How long the agent may take to answer a request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why port forwarding could not be set up for a pod.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// Entering the namespace failed.
+    #[error(transparent)]
+    Netns(#[from] NetError),
+    /// The loopback listener could not be bound.
+    #[error("binding {addr} in the pod's network namespace: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The redirect could not be installed.
+    #[error(
+        "{tool} in the pod's network namespace failed: {detail} (port forwarding needs \
+             iptables with its nat table and REDIRECT target on the node)"
+    )]
+    Redirect {
+        /// `iptables` or `ip6tables`.
+        tool: &'static str,
+        /// Its exit and stderr, or why it did not run.
+        detail: String,
+    },
+}
+
+/// The iptables arguments that send every loopback TCP port but `port` to `port`.
+pub fn redirect_args(family: Family, port: u16) -> Vec<String> {
+    let dst = match family {
+        Family::V4 => "127.0.0.0/8",
+        Family::V6 => "::1/128",
+    };
+    let port = port.to_string();
+    [
+        "-w",
+        "5",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-o",
+        "lo",
+        "-p",
+        "tcp",
+        "-d",
+        dst,
+        "!",
+        "--dport",
+        &port,
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        &port,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn tool(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    }
+}
+
+/// Binds the family's loopback listener and installs its redirect; runs inside the namespace.
+fn listen(family: Family) -> Result<StdListener, ForwardError> {
+    let addr = match family {
+        Family::V4 => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        Family::V6 => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+    };
+    let bind = |source| ForwardError::Bind { addr, source };
+    let l = StdListener::bind(addr).map_err(bind)?;
+    let port = l.local_addr().map_err(bind)?.port();
+    l.set_nonblocking(true).map_err(bind)?;
+    // A child forked from this thread is in the thread's (the pod's) network namespace.
+    let out = Command::new(tool(family))
+        .args(redirect_args(family, port))
+        .output()
+        .map_err(|e| ForwardError::Redirect {
+            tool: tool(family),
+            detail: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(ForwardError::Redirect {
+            tool: tool(family),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(l)
+}
+
+/// Starts forwarding for the pod whose network namespace is `netns`, into the VM whose vsock
+/// socket is `vsock`, until `gone` says the VM ended. IPv4 must work; IPv6 is skipped with a
+/// warning when the namespace has no `::1` or no IPv6 NAT.
+pub async fn start(
+    netns: &Path,
+    vsock: PathBuf,
+    gone: watch::Receiver<Option<VmGone>>,
+) -> Result<(), ForwardError> {
+    let (v4, v6) =
+        netns::run_in_async(netns, || Ok((listen(Family::V4), listen(Family::V6)))).await?;
+    let v4 = v4?;
+    let mut listeners = vec![(Family::V4, v4)];
+    match v6 {
+        Ok(l) => listeners.push((Family::V6, l)),
+        Err(e) => tracing::warn!("port forwarding over IPv6 is off for this pod: {e}"),
+    }
+    for (family, l) in listeners {
+        let l = TcpListener::from_std(l).map_err(|source| ForwardError::Bind {
+            addr: l_addr(family),
+            source,
+        })?;
+        tokio::spawn(serve(l, family, vsock.clone(), gone.clone()));
+    }
+    Ok(())
+}
+
+fn l_addr(family: Family) -> SocketAddr {
+    match family {
+        Family::V4 => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        Family::V6 => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+    }
+}
+
+/// Accepts until the VM ends.
+async fn serve(
+    l: TcpListener,
+    family: Family,
+    vsock: PathBuf,
+    mut gone: watch::Receiver<Option<VmGone>>,
+) {
+    loop {
+        if gone.borrow().is_some() {
+            return;
+        }
+        tokio::select! {
+            accepted = l.accept() => match accepted {
+                Ok((client, _)) => {
+                    tokio::spawn(forward_one(client, family, vsock.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "port forwarding: accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            changed = gone.changed() => if changed.is_err() {
+                return;
+            },
+        }
+    }
+}
+
+/// Carries one connection into the guest.
+async fn forward_one(mut client: TcpStream, family: Family, vsock: PathBuf) {
+    let port = match original_port(&client, family) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "port forwarding: the connection's original port");
+            return;
+        }
+    };
+    let mut guest = match open(&vsock, Request { family, port }).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(port, "port forwarding: {e}");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut client, &mut guest).await {
+        Ok((up, down)) => tracing::debug!(port, up, down, "forwarded stream ended"),
+        Err(e) => tracing::debug!(port, error = %e, "forwarded stream broke off"),
+    }
+}
+
+/// A vsock stream to the agent, connected to `req`'s port in the guest.
+async fn open(vsock: &Path, req: Request) -> io::Result<UnixStream> {
+    let mut s = hybrid_connect(vsock, FORWARD_PORT).await?;
+    s.write_all(req.line().as_bytes()).await?;
+    let line = tokio::time::timeout(ANSWER_TIMEOUT, read_answer(&mut s))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the agent did not answer"))??;
+    parse_answer(&line).map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
+    Ok(s)
+}
+
+/// The agent's answer line, read byte by byte (what follows is the stream's data).
+async fn read_answer(s: &mut UnixStream) -> io::Result<String> {
+    let mut line = Vec::with_capacity(16);
+    while line.len() < MAX_LINE {
+        let b = s.read_u8().await?;
+        if b == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(b);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "the agent's answer is too long",
+    ))
+}
+
+/// The port the client dialled before the redirect.
+fn original_port(s: &TcpStream, family: Family) -> io::Result<u16> {
+    let fd = s.as_raw_fd();
+    match family {
+        Family::V4 => {
+            let mut addr = MaybeUninit::<libc::sockaddr_in>::zeroed();
+            getsockopt(fd, libc::SOL_IP, &mut addr)?;
+            // SAFETY: zero-initialised and possibly filled by the kernel: valid either way.
+            Ok(u16::from_be(unsafe { addr.assume_init() }.sin_port))
+        }
+        Family::V6 => {
+            let mut addr = MaybeUninit::<libc::sockaddr_in6>::zeroed();
+            getsockopt(fd, libc::SOL_IPV6, &mut addr)?;
+            // SAFETY: as above.
+            Ok(u16::from_be(unsafe { addr.assume_init() }.sin6_port))
+        }
+    }
+}
+
+fn getsockopt<T>(fd: libc::c_int, level: libc::c_int, out: &mut MaybeUninit<T>) -> io::Result<()> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `out` is valid for writes of `len` bytes, the size of T, and `len` is a valid
+    // in/out length; the kernel writes at most `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            SO_ORIGINAL_DST,
+            out.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_loopback_port_but_the_listeners_goes_to_it() {
+        let v4 = redirect_args(Family::V4, 40123).join(" ");
+        assert_eq!(
+            v4,
+            "-w 5 -t nat -A OUTPUT -o lo -p tcp -d 127.0.0.0/8 ! --dport 40123 -j REDIRECT \
+             --to-ports 40123"
+        );
+        assert!(redirect_args(Family::V6, 1)
+            .join(" ")
+            .contains("-d ::1/128 ! --dport 1 "));
+        assert_eq!(tool(Family::V6), "ip6tables");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_was_not_redirected_has_no_original_port() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        // Without conntrack NAT the kernel has no original destination (ENOENT), or, where
+        // conntrack tracks loopback, the destination itself.
+        match original_port(&s, Family::V4) {
+            Ok(p) => assert_eq!(p, addr.port()),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}"),
+        }
+    }
+}
