@@ -447,6 +447,22 @@ impl RunningVm {
         self.child.id()
     }
 
+    /// Why an awaited line never came, for a VM with virtio devices: the shim's rule
+    /// (shim/src/vm/diagnose.rs) applied to what husk-vmm printed, so `make e2e` tells the nested
+    /// test host's early-boot loss from a failure of husk's: a guest whose kernel set up none of
+    /// its devices (no `DRIVER_READY` line) died or hung in early kernel setup
+    /// ([`husk_protocol::vmm::EARLY_BOOT`]). Then the console so far.
+    pub fn missing(&self, what: &str) -> String {
+        use husk_protocol::vmm::{DRIVER_READY, EARLY_BOOT};
+        let early = !self.console.contains(DRIVER_READY);
+        let why = if early {
+            format!(": {EARLY_BOOT} (husk-vmm printed no {DRIVER_READY:?} line)")
+        } else {
+            String::new()
+        };
+        format!("no {what}{why}:\n{}", self.console)
+    }
+
     /// Reads console lines until one contains `needle`; returns it, or `None` at the deadline or
     /// when the output ends.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Option<String> {

@@ -129,7 +129,7 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
     let marker = vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT);
     marker.unwrap_or_else(|| {
         let busy = thread_busy(vm.pid(), Duration::from_secs(2));
-        panic!("no marker; husk-vmm threads: {busy}\n{}", vm.console)
+        panic!("husk-vmm threads: {busy}; {}", vm.missing("marker"))
     });
 
     step(&mut vm, &control, "mount");

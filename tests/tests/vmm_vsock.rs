@@ -148,7 +148,7 @@ fn vsock_echo_guest_connects_and_sigterm_leaves_nothing_behind() {
     let cmd = husk_vmm_with(&env.vmm, &spec(&env, 2, &cmdline), dir.path(), &opts).unwrap();
     let mut vm = RunningVm::spawn(cmd).unwrap();
     let marker = vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT);
-    let marker = marker.unwrap_or_else(|| panic!("no marker:\n{}", vm.console));
+    let marker = marker.unwrap_or_else(|| panic!("{}", vm.missing("marker")));
     assert!(marker.contains("cpus=2"), "both vCPUs online: {marker}");
     assert!(socket.exists(), "no vsock socket at {}", socket.display());
 

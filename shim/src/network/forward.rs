@@ -1,9 +1,11 @@
 //! CRI port forwarding into the VM, the host's half. containerd serves `PortForward` (what
 //! `kubectl port-forward` uses) by dialling `localhost:<port>` inside the pod's network namespace
 //! on the host, but a husk pod's processes listen in the guest. So when the VM is up the shim
-//! binds one listener per family on that namespace's loopback (`127.0.0.1`, and `::1` when the
-//! namespace has it) and has the namespace's NAT send every other loopback TCP port there
-//! (`iptables -t nat ... -j REDIRECT`; the rule lives and dies with the namespace). Each
+//! binds a listener on that namespace's `127.0.0.1` and has the namespace's NAT send every other
+//! IPv4 loopback TCP port there (`iptables -t nat ... -j REDIRECT`; the rule lives and dies with
+//! the namespace). containerd dials `tcp4 localhost` first and `tcp6` only when that fails,
+//! which it then never does, so no IPv6 listener is needed: a server bound to the guest's `::1`
+//! alone is reached by the agent's fallback to the other family. Each
 //! connection's original port (`SO_ORIGINAL_DST`) goes to the agent on its own vsock stream
 //! ([`husk_protocol::forward`]), which connects to that port on the guest's loopback; the two
 //! streams are spliced, each direction's end passed on (half-close), until both ended. The
@@ -133,36 +135,20 @@ fn listen(family: Family) -> Result<StdListener, ForwardError> {
 }
 
 /// Starts forwarding for the pod whose network namespace is `netns`, into the VM whose vsock
-/// socket is `vsock`, until `gone` says the VM ended. IPv4 must work; IPv6 is skipped with a
-/// warning when the namespace has no `::1` or no IPv6 NAT.
+/// socket is `vsock`, until `gone` says the VM ended.
 pub async fn start(
     netns: &Path,
     vsock: PathBuf,
     gone: watch::Receiver<Option<VmGone>>,
 ) -> Result<(), ForwardError> {
-    let (v4, v6) =
-        netns::run_in_async(netns, || Ok((listen(Family::V4), listen(Family::V6)))).await?;
-    let v4 = v4?;
-    let mut listeners = vec![(Family::V4, v4)];
-    match v6 {
-        Ok(l) => listeners.push((Family::V6, l)),
-        Err(e) => tracing::warn!("port forwarding over IPv6 is off for this pod: {e}"),
-    }
-    for (family, l) in listeners {
-        let l = TcpListener::from_std(l).map_err(|source| ForwardError::Bind {
-            addr: l_addr(family),
-            source,
-        })?;
-        tokio::spawn(serve(l, family, vsock.clone(), gone.clone()));
-    }
+    let family = Family::V4;
+    let l = netns::run_in_async(netns, move || Ok(listen(family))).await??;
+    let l = TcpListener::from_std(l).map_err(|source| ForwardError::Bind {
+        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        source,
+    })?;
+    tokio::spawn(serve(l, family, vsock, gone));
     Ok(())
-}
-
-fn l_addr(family: Family) -> SocketAddr {
-    match family {
-        Family::V4 => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        Family::V6 => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
-    }
 }
 
 /// Accepts until the VM ends.
