@@ -307,14 +307,7 @@ impl Sandbox {
                 }
                 self.watch_vm(vm.clone());
                 if let Some(ns) = netns {
-                    // CRI PortForward into the guest; a pod without it still runs (kubectl
-                    // port-forward then fails, and the log says why).
-                    let (vsock, gone) = (paths.vsock(), vm.gone.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = network::forward::start(&ns, vsock, gone).await {
-                            tracing::warn!("port forwarding into the VM is off: {e}");
-                        }
-                    });
+                    network::forward::spawn(ns, paths.vsock(), vm.gone.clone());
                 }
                 tokio::spawn(vm::liveness::watch(vm.clone(), config.liveness_timeout()));
                 self.watch_oom(vm.clone());

@@ -151,6 +151,16 @@ pub async fn start(
     Ok(())
 }
 
+/// [`start`] in the background: a pod without port forwarding still runs (`kubectl
+/// port-forward` then fails, and the shim's log says why).
+pub fn spawn(netns: PathBuf, vsock: PathBuf, gone: watch::Receiver<Option<VmGone>>) {
+    tokio::spawn(async move {
+        if let Err(e) = start(&netns, vsock, gone).await {
+            tracing::warn!("port forwarding into the VM is off: {e}");
+        }
+    });
+}
+
 /// Accepts until the VM ends.
 async fn serve(
     l: TcpListener,
