@@ -89,14 +89,20 @@ pub fn err_line(reason: &str) -> String {
     line
 }
 
-/// Reads the agent's answer line: `Ok` for `OK`, the reason for `ERR`.
+/// Reads the agent's answer line: `Ok` for `OK`, the reason for `ERR` (the guest's text, bound
+/// for the host's logs: at most [`MAX_LINE`] characters, control characters made spaces).
 pub fn parse_answer(line: &str) -> Result<(), ForwardError> {
     let line = line.trim_end_matches('\n');
     if line == "OK" {
         return Ok(());
     }
     Err(ForwardError::Refused(
-        line.strip_prefix("ERR ").unwrap_or(line).to_string(),
+        line.strip_prefix("ERR ")
+            .unwrap_or(line)
+            .chars()
+            .take(MAX_LINE)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
     ))
 }
 

@@ -13,7 +13,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,8 +29,7 @@ use super::{netns, NetError};
 use crate::agent::hybrid_connect;
 use crate::vm::VmGone;
 
-/// `SO_ORIGINAL_DST` (`linux/netfilter_ipv4.h`) and `IP6T_SO_ORIGINAL_DST`
-/// (`linux/netfilter_ipv6/ip6_tables.h`): the same number at `SOL_IP` and `SOL_IPV6`.
+/// `SO_ORIGINAL_DST` (`linux/netfilter_ipv4.h`), at `SOL_IP`.
 const SO_ORIGINAL_DST: libc::c_int = 80;
 
 /// How long the agent may take to answer a request.
@@ -53,23 +52,17 @@ pub enum ForwardError {
     },
     /// The redirect could not be installed.
     #[error(
-        "{tool} in the pod's network namespace failed: {detail} (port forwarding needs \
+        "iptables in the pod's network namespace failed: {detail} (port forwarding needs \
              iptables with its nat table and REDIRECT target on the node)"
     )]
     Redirect {
-        /// `iptables` or `ip6tables`.
-        tool: &'static str,
         /// Its exit and stderr, or why it did not run.
         detail: String,
     },
 }
 
-/// The iptables arguments that send every loopback TCP port but `port` to `port`.
-pub fn redirect_args(family: Family, port: u16) -> Vec<String> {
-    let dst = match family {
-        Family::V4 => "127.0.0.0/8",
-        Family::V6 => "::1/128",
-    };
+/// The iptables arguments that send every IPv4 loopback TCP port but `port` to `port`.
+pub fn redirect_args(port: u16) -> Vec<String> {
     let port = port.to_string();
     [
         "-w",
@@ -83,7 +76,7 @@ pub fn redirect_args(family: Family, port: u16) -> Vec<String> {
         "-p",
         "tcp",
         "-d",
-        dst,
+        "127.0.0.0/8",
         "!",
         "--dport",
         &port,
@@ -96,34 +89,22 @@ pub fn redirect_args(family: Family, port: u16) -> Vec<String> {
     .to_vec()
 }
 
-fn tool(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "iptables",
-        Family::V6 => "ip6tables",
-    }
-}
-
-/// Binds the family's loopback listener and installs its redirect; runs inside the namespace.
-fn listen(family: Family) -> Result<StdListener, ForwardError> {
-    let addr = match family {
-        Family::V4 => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        Family::V6 => SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
-    };
+/// Binds the loopback listener and installs its redirect; runs inside the namespace.
+fn listen() -> Result<StdListener, ForwardError> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let bind = |source| ForwardError::Bind { addr, source };
     let l = StdListener::bind(addr).map_err(bind)?;
     let port = l.local_addr().map_err(bind)?.port();
     l.set_nonblocking(true).map_err(bind)?;
     // A child forked from this thread is in the thread's (the pod's) network namespace.
-    let out = Command::new(tool(family))
-        .args(redirect_args(family, port))
+    let out = Command::new("iptables")
+        .args(redirect_args(port))
         .output()
         .map_err(|e| ForwardError::Redirect {
-            tool: tool(family),
             detail: e.to_string(),
         })?;
     if !out.status.success() {
         return Err(ForwardError::Redirect {
-            tool: tool(family),
             detail: format!(
                 "{}: {}",
                 out.status,
@@ -141,13 +122,12 @@ pub async fn start(
     vsock: PathBuf,
     gone: watch::Receiver<Option<VmGone>>,
 ) -> Result<(), ForwardError> {
-    let family = Family::V4;
-    let l = netns::run_in_async(netns, move || Ok(listen(family))).await??;
+    let l = netns::run_in_async(netns, || Ok(listen())).await??;
     let l = TcpListener::from_std(l).map_err(|source| ForwardError::Bind {
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         source,
     })?;
-    tokio::spawn(serve(l, family, vsock, gone));
+    tokio::spawn(serve(l, vsock, gone));
     Ok(())
 }
 
@@ -162,12 +142,7 @@ pub fn spawn(netns: PathBuf, vsock: PathBuf, gone: watch::Receiver<Option<VmGone
 }
 
 /// Accepts until the VM ends.
-async fn serve(
-    l: TcpListener,
-    family: Family,
-    vsock: PathBuf,
-    mut gone: watch::Receiver<Option<VmGone>>,
-) {
+async fn serve(l: TcpListener, vsock: PathBuf, mut gone: watch::Receiver<Option<VmGone>>) {
     loop {
         if gone.borrow().is_some() {
             return;
@@ -175,7 +150,7 @@ async fn serve(
         tokio::select! {
             accepted = l.accept() => match accepted {
                 Ok((client, _)) => {
-                    tokio::spawn(forward_one(client, family, vsock.clone()));
+                    tokio::spawn(forward_one(client, vsock.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "port forwarding: accept");
@@ -190,15 +165,19 @@ async fn serve(
 }
 
 /// Carries one connection into the guest.
-async fn forward_one(mut client: TcpStream, family: Family, vsock: PathBuf) {
-    let port = match original_port(&client, family) {
+async fn forward_one(mut client: TcpStream, vsock: PathBuf) {
+    let port = match original_port(&client) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "port forwarding: the connection's original port");
             return;
         }
     };
-    let mut guest = match open(&vsock, Request { family, port }).await {
+    let req = Request {
+        family: Family::V4,
+        port,
+    };
+    let mut guest = match open(&vsock, req).await {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(port, "port forwarding: {e}");
@@ -239,41 +218,25 @@ async fn read_answer(s: &mut UnixStream) -> io::Result<String> {
 }
 
 /// The port the client dialled before the redirect.
-fn original_port(s: &TcpStream, family: Family) -> io::Result<u16> {
-    let fd = s.as_raw_fd();
-    match family {
-        Family::V4 => {
-            let mut addr = MaybeUninit::<libc::sockaddr_in>::zeroed();
-            getsockopt(fd, libc::SOL_IP, &mut addr)?;
-            // SAFETY: zero-initialised and possibly filled by the kernel: valid either way.
-            Ok(u16::from_be(unsafe { addr.assume_init() }.sin_port))
-        }
-        Family::V6 => {
-            let mut addr = MaybeUninit::<libc::sockaddr_in6>::zeroed();
-            getsockopt(fd, libc::SOL_IPV6, &mut addr)?;
-            // SAFETY: as above.
-            Ok(u16::from_be(unsafe { addr.assume_init() }.sin6_port))
-        }
-    }
-}
-
-fn getsockopt<T>(fd: libc::c_int, level: libc::c_int, out: &mut MaybeUninit<T>) -> io::Result<()> {
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: `out` is valid for writes of `len` bytes, the size of T, and `len` is a valid
-    // in/out length; the kernel writes at most `len` bytes.
+fn original_port(s: &TcpStream) -> io::Result<u16> {
+    let mut addr = MaybeUninit::<libc::sockaddr_in>::zeroed();
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `addr` is valid for writes of `len` bytes, the size of a sockaddr_in, and `len`
+    // is a valid in/out length; the kernel writes at most `len` bytes.
     let r = unsafe {
         libc::getsockopt(
-            fd,
-            level,
+            s.as_raw_fd(),
+            libc::SOL_IP,
             SO_ORIGINAL_DST,
-            out.as_mut_ptr().cast(),
+            addr.as_mut_ptr().cast(),
             &mut len,
         )
     };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    // SAFETY: zero-initialised and possibly filled by the kernel: valid either way.
+    Ok(u16::from_be(unsafe { addr.assume_init() }.sin_port))
 }
 
 #[cfg(test)]
@@ -282,16 +245,12 @@ mod tests {
 
     #[test]
     fn every_loopback_port_but_the_listeners_goes_to_it() {
-        let v4 = redirect_args(Family::V4, 40123).join(" ");
+        let v4 = redirect_args(40123).join(" ");
         assert_eq!(
             v4,
             "-w 5 -t nat -A OUTPUT -o lo -p tcp -d 127.0.0.0/8 ! --dport 40123 -j REDIRECT \
              --to-ports 40123"
         );
-        assert!(redirect_args(Family::V6, 1)
-            .join(" ")
-            .contains("-d ::1/128 ! --dport 1 "));
-        assert_eq!(tool(Family::V6), "ip6tables");
     }
 
     #[tokio::test]
@@ -302,7 +261,7 @@ mod tests {
         let (s, _) = l.accept().await.unwrap();
         // Without conntrack NAT the kernel has no original destination (ENOENT), or, where
         // conntrack tracks loopback, the destination itself.
-        match original_port(&s, Family::V4) {
+        match original_port(&s) {
             Ok(p) => assert_eq!(p, addr.port()),
             Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}"),
         }
