@@ -57,9 +57,37 @@ pub enum AgentError {
         /// The error.
         source: std::io::Error,
     },
-    /// Container creation or exec failed inside the runner (libcontainer).
+    /// The runner (libcontainer, in a process of its own) failed, in its own words, or answered
+    /// something unusable.
     #[error("{0}")]
-    Runtime(String),
+    Runner(String),
+    /// A document for the runner or a bundle could not be encoded, or the runner's reply decoded.
+    #[error("{what}: {source}")]
+    Json {
+        /// Which document.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking task ended without its result (it panicked or was cancelled).
+    #[error("{what}: {source}")]
+    Task {
+        /// Which task.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// libcontainer, libcgroups or the ttrpc server failed inside the agent's own process.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What the agent was doing.
+        what: &'static str,
+        /// The library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl AgentError {
@@ -67,6 +95,26 @@ impl AgentError {
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
         let what = what.into();
         move |source| AgentError::Io { what, source }
+    }
+
+    /// A library error with context (see [`AgentError::Runtime`]).
+    pub fn runtime<E: std::error::Error + Send + Sync + 'static>(
+        what: &'static str,
+    ) -> impl FnOnce(E) -> AgentError {
+        move |e| AgentError::Runtime {
+            what,
+            source: Box::new(e),
+        }
+    }
+
+    /// A JSON error with context (see [`AgentError::Json`]).
+    pub fn json(what: &'static str) -> impl FnOnce(serde_json::Error) -> AgentError {
+        move |source| AgentError::Json { what, source }
+    }
+
+    /// A join error with context (see [`AgentError::Task`]).
+    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> AgentError {
+        move |source| AgentError::Task { what, source }
     }
 
     /// The ttrpc code this error is reported with.
@@ -80,7 +128,11 @@ impl AgentError {
             AgentError::BadId(_) | AgentError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             AgentError::WrongState(_) | AgentError::Precondition(_) => Code::FAILED_PRECONDITION,
             AgentError::Unimplemented(_) => Code::UNIMPLEMENTED,
-            AgentError::Io { .. } | AgentError::Runtime(_) => Code::INTERNAL,
+            AgentError::Io { .. }
+            | AgentError::Runner(_)
+            | AgentError::Json { .. }
+            | AgentError::Task { .. }
+            | AgentError::Runtime { .. } => Code::INTERNAL,
         }
     }
 }
@@ -148,12 +200,37 @@ mod tests {
             ),
             (AgentError::Unimplemented("x".into()), Code::UNIMPLEMENTED),
             (AgentError::io("mount /proc")(io), Code::INTERNAL),
-            (AgentError::Runtime("clone".into()), Code::INTERNAL),
+            (AgentError::Runner("clone".into()), Code::INTERNAL),
+            (
+                AgentError::json("config.json")(serde_json::from_str::<u8>("x").unwrap_err()),
+                Code::INTERNAL,
+            ),
+            (
+                AgentError::runtime("cgroup manager")(std::io::Error::from_raw_os_error(
+                    libc::ENOENT,
+                )),
+                Code::INTERNAL,
+            ),
         ];
         for (err, want) in cases {
             let text = err.to_string();
             assert_eq!(code_of(err), want, "{text}");
         }
+    }
+
+    #[test]
+    fn library_errors_keep_their_cause() {
+        use std::error::Error;
+        let e =
+            AgentError::runtime("cgroup manager")(std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(e.to_string().starts_with("cgroup manager: "), "{e}");
+        let cause = e.source().expect("the cause is kept");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("as the io::Error it was");
+        assert_eq!(io.raw_os_error(), Some(libc::ENOENT));
+        let e = AgentError::json("bad runner reply")(serde_json::from_str::<u8>("x").unwrap_err());
+        assert!(e.source().is_some_and(|c| c.is::<serde_json::Error>()));
     }
 
     #[test]

@@ -329,7 +329,7 @@ impl Sandbox {
         let cid = c.id.clone();
         tokio::task::spawn_blocking(move || apply_resources(&cid, &r))
             .await
-            .map_err(|e| AgentError::Runtime(e.to_string()))?
+            .map_err(AgentError::task("applying resources"))?
     }
 
     /// PauseContainer / ResumeContainer.
@@ -384,7 +384,7 @@ fn apply_resources(id: &str, r: &LinuxResources) -> Result<()> {
         systemd_cgroup: false,
         container_name: id.into(),
     })
-    .map_err(|e| AgentError::Runtime(format!("cgroup manager: {e}")))?;
+    .map_err(AgentError::runtime("cgroup manager"))?;
     manager
         .apply(&ControllerOpt {
             resources: r,

@@ -50,7 +50,7 @@ pub async fn serve(sb: Arc<Sandbox>, listen: Listen) -> Result<Server> {
     server
         .start()
         .await
-        .map_err(|e| AgentError::Runtime(format!("starting the ttrpc server: {e}")))?;
+        .map_err(AgentError::runtime("starting the ttrpc server"))?;
     match listen {
         Listen::Vsock => {
             let rpc = vsock_listener(AGENT_PORT)?;

@@ -70,13 +70,24 @@ pub enum VmmError {
     /// The thread reading the kernel and initramfs into guest RAM panicked.
     #[error("the thread loading the kernel and initramfs panicked")]
     LoaderPanicked,
-    /// Anything else, naming the step.
-    #[error("{0}: {1}")]
-    Setup(&'static str, String),
+    /// Any other step of setting up or running the VM, with its cause.
+    #[error("{step}: {source}")]
+    Setup {
+        /// The step that failed.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
-fn setup<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> VmmError {
-    move |e| VmmError::Setup(step, e.to_string())
+fn setup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    step: &'static str,
+) -> impl FnOnce(E) -> VmmError {
+    move |e| VmmError::Setup {
+        step,
+        source: e.into(),
+    }
 }
 
 /// An edge on a legacy interrupt line, raised synchronously with KVM_IRQ_LINE from the vCPU
@@ -173,7 +184,8 @@ fn console_writer(config: &VmConfig) -> Result<Box<dyn Write + Send>, VmmError> 
                 .append(true)
                 .open(path)
                 .map_err(|e| {
-                    VmmError::Setup("opening the serial log", format!("{}: {e}", path.display()))
+                    let named = std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+                    setup("opening the serial log")(named)
                 })?,
         ),
         None => Box::new(std::io::sink()),
@@ -400,7 +412,7 @@ impl Machine {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => break 'run Err(VmmError::Setup("waiting for events", e.to_string())),
+                Err(e) => break 'run Err(setup("waiting for events")(e)),
             };
             for ev in &events[..n] {
                 match ev.data() {
@@ -515,5 +527,17 @@ mod tests {
         assert_eq!(line(&config), format!("{BASE_CMDLINE} quiet husk.x=1"));
         config.extra_cmdline.clear();
         assert_eq!(line(&config), BASE_CMDLINE);
+    }
+
+    #[test]
+    fn a_failed_step_names_itself_and_keeps_its_cause() {
+        use std::error::Error;
+        let e = setup("creating epoll")(std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(e.to_string().starts_with("creating epoll: "), "{e}");
+        let cause = e.source().expect("the cause is kept");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("as the io::Error it was");
+        assert_eq!(io.raw_os_error(), Some(libc::EMFILE));
     }
 }

@@ -13,6 +13,8 @@
 pub mod agent;
 #[cfg(feature = "node")]
 pub mod cgroup_layout;
+#[cfg(feature = "client")]
+pub mod client;
 #[cfg(feature = "node")]
 pub mod config;
 pub mod forward;

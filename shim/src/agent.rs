@@ -1,6 +1,6 @@
-//! The shim's side of the agent API: the hybrid-vsock connect (`CONNECT <port>\n` /
-//! `OK <n>\n` on husk-vmm's Unix socket, `protocol::hybrid`), one ttrpc client over it, typed
-//! calls whose errors keep the agent's ttrpc code, and the boot-time health poll.
+//! The shim's side of the agent API: one ttrpc client over a hybrid-vsock connection
+//! (`protocol::client`, shared with the tests), typed calls whose errors keep the agent's ttrpc
+//! code, and the boot-time health poll.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,8 +9,8 @@ use containerd_shim_protos::ttrpc::asynchronous::transport::Socket;
 use containerd_shim_protos::ttrpc::{self, context, Code};
 use husk_protocol::agent::api;
 use husk_protocol::agent::service::AgentClient;
-use husk_protocol::{hybrid, ports};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub use husk_protocol::client::hybrid_connect;
+use husk_protocol::ports;
 use tokio::net::UnixStream;
 
 /// Deadline for ordinary calls (everything but the waits, which block until an event).
@@ -86,33 +86,6 @@ impl AgentError {
                 call,
                 detail: other.to_string(),
             },
-        }
-    }
-}
-
-/// Opens a connection to guest vsock `port` through husk-vmm's hybrid socket: writes the
-/// CONNECT line and reads the `OK` line byte by byte (what follows is already guest data).
-pub async fn hybrid_connect(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(socket).await?;
-    stream
-        .write_all(hybrid::connect_line(port).as_bytes())
-        .await?;
-    let mut line = Vec::with_capacity(hybrid::MAX_LINE);
-    loop {
-        let mut byte = [0u8; 1];
-        if stream.read(&mut byte).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                format!("nothing listens on guest vsock port {port} yet"),
-            ));
-        }
-        line.push(byte[0]);
-        let end = hybrid::line_end(&line)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        if end.is_some() {
-            hybrid::parse_ok(&line)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            return Ok(stream);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use husk_protocol::agent::api;
 use husk_protocol::agent::service::AgentClient;
-use husk_protocol::hybrid;
+use husk_protocol::client::{hybrid_connect, read_line};
 use husk_protocol::ports::{AGENT_PORT, STDIO_PORT};
 use husk_protocol::stdio::{parse_answer, StdioHello, StreamKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,32 +19,10 @@ pub fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(120).as_nanos() as i64)
 }
 
-/// Reads one line byte by byte (bytes after the newline belong to the stream).
-async fn read_line(s: &mut UnixStream, max: usize) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.len() < max {
-        if s.read(&mut b).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        line.push(b[0]);
-        if b[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&line).into_owned());
-        }
-    }
-    Err(std::io::Error::other("line too long"))
-}
-
-/// Connects to `port` through the hybrid socket `socket`.
+/// Connects to `port` through the hybrid socket `socket` (the shim's client,
+/// `husk_protocol::client`), bounded by [`CONNECT_TIMEOUT`].
 pub async fn connect(socket: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let handshake = async {
-        let mut s = UnixStream::connect(socket).await?;
-        s.write_all(hybrid::connect_line(port).as_bytes()).await?;
-        let line = read_line(&mut s, hybrid::MAX_LINE).await?;
-        hybrid::parse_ok(line.as_bytes()).map_err(std::io::Error::other)?;
-        Ok(s)
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+    tokio::time::timeout(CONNECT_TIMEOUT, hybrid_connect(socket, port))
         .await
         .unwrap_or_else(|_| {
             Err(std::io::Error::new(

@@ -325,39 +325,9 @@ pub fn control(socket: &Path, request: &str) -> std::io::Result<String> {
     Ok(line.trim().to_string())
 }
 
-/// Opens a hybrid-vsock connection to guest port `port` through the VM's socket: sends
-/// `CONNECT <port>`, reads the `OK <host port>` line byte by byte (so no payload is swallowed)
-/// and returns the stream, ready for data. `timeout` bounds the handshake.
-pub fn hybrid_connect(socket: &Path, port: u32, timeout: Duration) -> std::io::Result<UnixStream> {
-    use std::io::{Read, Write};
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < 32 {
-        match s.read(&mut byte)? {
-            0 => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    format!(
-                    "the VMM closed the connection to guest port {port} (nothing listens there?)"
-                ),
-                ))
-            }
-            _ if byte[0] == b'\n' => break,
-            _ => line.push(byte[0]),
-        }
-    }
-    let text = String::from_utf8_lossy(&line);
-    if !text.starts_with("OK ") {
-        return Err(std::io::Error::other(format!(
-            "unexpected handshake reply {text:?}"
-        )));
-    }
-    s.set_read_timeout(None)?;
-    Ok(s)
-}
+/// Opens a hybrid-vsock connection to guest port `port` through the VM's socket, with the
+/// shim's client (`husk_protocol::client`); `timeout` bounds the handshake.
+pub use husk_protocol::client::hybrid_connect_blocking as hybrid_connect;
 
 /// Connects to `port` of the guest with context id `cid` over AF_VSOCK (a vhost-vsock guest,
 /// such as QEMU's anchor). The socket is returned as a `UnixStream`, which only reads, writes
@@ -453,14 +423,7 @@ impl RunningVm {
     /// its devices (no `DRIVER_READY` line) died or hung in early kernel setup
     /// ([`husk_protocol::vmm::EARLY_BOOT`]). Then the console so far.
     pub fn missing(&self, what: &str) -> String {
-        use husk_protocol::vmm::{DRIVER_READY, EARLY_BOOT};
-        let early = !self.console.contains(DRIVER_READY);
-        let why = if early {
-            format!(": {EARLY_BOOT} (husk-vmm printed no {DRIVER_READY:?} line)")
-        } else {
-            String::new()
-        };
-        format!("no {what}{why}:\n{}", self.console)
+        missing(what, &self.console, true)
     }
 
     /// Reads console lines until one contains `needle`; returns it, or `None` at the deadline or
@@ -530,6 +493,29 @@ pub struct BootResult {
     pub console: String,
 }
 
+/// Why an awaited console line never came, on the panic's first line, where `make e2e`'s
+/// retry rule (scripts/e2e-failure.py) reads it: for a VM with virtio devices (`devices`), a
+/// guest whose kernel set up none of them (no `DRIVER_READY` line from husk-vmm) died or hung
+/// in early kernel setup ([`husk_protocol::vmm::EARLY_BOOT`]); for any VM, husk-vmm's account
+/// of a triple fault, which the rule pairs with the test host's KVM record of the known fetch
+/// fault. Then the console so far.
+pub fn missing(what: &str, console: &str, devices: bool) -> String {
+    use husk_protocol::vmm::{DRIVER_READY, EARLY_BOOT};
+    let mut why = String::new();
+    if devices && !console.contains(DRIVER_READY) {
+        why.push_str(&format!(
+            ": {EARLY_BOOT} (husk-vmm printed no {DRIVER_READY:?} line)"
+        ));
+    }
+    if let Some(end) = console
+        .lines()
+        .find(|l| l.starts_with("husk-vmm: guest shut down") && l.contains("triple fault"))
+    {
+        why.push_str(&format!("; the VM ended: {end}"));
+    }
+    format!("no {what}{why}:\n{console}")
+}
+
 /// Spawns `cmd` (its stdout is the guest console), records when `marker` appears, and waits for
 /// the VMM to exit; kills it at `timeout`.
 pub fn watch_boot(cmd: Command, marker: &str, timeout: Duration) -> std::io::Result<BootResult> {
@@ -548,6 +534,28 @@ pub fn watch_boot(cmd: Command, marker: &str, timeout: Duration) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_line_names_the_known_losses_on_its_first_line() {
+        use husk_protocol::vmm::{DRIVER_READY, EARLY_BOOT};
+        let shut = "husk-vmm: guest shut down (vCPU 0: triple fault (reboot) at rip 0xfff0)";
+        let first = |m: String| m.lines().next().unwrap().to_string();
+        // Devices and none ready: early boot; with a triple fault, both.
+        let m = first(missing("marker", "Linux version 6.1\n", true));
+        assert!(m.contains(EARLY_BOOT) && !m.contains("triple fault"), "{m}");
+        let m = first(missing(
+            "marker",
+            &format!("Linux version 6.1\n{shut}\n"),
+            true,
+        ));
+        assert!(m.contains(EARLY_BOOT) && m.contains("triple fault"), "{m}");
+        // Past its drivers, or with none to set up: only a triple fault is named.
+        let late = format!("{DRIVER_READY} virtio-net\nFreeing unused kernel image\n{shut}\n");
+        let m = first(missing("marker", &late, true));
+        assert!(!m.contains(EARLY_BOOT) && m.contains("triple fault"), "{m}");
+        let m = first(missing("init marker", "Linux version 6.1\n", false));
+        assert_eq!(m, "no init marker:");
+    }
 
     #[test]
     fn marker_time_and_exit_code_are_reported() {

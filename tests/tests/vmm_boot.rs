@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use husk_tests::e2e;
-use husk_tests::microvm::{self, husk_vmm, watch_boot, GuestSpec, RunningVm, TEST_INIT_MARKER};
+use husk_tests::microvm::{
+    self, husk_vmm, missing, watch_boot, GuestSpec, RunningVm, TEST_INIT_MARKER,
+};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -57,7 +59,7 @@ fn boots_two_vcpus_to_init_and_exits_zero_on_guest_reboot() {
     let r = watch_boot(cmd, TEST_INIT_MARKER, BOOT_TIMEOUT).unwrap();
     let line = r
         .marker_line
-        .unwrap_or_else(|| panic!("no init marker; console:\n{}", r.console));
+        .unwrap_or_else(|| panic!("{}", missing("init marker", &r.console, false)));
     assert!(
         line.contains("kernel=6.1.") && line.contains("cpus=2"),
         "{line}"

@@ -109,7 +109,7 @@ fn ping(netns: &Path, seq: u16) -> bool {
 
 fn wait_line(vm: &mut RunningVm, needle: &str) -> String {
     vm.wait_for(needle, BOOT_TIMEOUT)
-        .unwrap_or_else(|| panic!("no {needle:?} line:\n{}", vm.console))
+        .unwrap_or_else(|| panic!("{}", vm.missing(&format!("{needle:?} line"))))
 }
 
 #[test]

@@ -154,20 +154,20 @@ fn vsock_echo_guest_connects_and_sigterm_leaves_nothing_behind() {
 
     // Guest-initiated: the allowed port reaches the host service, the forbidden one is reset.
     let allowed = vm.wait_for(&format!("vsock-connect port={ALLOWED}"), BOOT_TIMEOUT);
-    let allowed = allowed.unwrap_or_else(|| panic!("no connect result:\n{}", vm.console));
+    let allowed = allowed.unwrap_or_else(|| panic!("{}", vm.missing("connect result")));
     assert!(allowed.contains("ok reply=hi guest"), "{allowed}");
     let forbidden = vm.wait_for(&format!("vsock-connect port={FORBIDDEN}"), BOOT_TIMEOUT);
-    let forbidden = forbidden.unwrap_or_else(|| panic!("no connect result:\n{}", vm.console));
+    let forbidden = forbidden.unwrap_or_else(|| panic!("{}", vm.missing("connect result")));
     assert!(forbidden.contains("error="), "{forbidden}");
     assert_eq!(service.join().unwrap(), vec![format!("hello {ALLOWED}")]);
 
     // Host-initiated: 16 MiB through the guest's echo server, checked both ways.
     let started = Instant::now();
     let stream = hybrid_connect(&socket, GUEST_PORT, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("CONNECT {GUEST_PORT}: {e}\n{}", vm.console));
+        .unwrap_or_else(|e| panic!("{}", vm.missing(&format!("CONNECT {GUEST_PORT} ({e})"))));
     let (sent, received, got) = echo(stream, ECHO_BYTES).unwrap_or_else(|e| {
         vm.wait_for("(collect the console)", Duration::from_secs(3));
-        panic!("echo: {e}\n{}", vm.console)
+        panic!("{}", vm.missing(&format!("whole echo ({e})")))
     });
     assert_eq!(got, ECHO_BYTES, "echo came back short\n{}", vm.console);
     assert_eq!(sent, received, "echo checksum mismatch");
@@ -196,7 +196,10 @@ fn vsock_echo_guest_connects_and_sigterm_leaves_nothing_behind() {
         for (i, r) in results.into_iter().enumerate() {
             let (sent, received, got) = r.unwrap_or_else(|e| {
                 vm.wait_for("(collect the console)", Duration::from_secs(3));
-                panic!("soak round {round}, connection {i}: {e}\n{}", vm.console)
+                panic!(
+                    "{}",
+                    vm.missing(&format!("whole soak round {round}, connection {i} ({e})"))
+                )
             });
             assert_eq!(got, ECHO_BYTES, "soak round {round}: echo came back short");
             assert_eq!(sent, received, "soak round {round}: echo checksum mismatch");
@@ -261,7 +264,7 @@ fn guest_reboot_with_vsock_exits_zero_and_removes_the_socket() {
     let cmd = husk_vmm_with(&env.vmm, &spec(&env, 1, &cmdline), dir.path(), &opts).unwrap();
     let mut vm = RunningVm::spawn(cmd).unwrap();
     let line = vm.wait_for("vsock-connect", BOOT_TIMEOUT);
-    let line = line.unwrap_or_else(|| panic!("no connect result:\n{}", vm.console));
+    let line = line.unwrap_or_else(|| panic!("{}", vm.missing("connect result")));
     assert!(line.contains("error="), "{line}");
     let pid = vm.pid();
     let code = vm.wait(BOOT_TIMEOUT);

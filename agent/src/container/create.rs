@@ -77,7 +77,7 @@ async fn run_create(
 ) -> Result<Arc<Process>> {
     std::fs::create_dir_all(bundle)
         .map_err(AgentError::io(format!("mkdir {}", bundle.display())))?;
-    let json = serde_json::to_vec(spec).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let json = serde_json::to_vec(spec).map_err(AgentError::json("encoding config.json"))?;
     let config = bundle.join("config.json");
     std::fs::write(&config, json)
         .map_err(AgentError::io(format!("writing {}", config.display())))?;
@@ -112,7 +112,7 @@ async fn run_create(
             }
         },
         (None, None) => {
-            return Err(AgentError::Runtime(
+            return Err(AgentError::Runner(
                 "the runner returned no pty master".into(),
             ))
         }
@@ -140,7 +140,7 @@ pub async fn run_runner(
         runner::spawn::run(&exe, &reaper, &request, &borrowed)
     })
     .await
-    .map_err(|e| AgentError::Runtime(format!("runner task: {e}")))?
+    .map_err(AgentError::task("runner task"))?
 }
 
 /// Removes what a failed create may have left: bundle, libcontainer state, cgroup.
@@ -166,21 +166,21 @@ pub async fn start_init(sb: &Sandbox, c: &Container) -> Result<i32> {
         let dir = c.state_dir.clone();
         tokio::task::spawn_blocking(move || notify_start(&dir))
             .await
-            .map_err(|e| AgentError::Runtime(format!("start task: {e}")))??;
+            .map_err(AgentError::task("start task"))??;
     }
     tracing::info!(container_id = %c.id, pid, "container started");
     Ok(pid)
 }
 
 fn notify_start(state_dir: &Path) -> Result<()> {
-    let runtime = |e: libcontainer::error::LibcontainerError| AgentError::Runtime(e.to_string());
-    let mut container = LcContainer::load(state_dir.to_path_buf()).map_err(runtime)?;
+    let mut container = LcContainer::load(state_dir.to_path_buf())
+        .map_err(AgentError::runtime("loading the container's state"))?;
     NotifySocket::new(state_dir.join(NOTIFY_FILE))
         .notify_container_start()
-        .map_err(|e| AgentError::Runtime(format!("notifying the container's init: {e}")))?;
+        .map_err(AgentError::runtime("notifying the container's init"))?;
     container
         .set_status(ContainerStatus::Running)
         .save()
-        .map_err(runtime)?;
+        .map_err(AgentError::runtime("saving the container's state"))?;
     Ok(())
 }

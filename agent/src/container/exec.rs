@@ -37,7 +37,8 @@ pub fn register(
         )));
     }
     let path = c.bundle.join(format!("exec-{exec_id}.json"));
-    let json = serde_json::to_vec(&process).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let json =
+        serde_json::to_vec(&process).map_err(AgentError::json("encoding the exec's process"))?;
     std::fs::write(&path, json).map_err(AgentError::io(format!("writing {}", path.display())))?;
     let p = Process::new(&c.id, exec_id, stdio, c.cgroup.clone());
     if !terminal {

@@ -52,7 +52,8 @@ pub fn run(
             }
         }
     });
-    let body = serde_json::to_vec(request).map_err(|e| AgentError::Runtime(e.to_string()))?;
+    let body =
+        serde_json::to_vec(request).map_err(AgentError::json("encoding the runner request"))?;
     wire::send(ours.as_fd(), &body, fds).map_err(AgentError::io("sending the runner request"))?;
     set_timeout(&ours, RUNNER_TIMEOUT)?;
     let (data, mut attached) = wire::recv(ours.as_fd()).map_err(|e| {
@@ -62,12 +63,12 @@ pub fn run(
         AgentError::io("reading the runner reply")(e)
     })?;
     if data.is_empty() {
-        return Err(AgentError::Runtime(
+        return Err(AgentError::Runner(
             "the runner exited without answering (see the agent log)".into(),
         ));
     }
-    let reply: Reply = serde_json::from_slice(&data)
-        .map_err(|e| AgentError::Runtime(format!("bad runner reply: {e}")))?;
+    let reply: Reply =
+        serde_json::from_slice(&data).map_err(AgentError::json("bad runner reply"))?;
     match reply {
         Reply::Ok { pid } => Ok(Outcome {
             pid,
@@ -81,7 +82,7 @@ pub fn run(
             kind: FailureKind::Invalid,
             message,
         } => Err(AgentError::InvalidArgument(message)),
-        Reply::Failed { message, .. } => Err(AgentError::Runtime(message)),
+        Reply::Failed { message, .. } => Err(AgentError::Runner(message)),
     }
 }
 

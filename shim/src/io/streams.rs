@@ -10,6 +10,7 @@
 //! does, and a `cat` under runc then never ends either); the FIFO's own end-of-file just stops
 //! the copy. CloseIO half-closes the guest stream, which is the process's stdin EOF.
 
+use husk_protocol::client::read_line;
 use husk_protocol::stdio::{self, StdioHello, StreamKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -48,26 +49,15 @@ pub async fn open(
     s.write_all(hello.line().as_bytes())
         .await
         .map_err(|e| fail(format!("sending the hello: {e}")))?;
-    let mut line = Vec::new();
-    loop {
-        let mut b = [0u8; 1];
-        let n = s
-            .read(&mut b)
-            .await
-            .map_err(|e| fail(format!("reading the answer: {e}")))?;
-        if n == 0 {
-            return Err(fail("the agent closed the stream without answering".into()));
-        }
-        line.push(b[0]);
-        if b[0] == b'\n' {
-            break;
-        }
-        if line.len() >= stdio::MAX_LINE {
-            return Err(fail("the agent's answer is too long".into()));
-        }
-    }
-    stdio::parse_answer(&String::from_utf8_lossy(&line))
-        .map_err(|why| fail(format!("the agent refused it: {why}")))?;
+    let line = read_line(&mut s, stdio::MAX_LINE)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                fail("the agent closed the stream without answering".into())
+            }
+            _ => fail(format!("reading the answer: {e}")),
+        })?;
+    stdio::parse_answer(&line).map_err(|why| fail(format!("the agent refused it: {why}")))?;
     Ok(s)
 }
 

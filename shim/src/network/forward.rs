@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use husk_protocol::client::read_line;
 use husk_protocol::forward::{parse_answer, Family, Request, MAX_LINE};
 use husk_protocol::ports::FORWARD_PORT;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
 
@@ -194,27 +195,11 @@ async fn forward_one(mut client: TcpStream, vsock: PathBuf) {
 async fn open(vsock: &Path, req: Request) -> io::Result<UnixStream> {
     let mut s = hybrid_connect(vsock, FORWARD_PORT).await?;
     s.write_all(req.line().as_bytes()).await?;
-    let line = tokio::time::timeout(ANSWER_TIMEOUT, read_answer(&mut s))
+    let line = tokio::time::timeout(ANSWER_TIMEOUT, read_line(&mut s, MAX_LINE + 1))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the agent did not answer"))??;
     parse_answer(&line).map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e))?;
     Ok(s)
-}
-
-/// The agent's answer line, read byte by byte (what follows is the stream's data).
-async fn read_answer(s: &mut UnixStream) -> io::Result<String> {
-    let mut line = Vec::with_capacity(16);
-    while line.len() < MAX_LINE {
-        let b = s.read_u8().await?;
-        if b == b'\n' {
-            return Ok(String::from_utf8_lossy(&line).into_owned());
-        }
-        line.push(b);
-    }
-    Err(io::Error::new(
-        io::ErrorKind::InvalidData,
-        "the agent's answer is too long",
-    ))
 }
 
 /// The port the client dialled before the redirect.
