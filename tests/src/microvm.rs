@@ -493,28 +493,7 @@ pub struct BootResult {
     pub console: String,
 }
 
-/// Why an awaited console line never came, on the panic's first line, where `make e2e`'s
-/// retry rule (scripts/e2e-failure.py) reads it: for a VM with virtio devices (`devices`), a
-/// guest whose kernel set up none of them (no `DRIVER_READY` line from husk-vmm) died or hung
-/// in early kernel setup ([`husk_protocol::vmm::EARLY_BOOT`]); for any VM, husk-vmm's account
-/// of a triple fault, which the rule pairs with the test host's KVM record of the known fetch
-/// fault. Then the console so far.
-pub fn missing(what: &str, console: &str, devices: bool) -> String {
-    use husk_protocol::vmm::{DRIVER_READY, EARLY_BOOT};
-    let mut why = String::new();
-    if devices && !console.contains(DRIVER_READY) {
-        why.push_str(&format!(
-            ": {EARLY_BOOT} (husk-vmm printed no {DRIVER_READY:?} line)"
-        ));
-    }
-    if let Some(end) = console
-        .lines()
-        .find(|l| l.starts_with("husk-vmm: guest shut down") && l.contains("triple fault"))
-    {
-        why.push_str(&format!("; the VM ended: {end}"));
-    }
-    format!("no {what}{why}:\n{console}")
-}
+pub use crate::guest_loss::missing;
 
 /// Spawns `cmd` (its stdout is the guest console), records when `marker` appears, and waits for
 /// the VMM to exit; kills it at `timeout`.
@@ -534,28 +513,6 @@ pub fn watch_boot(cmd: Command, marker: &str, timeout: Duration) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_missing_line_names_the_known_losses_on_its_first_line() {
-        use husk_protocol::vmm::{DRIVER_READY, EARLY_BOOT};
-        let shut = "husk-vmm: guest shut down (vCPU 0: triple fault (reboot) at rip 0xfff0)";
-        let first = |m: String| m.lines().next().unwrap().to_string();
-        // Devices and none ready: early boot; with a triple fault, both.
-        let m = first(missing("marker", "Linux version 6.1\n", true));
-        assert!(m.contains(EARLY_BOOT) && !m.contains("triple fault"), "{m}");
-        let m = first(missing(
-            "marker",
-            &format!("Linux version 6.1\n{shut}\n"),
-            true,
-        ));
-        assert!(m.contains(EARLY_BOOT) && m.contains("triple fault"), "{m}");
-        // Past its drivers, or with none to set up: only a triple fault is named.
-        let late = format!("{DRIVER_READY} virtio-net\nFreeing unused kernel image\n{shut}\n");
-        let m = first(missing("marker", &late, true));
-        assert!(!m.contains(EARLY_BOOT) && m.contains("triple fault"), "{m}");
-        let m = first(missing("init marker", "Linux version 6.1\n", false));
-        assert_eq!(m, "no init marker:");
-    }
 
     #[test]
     fn marker_time_and_exit_code_are_reported() {
