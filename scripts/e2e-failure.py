@@ -27,10 +27,12 @@ Only the first three are the environment's: scripts/e2e.sh runs a binary again f
 other failure fails the run.
 A binary run again runs only the tests that have not passed in an earlier run of it (`passed`):
 each test stands alone, and one that passed has passed.
-For tests-failed the record names the failed tests and the first lines of their panics, so
-the end of a CI log says what failed without scrolling back.
+For tests-failed the record names the failed tests, the first lines of their panics and the
+last warnings their shims and VMMs logged (LOG_LINE below), so the end of a CI log says what
+failed, and often why, without scrolling back.
 """
 import json
+import os
 import re
 import sys
 
@@ -148,6 +150,27 @@ def passed_tests(text):
     return out
 
 
+# What a failed test's saved containerd log (tests/src/containerd.rs saves it as
+# <test>.containerd.log beside the binary's log) says that matters: the shims' warnings and
+# errors, husk-vmm's own warnings (a vsock reset names the side that ended it), the agent's
+# warnings and errors, and a guest kernel's panic or oops on its console. The last LOG_LINES of
+# them, each cut to LOG_WIDTH characters, go in the record and the summary.
+LOG_LINE = re.compile(r"(^\S+Z\s+(WARN|ERROR) |husk-vmm: warning: |husk-vmm: guest shut down"
+                      r"|agent: .*\b(WARN|ERROR)\b|guest: .*(Kernel panic|panicked|BUG: |Oops))")
+LOG_LINES = 12
+LOG_WIDTH = 300
+
+
+def log_lines(artifacts, tests):
+    out = {}
+    for t in tests:
+        text = read(f"{artifacts}/{t.replace('::', '-')}.containerd.log")
+        hits = [l.strip()[:LOG_WIDTH] for l in text.splitlines() if LOG_LINE.search(l)]
+        if hits:
+            out[t] = hits[-LOG_LINES:]
+    return out
+
+
 def read(log):
     try:
         return open(log, errors="replace").read()
@@ -170,6 +193,7 @@ def record(log, rc, binary, attempt, action):
         "running_when_stopped": last_test[-1] if last_test and rc in (75, 124) else None,
         "panics": panics(text),
         "guest_shutdowns": fetch_faults(text)[:4],
+        "log_lines": log_lines(os.path.dirname(log) or ".", failed_tests(text)),
         "log": log,
     }
     print(json.dumps(obj))
@@ -190,6 +214,10 @@ def summary(path):
               f"{r['action']}; tests: {what}")
         for p in r["panics"]:
             print(f"      {p}")
+        for test, lines in r.get("log_lines", {}).items():
+            print(f"      what {test}'s shims and VMMs warned of, last {len(lines)}:")
+            for l in lines:
+                print(f"        {l}")
 
 
 if __name__ == "__main__":

@@ -345,6 +345,17 @@ impl Drop for Containerd {
         if self.cri {
             crate::cri::config::teardown(&self.base);
         }
+        if std::thread::panicking() {
+            // A failed test's whole log (with the shims' and husk-vmm's lines), named after the
+            // test, for scripts/e2e-failure.py to quote and for the CI's artifacts.
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("containerd")
+                .replace("::", "-");
+            if let Some(to) = self.save_log(&test) {
+                eprintln!("containerd log (with the shims'): {}", to.display());
+            }
+        }
         let needle = self.base.display().to_string();
         for (pid, _) in processes_with(&needle) {
             // SAFETY: kill(2) on a process whose command line names this harness's private

@@ -122,3 +122,62 @@ fn a_run_again_skips_only_the_tests_that_passed() {
         "chatty\nfailing\nquiet"
     );
 }
+
+#[test]
+fn a_failed_tests_record_quotes_what_its_shims_and_vmm_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("binary.attempt1.log");
+    std::fs::write(
+        &log,
+        failed_on("exec in c1: ttrpc err: local stream closed", ""),
+    )
+    .unwrap();
+    // The harness saves a failed test's containerd log under the test's name.
+    let warn = "husk-vmm: warning: vsock connection (host port 1073741825, guest port 1024): \
+                guest reset the connection in state established";
+    std::fs::write(
+        dir.path().join("a_test.containerd.log"),
+        format!(
+            "time=\"t\" level=info msg=\"starting containerd\"\n\
+             2026-12-04T17:59:13.1Z  INFO husk-vmm: vCPUs running\n\
+             2026-12-04T17:59:14.2Z  INFO husk-vmm: {warn}\n\
+             2026-12-04T17:59:15.3Z DEBUG guest: a console line\n\
+             2026-12-04T17:59:16.4Z ERROR the sandbox VM ended unexpectedly\n"
+        ),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/e2e-failure.py");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("python3")
+            .arg(&script)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let record = run(&[
+        "record".as_ref(),
+        log.as_os_str(),
+        "101".as_ref(),
+        "binary".as_ref(),
+        "1".as_ref(),
+        "FAILED the run".as_ref(),
+    ]);
+    let jsonl = dir.path().join("retries.jsonl");
+    std::fs::write(&jsonl, record).unwrap();
+    let summary = run(&["summary".as_ref(), jsonl.as_os_str()]);
+    assert!(summary.contains(warn), "{summary}");
+    assert!(
+        summary.contains("the sandbox VM ended unexpectedly"),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("a console line") && !summary.contains("vCPUs running"),
+        "{summary}"
+    );
+}

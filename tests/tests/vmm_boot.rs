@@ -33,7 +33,11 @@ fn boot_held(env: &e2e::E2eEnv, vcpus: u32, dir: &Path) -> (RunningVm, PathBuf) 
     .unwrap();
     let mut vm = RunningVm::spawn(cmd).unwrap();
     let marker = vm.wait_for(TEST_INIT_MARKER, BOOT_TIMEOUT);
-    assert!(marker.is_some(), "no marker:\n{}", vm.console);
+    assert!(
+        marker.is_some(),
+        "{}",
+        missing("marker", &vm.console, false)
+    );
     assert!(socket.exists(), "no control socket at {}", socket.display());
     (vm, socket)
 }

@@ -26,7 +26,8 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::txbuf::TxBuf;
 use super::{
-    BadTransition, ConnEvent, ConnState, CONN_BUF_ALLOC, CONN_TIMEOUT, CREDIT_UPDATE_THRESHOLD,
+    timeout_in, BadTransition, ConnEvent, ConnState, CLOSE_TIMEOUT, CONN_BUF_ALLOC,
+    CREDIT_UPDATE_THRESHOLD, REQUEST_TIMEOUT,
 };
 use crate::devices::virtio::vsock::defs::{op, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use crate::devices::virtio::vsock::packet::VsockHeader;
@@ -80,7 +81,7 @@ pub enum ConnError {
     #[error("host stream closed in state {0} before the guest answered; connection reset")]
     HungUp(ConnState),
     /// The guest did not answer in time (REQUEST, or RST after our SHUTDOWN).
-    #[error("guest did not answer within {CONN_TIMEOUT:?} in state {0}; connection reset")]
+    #[error("guest did not answer within {limit:?} in state {0}; connection reset", limit = timeout_in(*.0))]
     Timeout(ConnState),
     /// The guest reset a connection that was still open both ways (a Linux guest does this
     /// when its receive queue overflows, or when it closes a socket without shutting it down).
@@ -139,7 +140,7 @@ impl<S: ConnStream> Connection<S> {
     }
 
     /// A host-initiated connection to guest port `peer_port`: REQUEST is owed to the guest,
-    /// which has [`CONN_TIMEOUT`] to answer.
+    /// which has [`REQUEST_TIMEOUT`] to answer.
     pub fn new_local(stream: S, peer_cid: u64, local_port: u32, peer_port: u32) -> Self {
         let mut c = Self::new(
             stream,
@@ -149,7 +150,7 @@ impl<S: ConnStream> Connection<S> {
             peer_port,
         );
         c.pending = P_REQUEST;
-        c.expiry = Some(Instant::now() + CONN_TIMEOUT);
+        c.expiry = Some(Instant::now() + REQUEST_TIMEOUT);
         c
     }
 
@@ -415,7 +416,7 @@ impl<S: ConnStream> Connection<S> {
             self.pending &= !P_REQUEST;
             // The guest's time to answer starts when it has the REQUEST, not while the
             // REQUEST waited for a receive buffer.
-            self.expiry = Some(Instant::now() + CONN_TIMEOUT);
+            self.expiry = Some(Instant::now() + REQUEST_TIMEOUT);
             return Some(self.header(op::REQUEST));
         }
         if self.pending & P_RESPONSE != 0 {
@@ -434,7 +435,7 @@ impl<S: ConnStream> Connection<S> {
         if self.pending & P_SHUTDOWN != 0 {
             self.pending &= !P_SHUTDOWN;
             // Likewise, its time to send RST starts when it has the SHUTDOWN.
-            self.expiry = Some(Instant::now() + CONN_TIMEOUT);
+            self.expiry = Some(Instant::now() + CLOSE_TIMEOUT);
             let mut h = self.header(op::SHUTDOWN);
             h.flags = self.shutdown_flags;
             return Some(h);
@@ -495,7 +496,7 @@ impl<S: ConnStream> Connection<S> {
             match self.state.on(ConnEvent::LocalClosed) {
                 Ok(s) => {
                     self.state = s;
-                    self.expiry = Some(Instant::now() + CONN_TIMEOUT);
+                    self.expiry = Some(Instant::now() + CLOSE_TIMEOUT);
                     let mut h = self.header(op::SHUTDOWN);
                     h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
                     h
@@ -536,7 +537,7 @@ impl<S: ConnStream> Connection<S> {
                     // Already half-closed: the stream is gone entirely now.
                     if let Ok(s) = self.state.on(ConnEvent::LocalClosed) {
                         self.state = s;
-                        self.expiry = Some(Instant::now() + CONN_TIMEOUT);
+                        self.expiry = Some(Instant::now() + CLOSE_TIMEOUT);
                         self.shutdown_flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
                         self.pending |= P_SHUTDOWN;
                     }
@@ -546,7 +547,7 @@ impl<S: ConnStream> Connection<S> {
                 _ => {
                     if let Ok(s) = self.state.on(ConnEvent::LocalClosed) {
                         self.state = s;
-                        self.expiry = Some(Instant::now() + CONN_TIMEOUT);
+                        self.expiry = Some(Instant::now() + CLOSE_TIMEOUT);
                         self.shutdown_flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
                         self.pending |= P_SHUTDOWN;
                     }

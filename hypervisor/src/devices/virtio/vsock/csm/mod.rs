@@ -25,8 +25,21 @@ use std::time::Duration;
 pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
 /// Send a credit update once this many bytes were forwarded since the last one the guest saw.
 pub const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
-/// How long the guest has to answer a REQUEST, and to send RST after our SHUTDOWN.
-pub const CONN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the guest has to answer a host connection's REQUEST. Generous on purpose: a guest
+/// whose vCPU is busy answers late but answers (a console line drains at one port exit per byte,
+/// and a nested guest draining a 4 KiB serial buffer took more than 2 s), while the host's caller
+/// keeps its own deadline and the device's connection limit bounds what waits.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest has to send RST after our SHUTDOWN (the connection is over either way).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The guest's deadline in `state`, for messages.
+pub fn timeout_in(state: ConnState) -> Duration {
+    match state {
+        ConnState::LocalInit => REQUEST_TIMEOUT,
+        _ => CLOSE_TIMEOUT,
+    }
+}
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -65,9 +65,9 @@ fn a_guest_that_never_answers_is_reset_at_the_deadline() {
     let mut c = Connection::new_local(a, GUEST, 1 << 30, 52);
     let mut buf = [0u8; 64];
     c.recv_pkt(&mut buf).unwrap();
-    c.on_timeout(Instant::now());
-    assert!(!c.has_pending_rx(), "not yet");
-    c.on_timeout(Instant::now() + CONN_TIMEOUT + Duration::from_millis(1));
+    c.on_timeout(Instant::now() + CLOSE_TIMEOUT + Duration::from_millis(1));
+    assert!(!c.has_pending_rx(), "not yet: a busy guest answers late");
+    c.on_timeout(Instant::now() + REQUEST_TIMEOUT + Duration::from_millis(1));
     assert_eq!(c.recv_pkt(&mut buf).unwrap().op, op::RST);
     assert!(c.is_killed());
 }
@@ -240,11 +240,10 @@ fn out_of_order_ops_reset_the_connection() {
 fn resets_that_send_pkt_does_not_return_say_why_once() {
     let (a, _b) = pair();
     let mut c = Connection::new_local(a, GUEST, 1 << 30, 52);
-    c.on_timeout(Instant::now() + CONN_TIMEOUT + Duration::from_millis(1));
-    assert_eq!(
-        c.take_reset(),
-        Some(ConnError::Timeout(ConnState::LocalInit))
-    );
+    c.on_timeout(Instant::now() + REQUEST_TIMEOUT + Duration::from_millis(1));
+    let why = c.take_reset();
+    assert_eq!(why, Some(ConnError::Timeout(ConnState::LocalInit)));
+    assert!(why.unwrap().to_string().contains("within 10s in state"));
     assert_eq!(c.take_reset(), None, "reported once");
 
     let (mut c, _b) = established();
@@ -270,7 +269,7 @@ fn resets_that_send_pkt_does_not_return_say_why_once() {
 
     let (mut c, _b) = established();
     c.send_pkt(&from_guest(op::RESPONSE, 0), &[]).unwrap_err();
-    c.on_timeout(Instant::now() + CONN_TIMEOUT * 2);
+    c.on_timeout(Instant::now() + CLOSE_TIMEOUT * 2);
     assert_eq!(c.take_reset(), None, "send_pkt already returned the reason");
 }
 
@@ -303,6 +302,6 @@ fn the_guests_time_to_answer_starts_when_it_has_the_request() {
     let mut buf = [0u8; 64];
     assert_eq!(c.recv_pkt(&mut buf).unwrap().op, op::REQUEST);
     // ... and the guest still has its full time from delivery, past the creation's deadline.
-    c.on_timeout(made + CONN_TIMEOUT + Duration::from_millis(10));
+    c.on_timeout(made + REQUEST_TIMEOUT + Duration::from_millis(10));
     assert!(!c.has_pending_rx(), "reset before the guest had its time");
 }
