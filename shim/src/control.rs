@@ -15,6 +15,7 @@ use husk_protocol::agent::api;
 use crate::agent::AgentError;
 use crate::error::{Result, ShimError};
 use crate::events::TaskEvent;
+use crate::lifecycle::{agent_failure, explained};
 use crate::metrics;
 use crate::process::ProcStatus;
 use crate::sandbox::Sandbox;
@@ -56,7 +57,7 @@ impl Sandbox {
                 "{}: process already finished ({message})",
                 p.event_id()
             ))),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(agent_failure(&vm, "kill", e).await),
         }
     }
 
@@ -79,10 +80,9 @@ impl Sandbox {
                 req.id
             )));
         }
-        self.vm()?
-            .agent
-            .pause_container(&container_ref(&req.id))
-            .await?;
+        let vm = self.vm()?;
+        let r = container_ref(&req.id);
+        explained(&vm, "pause", vm.agent.pause_container(&r)).await?;
         c.set_paused(true);
         let mut e = TaskPaused::new();
         e.container_id = req.id.clone();
@@ -99,10 +99,9 @@ impl Sandbox {
                 req.id
             )));
         }
-        self.vm()?
-            .agent
-            .resume_container(&container_ref(&req.id))
-            .await?;
+        let vm = self.vm()?;
+        let r = container_ref(&req.id);
+        explained(&vm, "resume", vm.agent.resume_container(&r)).await?;
         c.set_paused(false);
         let mut e = TaskResumed::new();
         e.container_id = req.id.clone();
@@ -119,14 +118,17 @@ impl Sandbox {
         let mut u = api::UpdateContainerRequest::new();
         u.container_id = req.id.clone();
         u.resources_json = resources.value.clone();
-        self.vm()?.agent.update_container(&u).await?;
+        let vm = self.vm()?;
+        explained(&vm, "update", vm.agent.update_container(&u)).await?;
         Ok(())
     }
 
     /// Stats: the container's cgroup v2 numbers as `io.containerd.cgroups.v2.Metrics`.
     pub async fn stats(&self, req: StatsRequest) -> Result<StatsResponse> {
         self.container(&req.id)?;
-        let s = self.vm()?.agent.stats(&container_ref(&req.id)).await?;
+        let vm = self.vm()?;
+        let r = container_ref(&req.id);
+        let s = explained(&vm, "stats", vm.agent.stats(&r)).await?;
         let mut resp = StatsResponse::new();
         resp.stats = MessageField::some(metrics::to_any(&s));
         Ok(resp)
@@ -135,11 +137,9 @@ impl Sandbox {
     /// Pids: the container's processes, guest pids (an exec's main process carries its id).
     pub async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         self.container(&req.id)?;
-        let list = self
-            .vm()?
-            .agent
-            .list_processes(&container_ref(&req.id))
-            .await?;
+        let vm = self.vm()?;
+        let r = container_ref(&req.id);
+        let list = explained(&vm, "pids", vm.agent.list_processes(&r)).await?;
         let mut resp = PidsResponse::new();
         for p in list.processes {
             let mut info = ProcessInfo::new();
@@ -172,7 +172,8 @@ impl Sandbox {
         r.exec_id = req.exec_id.clone();
         r.width = req.width;
         r.height = req.height;
-        self.vm()?.agent.resize_tty(&r).await?;
+        let vm = self.vm()?;
+        explained(&vm, "resize_pty", vm.agent.resize_tty(&r)).await?;
         Ok(())
     }
 

@@ -40,8 +40,26 @@ pub(crate) async fn agent_failure(vm: &Vm, what: &str, e: crate::agent::AgentErr
                 gone.detail
             ));
         }
+        // The VM runs but its agent connection failed: husk-vmm's log says which side ended it.
+        tracing::error!(
+            pid = vm.pid,
+            call = what,
+            "the agent connection failed while the VM still runs: {e}"
+        );
     }
     e.into()
+}
+
+/// Agent call `what` on `vm`, its failure explained by [`agent_failure`].
+pub(crate) async fn explained<T>(
+    vm: &Vm,
+    what: &str,
+    call: impl std::future::Future<Output = std::result::Result<T, crate::agent::AgentError>>,
+) -> Result<T> {
+    match call.await {
+        Ok(v) => Ok(v),
+        Err(e) => Err(agent_failure(vm, what, e).await),
+    }
 }
 
 fn check_id(what: &str, id: &str) -> Result<()> {

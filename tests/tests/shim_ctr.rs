@@ -457,9 +457,13 @@ fn ctr_table_husk_matches_runc() {
     let saved = (!failures.is_empty())
         .then(|| c.save_log("ctr_table"))
         .flatten();
+    // The retry rule reads a panic's first line: say there when every difference came from a
+    // guest lost to a triple fault (the shim's account of the VM's end names it).
+    let lost = failures.iter().all(|f| f.contains("triple fault"));
     assert!(
         failures.is_empty(),
-        "husk differs from runc:\n{}\nwhole containerd log: {saved:?}\ncontainerd log tail (with the shim's):\n{}",
+        "husk differs from runc{}:\n{}\nwhole containerd log: {saved:?}\ncontainerd log tail (with the shim's):\n{}",
+        if lost { ", each time on a guest lost to a triple fault" } else { "" },
         failures.join("\n"),
         c.log_tail(80)
     );
