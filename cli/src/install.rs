@@ -18,9 +18,8 @@ use crate::fsops;
 use crate::paths::{Layout, Root, INITRD, KERNEL, SHIM, VMM};
 use crate::record::{ContainerdEdit, InstallRecord, RecordError};
 
-/// The husk config example (`runtimeclass/config/husk-config.toml`), the base of what install
-/// writes.
-const CONFIG_EXAMPLE: &str = include_str!("../../runtimeclass/config/husk-config.toml");
+/// The husk config example, the base of what install writes.
+const CONFIG_EXAMPLE: &str = husk_protocol::config::EXAMPLE;
 
 /// Why install stopped.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,10 @@ use serde::Deserialize;
 pub const SYSTEM_CONFIG: &str = "/etc/husk/config.toml";
 /// Environment variable naming a configuration file.
 pub const CONFIG_ENV: &str = "HUSK_CONFIG";
+/// The shipped example: every key, commented, at its default. `husk install` writes it as the
+/// base of `/etc/husk/config.toml`, `make install` ships it as `share/husk/config.toml.example`,
+/// and `runtimeclass/config/husk-config.toml` links to it.
+pub const EXAMPLE: &str = include_str!("../husk-config.toml");
 
 /// The smallest writable-layer limit: room for an ext4 file system's own metadata and a
 /// container's first writes.
@@ -332,7 +336,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_parses_and_its_uncommented_form_too() {
-        let example = include_str!("../../runtimeclass/config/husk-config.toml");
+        let example = EXAMPLE;
         let c = HuskConfig::parse(example, Path::new("husk-config.toml")).unwrap();
         assert_eq!(c, HuskConfig::default());
         let uncommented: String = example
