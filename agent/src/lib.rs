@@ -8,15 +8,14 @@
 //! - [`init`]: PID 1 mounts and power-off; [`network`]: loopback and SetupSandbox;
 //!   [`logging`]: console + vsock log stream; [`error`]: errors and their ttrpc codes.
 
+pub mod config;
 pub mod conn;
 pub mod container;
 pub mod error;
-pub mod forward;
 pub mod init;
 pub mod logging;
 pub mod network;
 pub mod reaper;
-pub mod rpc;
 pub mod runner;
 pub mod sandbox;
 pub mod server;

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use husk_agent::config::Config;
 use husk_agent::reaper::Reaper;
-use husk_agent::sandbox::{uptime_ms, Config, Sandbox};
+use husk_agent::sandbox::{uptime_ms, Sandbox};
 use husk_agent::server::{self, Listen};
 use husk_agent::{init, logging, network, runner};
 
@@ -103,7 +104,7 @@ async fn serve(config: Config, listen: Listen) -> anyhow::Result<Arc<Sandbox>> {
     let reaper = Reaper::new();
     reaper.spawn().context("installing the SIGCHLD handler")?;
     let sb = Sandbox::new(config, reaper)?;
-    sb.oom.spawn();
+    sb.rt.oom.spawn();
     // Keep the server alive for the agent's lifetime.
     let server = server::serve(Arc::clone(&sb), listen).await?;
     std::mem::forget(server);

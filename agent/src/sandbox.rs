@@ -1,9 +1,9 @@
-//! The agent's state: its configuration, the containers, the reaper and the OOM watcher, and
-//! every operation of the API as a method returning [`AgentError`] (rpc.rs only translates).
+//! The agent's state: the containers and their runtime context (configuration, reaper, OOM
+//! watcher), and every operation of the API as a method returning [`AgentError`]
+//! (`server/rpc.rs` only translates).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,8 +13,9 @@ use husk_protocol::stdio::StdioHello;
 use oci_spec::runtime::LinuxResources;
 use tokio::sync::Notify;
 
+use crate::config::Config;
 use crate::conn::Conn;
-use crate::container::oom::OomWatcher;
+use crate::container::runtime::Runtime;
 use crate::container::state::{Action, Status};
 use crate::container::{cgroup, create, exec, Container};
 use crate::error::{AgentError, Result};
@@ -23,35 +24,6 @@ use crate::stdio::StdioRequest;
 
 /// How long RemoveContainer waits for killed processes to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-
-/// Where the agent keeps its files and how it runs containers.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// State directory (libcontainer state, bundles, console sockets). Keep it short: console
-    /// socket paths live below it.
-    pub state_dir: PathBuf,
-    /// The agent's own binary, re-executed as the runner.
-    pub exe: PathBuf,
-    /// MS_MOVE + chroot instead of pivot_root (the root is an initramfs that cannot pivot).
-    pub no_pivot: bool,
-    /// PID 1 in a guest (Shutdown reboots) rather than host mode (Shutdown exits).
-    pub guest: bool,
-}
-
-impl Config {
-    /// libcontainer's state root.
-    pub fn containers_root(&self) -> PathBuf {
-        self.state_dir.join("c")
-    }
-    /// Bundles (config.json, exec process files).
-    pub fn bundles(&self) -> PathBuf {
-        self.state_dir.join("b")
-    }
-    /// Console sockets.
-    pub fn sockets(&self) -> PathBuf {
-        self.state_dir.join("s")
-    }
-}
 
 /// Milliseconds since the (guest) kernel started, from CLOCK_BOOTTIME (what /proc/uptime reads).
 pub fn uptime_ms() -> u64 {
@@ -63,15 +35,10 @@ pub fn uptime_ms() -> u64 {
 /// Everything the agent knows.
 #[derive(Debug)]
 pub struct Sandbox {
-    /// Configuration.
-    pub config: Config,
-    /// The reaper.
-    pub reaper: Reaper,
-    /// OOM events.
-    pub oom: Arc<OomWatcher>,
+    /// What the containers run with: configuration, reaper, OOM events.
+    pub rt: Runtime,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     creating: Mutex<HashSet<String>>,
-    sockets: AtomicU64,
     /// Uptime (ms) when the agent began serving.
     pub ready_ms: AtomicU64,
     /// Signalled by Shutdown.
@@ -85,14 +52,10 @@ impl Sandbox {
             std::fs::create_dir_all(&d)
                 .map_err(AgentError::io(format!("mkdir {}", d.display())))?;
         }
-        let oom = Arc::new(OomWatcher::default());
         Ok(Arc::new(Sandbox {
-            config,
-            reaper,
-            oom,
+            rt: Runtime::new(config, reaper),
             containers: Mutex::default(),
             creating: Mutex::default(),
-            sockets: AtomicU64::new(0),
             ready_ms: AtomicU64::new(0),
             shutdown: Notify::new(),
         }))
@@ -123,12 +86,6 @@ impl Sandbox {
             .flatten()
     }
 
-    /// A fresh console socket path.
-    pub fn console_socket_path(&self) -> PathBuf {
-        let n = self.sockets.fetch_add(1, Ordering::Relaxed);
-        self.config.sockets().join(format!("{n}.sock"))
-    }
-
     /// CreateContainer.
     pub async fn create_container(
         &self,
@@ -144,7 +101,7 @@ impl Sandbox {
                 return Err(AgentError::ContainerExists(id.into()));
             }
         }
-        let result = create::create(self, id, spec, stdio).await;
+        let result = create::create(&self.rt, id, spec, stdio, |sid| self.init_pid(sid)).await;
         let mut map = self.map();
         self.creating
             .lock()
@@ -172,10 +129,10 @@ impl Sandbox {
     pub async fn start_process(&self, id: &str, exec_id: &str) -> Result<i32> {
         let c = self.get(id)?;
         if exec_id.is_empty() {
-            create::start_init(self, &c).await
+            create::start_init(&self.rt, &c).await
         } else {
             let p = c.process(exec_id)?;
-            exec::start(self, &c, &p).await
+            exec::start(&self.rt, &c, &p).await
         }
     }
 
@@ -248,7 +205,7 @@ impl Sandbox {
         cgroup::remove(&c.cgroup).await?;
         let _ = std::fs::remove_dir_all(&c.state_dir);
         let _ = std::fs::remove_dir_all(&c.bundle);
-        self.oom.remove(id);
+        self.rt.oom.remove(id);
         self.map().remove(id);
         tracing::info!(container_id = id, "container removed");
         Ok(())

@@ -10,24 +10,26 @@ use libcontainer::notify_socket::{NotifySocket, NOTIFY_FILE};
 use oci_spec::runtime::Spec;
 
 use super::process::{HostIo, Process};
+use super::runtime::Runtime;
 use super::{cgroup, spec, sysctl, Container};
 use crate::error::{AgentError, Result};
 use crate::runner::{self, Request};
-use crate::sandbox::Sandbox;
 use crate::stdio::tty::PtyMaster;
 use crate::stdio::{pipes, StdioRequest};
 
-/// Creates container `id` from `spec_json`; the id is already reserved by the caller.
+/// Creates container `id` from `spec_json`; the id is already reserved by the caller, and
+/// `init_pid` finds the init of a container this one joins the namespaces of.
 pub async fn create(
-    sb: &Sandbox,
+    rt: &Runtime,
     id: &str,
     spec_json: &[u8],
     stdio: StdioRequest,
+    init_pid: impl Fn(&str) -> Option<i32>,
 ) -> Result<Arc<Container>> {
     let spec::Prepared {
         spec,
         pod_net_sysctls,
-    } = spec::prepare(id, spec_json, |sandbox_id| sb.init_pid(sandbox_id))?;
+    } = spec::prepare(id, spec_json, init_pid)?;
     let terminal = spec
         .process()
         .as_ref()
@@ -46,9 +48,9 @@ pub async fn create(
         .is_some_and(|v| !v.is_empty());
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     sysctl::apply(Path::new(sysctl::PROC_SYS), &pod_net_sysctls)?;
-    let bundle = sb.config.bundles().join(id);
-    let state_dir = sb.config.containers_root().join(id);
-    match run_create(sb, id, &spec, stdio, &bundle).await {
+    let bundle = rt.config.bundles().join(id);
+    let state_dir = rt.config.containers_root().join(id);
+    match run_create(rt, id, &spec, stdio, &bundle).await {
         Ok(init) => {
             let c = Arc::new(Container::new(
                 id,
@@ -58,7 +60,7 @@ pub async fn create(
                 poststart_hooks,
                 seccomp,
             ));
-            sb.oom.add(id, c.cgroup.clone());
+            rt.oom.add(id, c.cgroup.clone());
             Ok(c)
         }
         Err(e) => {
@@ -69,7 +71,7 @@ pub async fn create(
 }
 
 async fn run_create(
-    sb: &Sandbox,
+    rt: &Runtime,
     id: &str,
     spec: &Spec,
     stdio: StdioRequest,
@@ -83,20 +85,20 @@ async fn run_create(
         .map_err(AgentError::io(format!("writing {}", config.display())))?;
 
     let (console, fds, io) = if stdio.terminal {
-        (Some(sb.console_socket_path()), Vec::new(), None)
+        (Some(rt.console_socket_path()), Vec::new(), None)
     } else {
         let (ours, agent) = pipes::create(&stdio)?;
         (None, Vec::from(ours.0), Some(HostIo::Pipes(agent)))
     };
     let request = Request::Create {
         container_id: id.into(),
-        state_root: sb.config.containers_root(),
+        state_root: rt.config.containers_root(),
         bundle: bundle.into(),
         console_socket: console,
-        no_pivot: sb.config.no_pivot,
+        no_pivot: rt.config.no_pivot,
     };
-    let since = sb.reaper.epoch();
-    let outcome = run_runner(sb, request, fds).await?;
+    let since = rt.reaper.epoch();
+    let outcome = run_runner(rt, request, fds).await?;
     let process = Process::new(id, "", stdio, cgroup::dir(id));
     process.set_pid(outcome.pid);
     let io = match (io, outcome.master) {
@@ -118,9 +120,9 @@ async fn run_create(
         }
     };
     process.set_io(io);
-    let oom = Arc::clone(&sb.oom);
+    let oom = Arc::clone(&rt.oom);
     let cid = id.to_string();
-    process.supervise(sb.reaper.watch(outcome.pid, since), move |_| {
+    process.supervise(rt.reaper.watch(outcome.pid, since), move |_| {
         oom.check(&cid)
     });
     tracing::info!(container_id = id, pid = outcome.pid, "container created");
@@ -129,12 +131,12 @@ async fn run_create(
 
 /// Runs a runner request off the async threads.
 pub async fn run_runner(
-    sb: &Sandbox,
+    rt: &Runtime,
     request: Request,
     fds: Vec<OwnedFd>,
 ) -> Result<runner::spawn::Outcome> {
-    let exe = sb.config.exe.clone();
-    let reaper = sb.reaper.clone();
+    let exe = rt.config.exe.clone();
+    let reaper = rt.reaper.clone();
     tokio::task::spawn_blocking(move || {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         runner::spawn::run(&exe, &reaper, &request, &borrowed)
@@ -153,15 +155,15 @@ pub async fn cleanup(id: &str, bundle: &Path, state_dir: &Path) {
 }
 
 /// Starts the init: the runner stopped it before exec, waiting on libcontainer's notify socket.
-pub async fn start_init(sb: &Sandbox, c: &Container) -> Result<i32> {
+pub async fn start_init(rt: &Runtime, c: &Container) -> Result<i32> {
     c.init.begin_start().await?;
     let pid = c.init.pid().unwrap_or(0);
     if c.poststart_hooks {
         let request = Request::Start {
             container_id: c.id.clone(),
-            state_root: sb.config.containers_root(),
+            state_root: rt.config.containers_root(),
         };
-        run_runner(sb, request, Vec::new()).await?;
+        run_runner(rt, request, Vec::new()).await?;
     } else {
         let dir = c.state_dir.clone();
         tokio::task::spawn_blocking(move || notify_start(&dir))

@@ -7,11 +7,11 @@ use husk_protocol::ids;
 
 use super::create::run_runner;
 use super::process::{HostIo, Process};
+use super::runtime::Runtime;
 use super::state::Action;
 use super::{spec, Container};
 use crate::error::{AgentError, Result};
 use crate::runner::{seccomp, Request};
-use crate::sandbox::Sandbox;
 use crate::stdio::tty::PtyMaster;
 use crate::stdio::{pipes, StdioRequest};
 
@@ -50,7 +50,7 @@ pub fn register(
 }
 
 /// Starts a registered exec; returns its pid.
-pub async fn start(sb: &Sandbox, c: &Container, p: &Arc<Process>) -> Result<i32> {
+pub async fn start(rt: &Runtime, c: &Container, p: &Arc<Process>) -> Result<i32> {
     c.status().check(Action::Exec)?;
     p.begin_start().await?;
     let fds = p
@@ -59,13 +59,13 @@ pub async fn start(sb: &Sandbox, c: &Container, p: &Arc<Process>) -> Result<i32>
         .unwrap_or_default();
     let request = Request::Exec {
         container_id: c.id.clone(),
-        state_root: sb.config.containers_root(),
+        state_root: rt.config.containers_root(),
         process_json: c.bundle.join(format!("exec-{}.json", p.exec_id)),
-        console_socket: p.stdio.terminal.then(|| sb.console_socket_path()),
+        console_socket: p.stdio.terminal.then(|| rt.console_socket_path()),
         seccomp: c.seccomp.clone(),
     };
-    let since = sb.reaper.epoch();
-    let outcome = match run_runner(sb, request, fds).await {
+    let since = rt.reaper.epoch();
+    let outcome = match run_runner(rt, request, fds).await {
         Ok(o) => o,
         Err(e) => {
             p.fail_start();
@@ -76,7 +76,7 @@ pub async fn start(sb: &Sandbox, c: &Container, p: &Arc<Process>) -> Result<i32>
     // The pty's copy loop must exist before the supervisor can see the exit, or the output of a
     // process that exits at once would never be read.
     let pty = outcome.master.map(PtyMaster::new).transpose();
-    let oom = Arc::clone(&sb.oom);
+    let oom = Arc::clone(&rt.oom);
     let cid = c.id.clone();
     let pty_error = match pty {
         Ok(Some(m)) => {
@@ -92,7 +92,7 @@ pub async fn start(sb: &Sandbox, c: &Container, p: &Arc<Process>) -> Result<i32>
             Some(e)
         }
     };
-    p.supervise(sb.reaper.watch(outcome.pid, since), move |_| {
+    p.supervise(rt.reaper.watch(outcome.pid, since), move |_| {
         oom.check(&cid)
     });
     if let Some(e) = pty_error {

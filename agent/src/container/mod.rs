@@ -20,6 +20,7 @@ pub mod exec;
 pub mod oom;
 pub mod process;
 pub mod propagation;
+pub mod runtime;
 pub mod spec;
 pub mod state;
 pub mod sysctl;

@@ -5,10 +5,11 @@
 //! - [`tty`]: the pty master in terminal mode (async reads/writes, window size);
 //! - [`streams`]: the copy loops. Back-pressure: a pipe is read only when the previous chunk was
 //!   written to its connection, so a slow client slows the process down instead of growing a
-//!   buffer. Output streams are shut down only at the pipe's EOF (or when the exit grace ends);
-//! - [`attach`]: the hello line that binds a new connection to a process's stream.
+//!   buffer. Output streams are shut down only at the pipe's EOF (or when the exit grace ends).
+//!
+//! The hello line that binds a new connection to a process's stream is a request handler, with
+//! the others in [`crate::server::attach`].
 
-pub mod attach;
 pub mod pipes;
 pub mod streams;
 pub mod tty;

@@ -9,7 +9,7 @@
 //! connection's original port (`SO_ORIGINAL_DST`) goes to the agent on its own vsock stream
 //! ([`husk_protocol::forward`]), which connects to that port on the guest's loopback; the two
 //! streams are spliced, each direction's end passed on (half-close), until both ended. The
-//! listeners close when the VM ends. The guest's half is `agent/src/forward.rs`.
+//! listeners close when the VM ends. The guest's half is `agent/src/server/forward.rs`.
 
 use std::io;
 use std::mem::MaybeUninit;

@@ -72,7 +72,7 @@ impl Agent for AgentService {
             "SetupSandbox",
             "",
             "",
-            crate::network::setup_sandbox(&req, self.sb.config.guest),
+            crate::network::setup_sandbox(&req, self.sb.rt.config.guest),
         )
         .map(|()| empty())
     }
@@ -231,7 +231,7 @@ impl Agent for AgentService {
         _: api::Empty,
     ) -> ttrpc::Result<api::OomEvent> {
         Ok(api::OomEvent {
-            container_id: self.sb.oom.next().await,
+            container_id: self.sb.rt.oom.next().await,
             ..Default::default()
         })
     }

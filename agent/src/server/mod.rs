@@ -1,5 +1,6 @@
-//! The accept loops: every connection becomes a (port, [`Conn`]) pair, then port 1024 goes to
-//! the ttrpc server, port 1025 to the stdio attach handler and port 1027 to port forwarding.
+//! The request handlers: the accept loops, where every connection becomes a (port, [`Conn`])
+//! pair, then port 1024 goes to the ttrpc service ([`rpc`]), port 1025 to the stdio attach
+//! handler ([`attach`]) and port 1027 to port forwarding ([`forward`]).
 //!
 //! - Guest: vsock listeners on [`AGENT_PORT`], [`STDIO_PORT`] and [`FORWARD_PORT`].
 //! - Host mode: one Unix socket serving the hybrid handshake (`CONNECT <port>\n` → `OK <port>\n`)
@@ -19,10 +20,14 @@ use tokio_vsock::{VsockAddr, VsockListener, VMADDR_CID_ANY};
 use ttrpc::asynchronous::transport::Listener;
 use ttrpc::asynchronous::Server;
 
+use self::rpc::AgentService;
 use crate::conn::{read_line, Conn};
 use crate::error::{AgentError, Result};
-use crate::rpc::AgentService;
 use crate::sandbox::Sandbox;
+
+pub mod attach;
+pub mod forward;
+pub mod rpc;
 
 /// Where the agent listens.
 #[derive(Debug, Clone)]
@@ -60,7 +65,7 @@ pub async fn serve(sb: Arc<Sandbox>, listen: Listen) -> Result<Server> {
                 loop {
                     match forward.accept().await {
                         Ok((s, peer)) if from_host(peer) => {
-                            tokio::spawn(crate::forward::handle(Conn::Vsock(s)));
+                            tokio::spawn(forward::handle(Conn::Vsock(s)));
                         }
                         Ok((_, peer)) => refused(peer),
                         Err(e) => accept_failed(e).await,
@@ -84,10 +89,7 @@ pub async fn serve(sb: Arc<Sandbox>, listen: Listen) -> Result<Server> {
                 loop {
                     match stdio.accept().await {
                         Ok((s, peer)) if from_host(peer) => {
-                            tokio::spawn(crate::stdio::attach::handle(
-                                Arc::clone(&sb2),
-                                Conn::Vsock(s),
-                            ));
+                            tokio::spawn(attach::handle(Arc::clone(&sb2), Conn::Vsock(s)));
                         }
                         Ok((_, peer)) => refused(peer),
                         Err(e) => accept_failed(e).await,
@@ -172,7 +174,7 @@ async fn hybrid_handshake(
         AGENT_PORT => {
             let _ = rpc.send(Ok(Conn::Unix(s))).await;
         }
-        FORWARD_PORT => crate::forward::handle(Conn::Unix(s)).await,
-        _ => crate::stdio::attach::handle(sb, Conn::Unix(s)).await,
+        FORWARD_PORT => forward::handle(Conn::Unix(s)).await,
+        _ => attach::handle(sb, Conn::Unix(s)).await,
     }
 }
