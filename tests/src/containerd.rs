@@ -305,6 +305,22 @@ impl Containerd {
         String::from_utf8_lossy(&text[from..]).into_owned()
     }
 
+    /// For a failure's first line: ", on a guest lost to a triple fault" when a shim logged
+    /// that its VM ended on one (the rule in scripts/e2e-failure.py pairs it with the test
+    /// host's record of the known fetch fault), else nothing.
+    pub fn guest_loss(&self) -> &'static str {
+        let text =
+            std::fs::read_to_string(self.base.join("log/containerd.log")).unwrap_or_default();
+        let lost = text
+            .lines()
+            .any(|l| l.contains("the sandbox VM ended unexpectedly") && l.contains("triple fault"));
+        if lost {
+            ", on a guest lost to a triple fault"
+        } else {
+            ""
+        }
+    }
+
     /// The last `n` lines of containerd's log (which includes the shims' logs).
     pub fn log_tail(&self, n: usize) -> String {
         let text =

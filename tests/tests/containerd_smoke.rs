@@ -43,10 +43,16 @@ fn ctr_run_in_a_husk_vm() {
         T,
     );
     let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    assert_eq!(out.code, 3, "[{r}] ctr run: {out}\n{}", c.log_tail(60));
+    let lost = c.guest_loss();
+    assert_eq!(
+        out.code,
+        3,
+        "[{r}] ctr run{lost}: {out}\n{}",
+        c.log_tail(60)
+    );
     assert!(
         out.stdout.starts_with("hello-from-husk\n"),
-        "[{r}] ctr run: {out}"
+        "[{r}] ctr run{lost}: {out}"
     );
     assert!(
         !out.stdout.contains(host_boot.trim()),
