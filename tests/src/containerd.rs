@@ -309,12 +309,7 @@ impl Containerd {
     /// that its VM ended on one (the rule in scripts/e2e-failure.py pairs it with the test
     /// host's record of the known fetch fault), else nothing.
     pub fn guest_loss(&self) -> &'static str {
-        let text =
-            std::fs::read_to_string(self.base.join("log/containerd.log")).unwrap_or_default();
-        let lost = text
-            .lines()
-            .any(|l| l.contains("the sandbox VM ended unexpectedly") && l.contains("triple fault"));
-        if lost {
+        if crate::guest_loss::vm_ended_on_triple_fault(&self.log_since(0)) {
             ", on a guest lost to a triple fault"
         } else {
             ""

@@ -22,6 +22,22 @@ const RECORD_DELAY: Duration = Duration::from_secs(10);
 /// The shim's words for a VM that ended on a triple fault (hypervisor/src/vcpu.rs).
 const TRIPLE_FAULT: &str = "triple fault";
 
+/// The shim's log line for a VM that ended under running containers (shim/src/sandbox.rs), which
+/// carries husk-vmm's account of the end (a triple fault names itself).
+pub const VM_ENDED: &str = "the sandbox VM ended unexpectedly";
+
+/// Whether `text` (an error, an observation) names a triple fault.
+pub fn names_triple_fault(text: &str) -> bool {
+    text.contains(TRIPLE_FAULT)
+}
+
+/// Whether a shim logged, in `shim_log` (containerd's log), that its VM ended on a triple fault.
+pub fn vm_ended_on_triple_fault(shim_log: &str) -> bool {
+    shim_log
+        .lines()
+        .any(|l| l.contains(VM_ENDED) && names_triple_fault(l))
+}
+
 /// Whether a `kvm_exit` trace line is a SHUTDOWN exit in the guest kernel's text while the
 /// kernel's own memory was gone from under an event being delivered:
 /// - a #PF (vector 14, with an error code: intr_info 0x80000b0e) for a supervisor instruction
@@ -79,7 +95,7 @@ fn loss_within(error: &str, faults_before: usize, wait: Duration) -> Option<&'st
     if error.contains(EARLY_BOOT) {
         return Some("a guest died or hung in early kernel setup");
     }
-    if !error.contains(TRIPLE_FAULT) {
+    if !names_triple_fault(error) {
         return None;
     }
     // The record is written by the test host's init as KVM traces the exit, which can trail the
@@ -112,7 +128,7 @@ pub fn missing(what: &str, console: &str, devices: bool) -> String {
     }
     if let Some(end) = console
         .lines()
-        .find(|l| l.starts_with("husk-vmm: guest shut down") && l.contains("triple fault"))
+        .find(|l| l.starts_with("husk-vmm: guest shut down") && names_triple_fault(l))
     {
         why.push_str(&format!("; the VM ended: {end}"));
     }
@@ -122,6 +138,19 @@ pub fn missing(what: &str, console: &str, devices: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_end_on_a_triple_fault_is_read_from_the_shims_line() {
+        let end = "2026Z ERROR the sandbox VM ended unexpectedly: the guest shut down (exit 0) \
+                   (husk-vmm: guest shut down (vCPU 0: triple fault (reboot) at rip 0xfff0))";
+        assert!(vm_ended_on_triple_fault(&format!("a\n{end}\nb\n")));
+        assert!(!vm_ended_on_triple_fault(
+            "2026Z  INFO husk-vmm: guest shut down (vCPU 0: triple fault)\n"
+        ));
+        assert!(!vm_ended_on_triple_fault(
+            "2026Z ERROR the sandbox VM ended unexpectedly: husk-vmm stopped on signal 9\n"
+        ));
+    }
 
     #[test]
     fn a_missing_line_names_the_known_losses_on_its_first_line() {

@@ -459,7 +459,9 @@ fn ctr_table_husk_matches_runc() {
         .flatten();
     // The retry rule reads a panic's first line: say there when every difference came from a
     // guest lost to a triple fault (the shim's account of the VM's end names it).
-    let lost = failures.iter().all(|f| f.contains("triple fault"));
+    let lost = failures
+        .iter()
+        .all(|f| husk_tests::guest_loss::names_triple_fault(f));
     assert!(
         failures.is_empty(),
         "husk differs from runc{}:\n{}\nwhole containerd log: {saved:?}\ncontainerd log tail (with the shim's):\n{}",

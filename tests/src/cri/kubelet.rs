@@ -8,11 +8,7 @@ use k8s_cri::v1::{PodSandboxConfig, PodSandboxState};
 
 use super::{container_config, eventually, running, wait_container, Cri};
 use crate::containerd::Containerd;
-use crate::guest_loss::{environment_loss, fetch_faults_seen};
-
-/// The shim's log line for a VM that ended under running containers (shim/src/sandbox.rs), which
-/// carries husk-vmm's account of the end (a triple fault names itself).
-const VM_ENDED: &str = "the sandbox VM ended unexpectedly";
+use crate::guest_loss::{environment_loss, fetch_faults_seen, VM_ENDED};
 
 /// Runs `attempt(0)`, a pod's whole life (it starts the pod and removes it before it returns,
 /// also when it fails), and once more as `attempt(1)` if it failed because the nested test host
