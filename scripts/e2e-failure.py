@@ -214,6 +214,8 @@ def summary(path):
               f"{r['action']}; tests: {what}")
         for p in r["panics"]:
             print(f"      {p}")
+        for l in r.get("guest_shutdowns", []):
+            print(f"      the test host's KVM: {l.strip()[:300]}")
         for test, lines in r.get("log_lines", {}).items():
             print(f"      what {test}'s shims and VMMs warned of, last {len(lines)}:")
             for l in lines:

@@ -151,8 +151,15 @@ impl VcpuThread {
     }
 
     /// Where the vCPU was, for the message of a triple fault (a reboot, or a crash early in boot).
+    ///
+    /// KVM on AMD re-initialises a vCPU whose guest shut down (its VMCB is undefined after the
+    /// SHUTDOWN intercept), so there the registers read back in their reset state and say
+    /// nothing of where the guest failed: the message says so rather than print them as a place.
     fn where_is(&self) -> String {
         match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cr0 & 1 == 0 && s.efer == 0 => {
+                "an unknown place (KVM reset the vCPU on the shutdown)".into()
+            }
             (Ok(r), Ok(s)) => format!(
                 "rip {:#x} rsp {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
                 r.rip, r.rsp, s.cr0, s.cr3, s.cr4, s.efer

@@ -443,15 +443,33 @@ fn ctr_table_husk_matches_runc() {
     for case in table() {
         eprintln!("[{:>4} s] case {}", started.elapsed().as_secs(), case.name);
         let runc = (case.run)(&c, RUNC, &format!("{}-runc", case.name));
+        let husk_log_from = c.log_len();
         let husk = (case.run)(&c, HUSK, &format!("{}-husk", case.name));
         eprintln!("{:<8} runc {runc:?}\n{:<8} husk {husk:?}", case.name, "");
         if let Err(e) = case.expect.check(&runc) {
             failures.push(format!("{} (runc, the reference): {e}", case.name));
         }
+        // A VM lost under a case ends its task like a SIGKILL (137) with nothing in the
+        // observation to say why: the shim's log of the case does.
+        let lost = || {
+            if husk_tests::guest_loss::vm_ended_on_triple_fault(&c.log_since(husk_log_from)) {
+                " (the shim: the sandbox VM ended on a triple fault)"
+            } else {
+                ""
+            }
+        };
         if let Err(e) = case.expect.check(&husk) {
-            failures.push(format!("{} (husk): {e}; runc gave {runc:?}", case.name));
+            failures.push(format!(
+                "{} (husk): {e}; runc gave {runc:?}{}",
+                case.name,
+                lost()
+            ));
         } else if matches!(case.expect, Expect::Exact(..)) && husk != runc {
-            failures.push(format!("{}: husk {husk:?} != runc {runc:?}", case.name));
+            failures.push(format!(
+                "{}: husk {husk:?} != runc {runc:?}{}",
+                case.name,
+                lost()
+            ));
         }
     }
     let saved = (!failures.is_empty())
