@@ -4,7 +4,7 @@
 use husk_protocol::agent::ttrpc;
 use husk_protocol::ids::IdError;
 
-use crate::container::state::TransitionError;
+use crate::status::TransitionError;
 
 /// Why an agent operation failed. Each variant maps to one ttrpc code.
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +149,7 @@ pub type Result<T> = std::result::Result<T, AgentError>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::state::{Status, TransitionError};
+    use crate::status::{Status, TransitionError};
     use ttrpc::Code;
 
     fn code_of(e: AgentError) -> Code {

@@ -6,7 +6,8 @@
 //! - [`container`]: containers through youki's libcontainer, run in a re-executed single-threaded
 //!   [`runner`]; [`reaper`]: the one `waitpid` loop;
 //! - [`init`]: PID 1 mounts and power-off; [`network`]: loopback and SetupSandbox;
-//!   [`logging`]: console + vsock log stream; [`error`]: errors and their ttrpc codes.
+//!   [`logging`]: console + vsock log stream; [`error`]: errors and their ttrpc codes;
+//! - [`status`]: the checked life of a container or process.
 
 pub mod config;
 pub mod conn;
@@ -19,4 +20,5 @@ pub mod reaper;
 pub mod runner;
 pub mod sandbox;
 pub mod server;
+pub mod status;
 pub mod stdio;

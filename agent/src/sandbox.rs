@@ -16,10 +16,10 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::container::runtime::Runtime;
-use crate::container::state::{Action, Status};
 use crate::container::{cgroup, create, exec, Container};
 use crate::error::{AgentError, Result};
 use crate::reaper::Reaper;
+use crate::status::{Action, Status};
 use crate::stdio::StdioRequest;
 
 /// How long RemoveContainer waits for killed processes to be reaped.
@@ -174,12 +174,10 @@ impl Sandbox {
         let p = c.process(exec_id)?;
         let status = p.status();
         if status == Status::Running {
-            return Err(AgentError::WrongState(
-                crate::container::state::TransitionError {
-                    from: status,
-                    action: "delete",
-                },
-            ));
+            return Err(AgentError::WrongState(crate::status::TransitionError {
+                from: status,
+                action: "delete",
+            }));
         }
         if status == Status::Created && p.pid().is_some() {
             return Err(AgentError::Precondition("the exec is being started".into()));
@@ -276,12 +274,10 @@ impl Sandbox {
             AgentError::InvalidArgument(format!("resources are not OCI LinuxResources JSON: {e}"))
         })?;
         if c.status() == Status::Stopped {
-            return Err(AgentError::WrongState(
-                crate::container::state::TransitionError {
-                    from: Status::Stopped,
-                    action: "update",
-                },
-            ));
+            return Err(AgentError::WrongState(crate::status::TransitionError {
+                from: Status::Stopped,
+                action: "update",
+            }));
         }
         let cid = c.id.clone();
         tokio::task::spawn_blocking(move || apply_resources(&cid, &r))

@@ -15,11 +15,10 @@ use crate::artifacts::{MissingArtifacts, Sources};
 use crate::commands::{self, CommandError, Runner};
 use crate::containerd::{self, ContainerdConfigError, Registered};
 use crate::fsops;
-use crate::paths::{Layout, Root, INITRD, KERNEL, SHIM, VMM};
+use crate::husk_config::husk_config_text;
+use crate::paths::{Layout, Root, SHIM};
 use crate::record::{ContainerdEdit, InstallRecord, RecordError};
-
-/// The husk config example, the base of what install writes.
-const CONFIG_EXAMPLE: &str = husk_protocol::config::EXAMPLE;
+use crate::report::Report;
 
 /// Why install stopped.
 #[derive(Debug, thiserror::Error)]
@@ -92,57 +91,9 @@ pub struct InstallOptions {
     pub label_node: Option<String>,
 }
 
-/// What a run did, one line per step, and whether anything changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Report {
-    /// Human-readable steps.
-    pub lines: Vec<String>,
-    /// True when the node changed.
-    pub changed: bool,
-}
-
-impl Report {
-    fn changed(&mut self, line: String) {
-        tracing::info!(step = %line, "changed");
-        self.lines.push(line);
-        self.changed = true;
-    }
-    fn same(&mut self, line: String) {
-        self.lines.push(line);
-    }
-}
-
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
     let path = path.to_path_buf();
     move |source| InstallError::Io { what, path, source }
-}
-
-/// The husk config install writes for a prefix: the example with the artifact paths set.
-pub fn husk_config_text(layout: &Layout) -> String {
-    let set = |key: &str, p: PathBuf| {
-        format!(
-            "{key} = {}",
-            toml_edit::Value::from(p.display().to_string())
-        )
-    };
-    let mut out = String::from(
-        "# Written by `husk install` (it never overwrites this file; `husk uninstall` removes it\n\
-         # unless it was changed).\n",
-    );
-    for line in CONFIG_EXAMPLE.lines() {
-        let line = if line.starts_with("#vmm = ") {
-            set("vmm", layout.bin().join(VMM))
-        } else if line.starts_with("#kernel = ") {
-            set("kernel", layout.share().join(KERNEL))
-        } else if line.starts_with("#initramfs = ") {
-            set("initramfs", layout.share().join(INITRD))
-        } else {
-            line.to_string()
-        };
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
 }
 
 /// The planned containerd edit: the file (the main config, or husk's drop-in where the main
@@ -416,6 +367,3 @@ fn apply(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests;

@@ -14,7 +14,11 @@ pub mod check;
 pub mod commands;
 pub mod containerd;
 pub mod fsops;
+pub mod husk_config;
 pub mod install;
+#[cfg(test)]
+mod install_tests;
 pub mod paths;
 pub mod record;
+pub mod report;
 pub mod uninstall;

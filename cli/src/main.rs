@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 use husk_cli::artifacts::Sources;
 use husk_cli::check::{self, CheckOptions};
 use husk_cli::commands::System;
-use husk_cli::install::{install, InstallOptions, Report};
+use husk_cli::install::{install, InstallOptions};
 use husk_cli::paths::{absolute, Root};
+use husk_cli::report::Report;
 use husk_cli::uninstall::{uninstall, UninstallOptions};
 
 #[derive(Debug, Parser)]

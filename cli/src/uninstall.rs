@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use crate::commands::{self, CommandError, Runner};
 use crate::containerd::{self, ContainerdConfigError};
 use crate::fsops;
-use crate::install::{husk_config_text, Report};
+use crate::husk_config::husk_config_text;
 use crate::paths::{Layout, Root, SHIM};
 use crate::record::{InstallRecord, RecordError};
+use crate::report::Report;
 
 /// Why uninstall stopped.
 #[derive(Debug, thiserror::Error)]

@@ -7,13 +7,14 @@
 //! MADV_HUGEPAGE, and guest-physical and host-virtual addresses congruent modulo 2 MiB, KVM maps
 //! guest RAM with 2 MiB pages, as QEMU does. A device in another process (vhost-user) would
 //! need a shareable backing again; none exists yet.
+//!
+//! Where the regions go is the architecture's layout (`arch::layout::ram_regions`); this
+//! module only maps them.
 
 use std::ptr::null_mut;
 
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
-
-use crate::arch::layout::ram_regions;
 
 /// The guest memory type used throughout the VMM.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -25,7 +26,7 @@ const HUGE_PAGE: usize = 2 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// mmap failed.
-    #[error("mapping {0} MiB of guest RAM: {1}")]
+    #[error("mapping a {0} MiB region of guest RAM: {1}")]
     Mmap(u64, std::io::Error),
     /// vm-memory refused the mapping.
     #[error("mapping guest RAM: {0}")]
@@ -60,13 +61,13 @@ fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
     Ok(start as *mut u8)
 }
 
-/// Creates `mib` MiB of guest RAM.
-pub fn create(mib: u32) -> Result<GuestMemory, MemoryError> {
-    let bytes = u64::from(mib) << 20;
+/// Creates guest RAM as `layout`'s regions, each `(guest address, length in bytes)`.
+pub fn create(layout: &[(u64, u64)]) -> Result<GuestMemory, MemoryError> {
     let mut regions = Vec::new();
-    for (start, len) in ram_regions(bytes) {
+    for &(start, len) in layout {
+        let mib = len >> 20;
         let len = usize::try_from(len).map_err(|e| MemoryError::Map(e.to_string()))?;
-        let ptr = map_aligned(len).map_err(|e| MemoryError::Mmap(u64::from(mib), e))?;
+        let ptr = map_aligned(len).map_err(|e| MemoryError::Mmap(mib, e))?;
         // SAFETY: `ptr` is a fresh read-write private mapping of exactly `len` bytes that is
         // never unmapped, so it outlives the region.
         let builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) };
@@ -89,7 +90,7 @@ mod tests {
 
     #[test]
     fn ram_is_readable_and_writable_at_both_ends() {
-        let mem = create(64).unwrap();
+        let mem = create(&[(0, 64 << 20)]).unwrap();
         assert_eq!(mem.num_regions(), 1);
         mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
         assert_eq!(
@@ -103,7 +104,7 @@ mod tests {
 
     #[test]
     fn host_mappings_are_huge_page_aligned() {
-        let mem = create(64).unwrap();
+        let mem = create(&[(0, 64 << 20)]).unwrap();
         for r in mem.iter() {
             let host = mem.get_host_address(r.start_addr()).unwrap() as usize;
             assert_eq!(host % HUGE_PAGE, 0);

@@ -237,7 +237,10 @@ impl Machine {
     /// `timeline` started when the process did; build adds its phases.
     pub fn build(config: VmConfig, mut timeline: Timeline) -> Result<Self, VmmError> {
         let signals = termination_signalfd().map_err(setup("blocking termination signals"))?;
-        let memory = crate::memory::create(config.memory_mib).map_err(VmError::from)?;
+        let memory = crate::memory::create(&crate::arch::layout::ram_regions(
+            u64::from(config.memory_mib) << 20,
+        ))
+        .map_err(VmError::from)?;
         // Reading the kernel and initramfs into guest RAM and creating the VM in KVM share no
         // state, so a loader thread does the first while this thread does the second. The
         // scope joins the loader on every path, an error included.

@@ -2,8 +2,8 @@
 //! tests drive the task service and its parts directly.
 //!
 //! Layout: [`service`] is the containerd-shim `Shim` (delete action, daemon), [`start`] the
-//! start action, [`task`] the ttrpc Task service (thin) over [`sandbox`] (VM lifecycle),
-//! [`lifecycle`] and [`control`] (the requests), [`vm`] (husk-vmm and boot), [`agent`] (the
+//! start action, [`task`] containerd's Task service (one file per group of requests) over
+//! [`sandbox`] (the VM's life and the container registry), [`container`] and [`process`], [`vm`] (husk-vmm and boot), [`agent`] (the
 //! guest agent over hybrid vsock), [`io`] (stdio), [`share`], [`rootfs`], [`unmount`], [`fsat`] and [`spec`]
 //! (the virtio-fs share, container filesystems, race-free path operations and the OCI spec), [`events`], [`metrics`], [`config`], [`cleanup`] (delete without a daemon), [`network`] (the pod network: taps and tc
 //! redirect in the sandbox's network namespace), [`cgroup`] (the pod's cgroup husk-vmm lives in).
@@ -13,13 +13,12 @@ pub mod cgroup;
 pub mod cleanup;
 pub use husk_protocol::config;
 pub mod container;
-pub mod control;
 pub mod error;
 pub mod events;
+pub mod failure;
 pub mod fsat;
 pub mod info;
 pub mod io;
-pub mod lifecycle;
 pub mod lines;
 pub mod logging;
 pub mod metrics;

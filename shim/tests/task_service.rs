@@ -22,6 +22,7 @@ use fake_agent::FakeBooter;
 use husk_shim::error::ShimError;
 use husk_shim::events::{Events, Queued, TaskEvent};
 use husk_shim::sandbox::{Sandbox, SandboxState};
+use husk_shim::task;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -189,7 +190,7 @@ async fn a_container_runs_and_its_events_come_in_order() {
         "",
         &format!("file://{}", out.display()),
     );
-    let created = e.sb.create(req).await.unwrap();
+    let created = task::create(&e.sb, req).await.unwrap();
     assert_eq!(created.pid, 4242);
     assert!(
         mounted(&e.state_root()),
@@ -205,16 +206,25 @@ async fn a_container_runs_and_its_events_come_in_order() {
             "/run/husk/shared/sb1/rootfs"
         );
     }
-    assert_eq!(e.sb.start(start("sb1", "")).await.unwrap().pid, 4242);
-    assert_eq!(e.sb.wait(wait("sb1", "")).await.unwrap().exit_status, 0);
+    assert_eq!(
+        task::start(&e.sb, start("sb1", "")).await.unwrap().pid,
+        4242
+    );
+    assert_eq!(
+        task::wait(&e.sb, wait("sb1", ""))
+            .await
+            .unwrap()
+            .exit_status,
+        0
+    );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello vm\n");
     assert_eq!(
         e.topics(3).await,
         ["/tasks/create", "/tasks/start", "/tasks/exit"]
     );
-    let st = e.sb.state(state("sb1", "")).await.unwrap();
+    let st = task::state(&e.sb, state("sb1", "")).await.unwrap();
     assert_eq!(st.status.enum_value().unwrap(), Status::STOPPED);
-    let d = e.sb.delete(delete("sb1", "")).await.unwrap();
+    let d = task::delete(&e.sb, delete("sb1", "")).await.unwrap();
     assert_eq!((d.pid, d.exit_status), (4242, 0));
     assert_eq!(e.topics(1).await, ["/tasks/delete"]);
     assert!(
@@ -224,7 +234,7 @@ async fn a_container_runs_and_its_events_come_in_order() {
     assert_eq!(e.sb.vm_state(), SandboxState::Empty);
     assert!(!mounted(&e.state_root()));
     assert!(!e.state_root().exists(), "the sandbox state must be gone");
-    e.sb.shutdown(ShutdownRequest::new()).await.unwrap();
+    task::shutdown(&e.sb, ShutdownRequest::new()).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), e.exit.wait())
         .await
         .expect("shutdown must end the shim");
@@ -241,8 +251,8 @@ async fn output_is_drained_before_the_exit_event() {
         "",
         &format!("file://{}", out.display()),
     );
-    e.sb.create(req).await.unwrap();
-    e.sb.start(start("sb2", "")).await.unwrap();
+    task::create(&e.sb, req).await.unwrap();
+    task::start(&e.sb, start("sb2", "")).await.unwrap();
     assert_eq!(e.topics(2).await, ["/tasks/create", "/tasks/start"]);
     let exit = e.event().await;
     assert_eq!(exit.topic(), "/tasks/exit");
@@ -251,7 +261,7 @@ async fn output_is_drained_before_the_exit_event() {
         n,
         "every byte must be written before the exit is published"
     );
-    e.sb.delete(delete("sb2", "")).await.unwrap();
+    task::delete(&e.sb, delete("sb2", "")).await.unwrap();
 }
 
 #[tokio::test]
@@ -271,9 +281,9 @@ async fn stdin_reaches_the_process_and_closeio_ends_it() {
         &fin.display().to_string(),
         &fout.display().to_string(),
     );
-    e.sb.create(req).await.unwrap();
+    task::create(&e.sb, req).await.unwrap();
     let mut writer = husk_shim::io::fifo::open_writer(fin.clone()).await.unwrap();
-    e.sb.start(start("sb3", "")).await.unwrap();
+    task::start(&e.sb, start("sb3", "")).await.unwrap();
     writer.write_all(b"through the vm\n").await.unwrap();
     drop(writer);
     let mut line = [0u8; 15];
@@ -283,33 +293,43 @@ async fn stdin_reaches_the_process_and_closeio_ends_it() {
         .unwrap();
     assert_eq!(&line, b"through the vm\n");
     // As with runc, the FIFO's end-of-file does not end stdin; CloseIO does.
-    let still = tokio::time::timeout(Duration::from_millis(300), e.sb.wait(wait("sb3", ""))).await;
+    let still = tokio::time::timeout(
+        Duration::from_millis(300),
+        task::wait(&e.sb, wait("sb3", "")),
+    )
+    .await;
     assert!(still.is_err(), "stdin must stay open until CloseIO");
     let mut close = CloseIORequest::new();
     close.id = "sb3".into();
     close.stdin = true;
-    e.sb.close_io(close).await.unwrap();
+    task::close_io(&e.sb, close).await.unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut got))
         .await
         .unwrap()
         .unwrap();
     assert!(got.is_empty(), "{got:?}");
-    assert_eq!(e.sb.wait(wait("sb3", "")).await.unwrap().exit_status, 0);
+    assert_eq!(
+        task::wait(&e.sb, wait("sb3", ""))
+            .await
+            .unwrap()
+            .exit_status,
+        0
+    );
     assert_eq!(
         e.topics(3).await,
         ["/tasks/create", "/tasks/start", "/tasks/exit"]
     );
-    e.sb.delete(delete("sb3", "")).await.unwrap();
+    task::delete(&e.sb, delete("sb3", "")).await.unwrap();
 }
 
 #[tokio::test]
 async fn exec_kill_pause_pids_and_stats() {
     let mut e = env("sb4");
-    e.sb.create(e.create_req("sb4", &["sleep"], "", ""))
+    task::create(&e.sb, e.create_req("sb4", &["sleep"], "", ""))
         .await
         .unwrap();
-    e.sb.start(start("sb4", "")).await.unwrap();
+    task::start(&e.sb, start("sb4", "")).await.unwrap();
     assert_eq!(e.topics(2).await, ["/tasks/create", "/tasks/start"]);
 
     let out = e.path("exec.log");
@@ -322,10 +342,19 @@ async fn exec_kill_pause_pids_and_stats() {
         value: br#"{"args":["echo","from","exec"],"cwd":"/"}"#.to_vec(),
         ..Default::default()
     });
-    e.sb.exec(x.clone()).await.unwrap();
-    assert_eq!(e.sb.exec(x).await.unwrap_err().code(), Code::ALREADY_EXISTS);
-    e.sb.start(start("sb4", "e1")).await.unwrap();
-    assert_eq!(e.sb.wait(wait("sb4", "e1")).await.unwrap().exit_status, 0);
+    task::exec(&e.sb, x.clone()).await.unwrap();
+    assert_eq!(
+        task::exec(&e.sb, x).await.unwrap_err().code(),
+        Code::ALREADY_EXISTS
+    );
+    task::start(&e.sb, start("sb4", "e1")).await.unwrap();
+    assert_eq!(
+        task::wait(&e.sb, wait("sb4", "e1"))
+            .await
+            .unwrap()
+            .exit_status,
+        0
+    );
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "from exec\n");
     assert_eq!(e.event().await.topic(), "/tasks/exec-added");
     assert_eq!(e.event().await.topic(), "/tasks/exec-started");
@@ -333,18 +362,21 @@ async fn exec_kill_pause_pids_and_stats() {
         TaskEvent::Exit(x) => assert_eq!((x.container_id.as_str(), x.id.as_str()), ("sb4", "e1")),
         other => panic!("{other:?}"),
     }
-    let d = e.sb.delete(delete("sb4", "e1")).await.unwrap();
+    let d = task::delete(&e.sb, delete("sb4", "e1")).await.unwrap();
     assert_eq!(d.exit_status, 0);
     assert_eq!(
-        e.sb.state(state("sb4", "e1")).await.unwrap_err().code(),
+        task::state(&e.sb, state("sb4", "e1"))
+            .await
+            .unwrap_err()
+            .code(),
         Code::NOT_FOUND
     );
 
     let mut p = PauseRequest::new();
     p.id = "sb4".into();
-    e.sb.pause(p.clone()).await.unwrap();
+    task::pause(&e.sb, p.clone()).await.unwrap();
     assert_eq!(
-        e.sb.state(state("sb4", ""))
+        task::state(&e.sb, state("sb4", ""))
             .await
             .unwrap()
             .status
@@ -353,48 +385,57 @@ async fn exec_kill_pause_pids_and_stats() {
         Status::PAUSED
     );
     assert_eq!(
-        e.sb.pause(p).await.unwrap_err().code(),
+        task::pause(&e.sb, p).await.unwrap_err().code(),
         Code::FAILED_PRECONDITION
     );
     let mut r = ResumeRequest::new();
     r.id = "sb4".into();
-    e.sb.resume(r).await.unwrap();
+    task::resume(&e.sb, r).await.unwrap();
     assert_eq!(e.topics(2).await, ["/tasks/paused", "/tasks/resumed"]);
 
     let mut pids = PidsRequest::new();
     pids.id = "sb4".into();
-    assert!(!e.sb.pids(pids).await.unwrap().processes.is_empty());
+    assert!(!task::pids(&e.sb, pids).await.unwrap().processes.is_empty());
     let mut s = StatsRequest::new();
     s.id = "sb4".into();
     assert_eq!(
-        e.sb.stats(s).await.unwrap().stats.type_url,
+        task::stats(&e.sb, s).await.unwrap().stats.type_url,
         "io.containerd.cgroups.v2.Metrics"
     );
 
     assert_eq!(
-        e.sb.delete(delete("sb4", "")).await.unwrap_err().code(),
+        task::delete(&e.sb, delete("sb4", ""))
+            .await
+            .unwrap_err()
+            .code(),
         Code::FAILED_PRECONDITION,
         "a running container cannot be deleted"
     );
-    e.sb.kill(kill("sb4", 15)).await.unwrap();
-    assert_eq!(e.sb.wait(wait("sb4", "")).await.unwrap().exit_status, 143);
+    task::kill(&e.sb, kill("sb4", 15)).await.unwrap();
     assert_eq!(
-        e.sb.kill(kill("sb4", 9)).await.unwrap_err().code(),
+        task::wait(&e.sb, wait("sb4", ""))
+            .await
+            .unwrap()
+            .exit_status,
+        143
+    );
+    assert_eq!(
+        task::kill(&e.sb, kill("sb4", 9)).await.unwrap_err().code(),
         Code::NOT_FOUND
     );
-    e.sb.delete(delete("sb4", "")).await.unwrap();
+    task::delete(&e.sb, delete("sb4", "")).await.unwrap();
 }
 
 #[tokio::test]
 async fn a_vm_crash_exits_every_started_task_with_137() {
     let mut e = env("sb5");
-    e.sb.create(e.create_req("sb5", &["sleep"], "", ""))
+    task::create(&e.sb, e.create_req("sb5", &["sleep"], "", ""))
         .await
         .unwrap();
-    e.sb.create(e.create_req("c2", &["sleep"], "", ""))
+    task::create(&e.sb, e.create_req("c2", &["sleep"], "", ""))
         .await
         .unwrap();
-    e.sb.start(start("sb5", "")).await.unwrap();
+    task::start(&e.sb, start("sb5", "")).await.unwrap();
     assert_eq!(
         e.topics(3).await,
         ["/tasks/create", "/tasks/create", "/tasks/start"]
@@ -406,9 +447,15 @@ async fn a_vm_crash_exits_every_started_task_with_137() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(e.sb.wait(wait("sb5", "")).await.unwrap().exit_status, 137);
     assert_eq!(
-        e.sb.state(state("c2", ""))
+        task::wait(&e.sb, wait("sb5", ""))
+            .await
+            .unwrap()
+            .exit_status,
+        137
+    );
+    assert_eq!(
+        task::state(&e.sb, state("c2", ""))
             .await
             .unwrap()
             .status
@@ -416,16 +463,14 @@ async fn a_vm_crash_exits_every_started_task_with_137() {
             .unwrap(),
         Status::STOPPED
     );
-    let err = e.sb.start(start("c2", "")).await.unwrap_err();
+    let err = task::start(&e.sb, start("c2", "")).await.unwrap_err();
     assert_eq!(err.code(), Code::FAILED_PRECONDITION);
     assert_eq!(e.sb.vm_state(), SandboxState::Gone);
-    assert!(e
-        .sb
-        .create(e.create_req("c3", &["sleep"], "", ""))
+    assert!(task::create(&e.sb, e.create_req("c3", &["sleep"], "", ""))
         .await
         .is_err());
-    e.sb.delete(delete("c2", "")).await.unwrap();
-    e.sb.delete(delete("sb5", "")).await.unwrap();
+    task::delete(&e.sb, delete("c2", "")).await.unwrap();
+    task::delete(&e.sb, delete("sb5", "")).await.unwrap();
     assert_eq!(e.sb.vm_state(), SandboxState::Empty);
     assert!(!mounted(&e.state_root()));
     assert!(!e.state_root().exists());
@@ -435,16 +480,15 @@ async fn a_vm_crash_exits_every_started_task_with_137() {
 async fn a_failed_boot_leaves_nothing_behind() {
     let e = env("sb6");
     *e.booter.fail.lock().unwrap() = Some("the guest kernel /nope does not exist".into());
-    let err =
-        e.sb.create(e.create_req("sb6", &["echo"], "", ""))
-            .await
-            .unwrap_err();
+    let err = task::create(&e.sb, e.create_req("sb6", &["echo"], "", ""))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("/nope"), "{err}");
     assert!(!e.state_root().exists());
     assert!(e.sb.containers().is_empty());
     assert_eq!(e.sb.vm_state(), SandboxState::Empty);
     assert!(matches!(
-        e.sb.state(state("sb6", "")).await,
+        task::state(&e.sb, state("sb6", "")).await,
         Err(ShimError::NotFound(_))
     ));
 }
@@ -459,7 +503,7 @@ async fn bad_annotations_fail_create_with_their_name() {
     spec["annotations"] = serde_json::json!({"io.husk.memory": "lots"});
     std::fs::write(b.join("config.json"), spec.to_string()).unwrap();
     req.bundle = b.display().to_string();
-    let err = e.sb.create(req).await.unwrap_err();
+    let err = task::create(&e.sb, req).await.unwrap_err();
     assert_eq!(err.code(), Code::INVALID_ARGUMENT);
     assert!(err.to_string().contains("io.husk.memory"), "{err}");
     assert!(!e.state_root().exists());

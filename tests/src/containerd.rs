@@ -22,6 +22,7 @@
 mod binaries;
 mod bounded;
 pub mod config;
+pub mod cri_config;
 mod husk;
 mod leftovers;
 
@@ -69,7 +70,7 @@ impl Containerd {
         Containerd::start_with(husk, false)
     }
 
-    /// Starts containerd with the CRI plugin on (src/cri/config.rs: runtimes `runc` and `husk`,
+    /// Starts containerd with the CRI plugin on (src/containerd/cri_config.rs: runtimes `runc` and `husk`,
     /// the pause image, a private CNI bridge); ctr and the leftover checks use namespace
     /// `k8s.io`. Import the images with [`crate::cri::import_images`].
     pub fn start_cri(husk: Option<&HuskSettings>) -> anyhow::Result<Containerd> {
@@ -89,7 +90,11 @@ impl Containerd {
             std::fs::create_dir_all(base.join(d))?;
         }
         let cri_section = if cri {
-            Some(crate::cri::config::prepare(&base, &husk_config, release)?)
+            Some(crate::containerd::cri_config::prepare(
+                &base,
+                &husk_config,
+                release,
+            )?)
         } else {
             None
         };
@@ -101,7 +106,7 @@ impl Containerd {
             base,
             child: None,
             namespace: if cri {
-                crate::cri::NAMESPACE
+                cri_config::NAMESPACE
             } else {
                 NAMESPACE
             },
@@ -137,7 +142,7 @@ impl Containerd {
         let mut c = Containerd {
             base,
             child: None,
-            namespace: crate::cri::NAMESPACE,
+            namespace: cri_config::NAMESPACE,
             cri: true,
             husk_state,
             husk_config,
@@ -354,7 +359,7 @@ impl Drop for Containerd {
             }
         }
         if self.cri {
-            crate::cri::config::teardown(&self.base);
+            crate::containerd::cri_config::teardown(&self.base);
         }
         if std::thread::panicking() {
             // A failed test's whole log (with the shims' and husk-vmm's lines), named after the

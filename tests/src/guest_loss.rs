@@ -22,7 +22,7 @@ const RECORD_DELAY: Duration = Duration::from_secs(10);
 /// The shim's words for a VM that ended on a triple fault (hypervisor/src/vcpu.rs).
 const TRIPLE_FAULT: &str = "triple fault";
 
-/// The shim's log line for a VM that ended under running containers (shim/src/sandbox.rs), which
+/// The shim's log line for a VM that ended under running containers (shim/src/sandbox/watch.rs), which
 /// carries husk-vmm's account of the end (a triple fault names itself).
 pub const VM_ENDED: &str = "the sandbox VM ended unexpectedly";
 

@@ -4,6 +4,7 @@
 //! `protocol`, never through the shim. Read from `cargo metadata`; runs with plain `cargo test`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 
 /// Each workspace package's dependencies on other workspace packages (normal, build and dev).
@@ -72,5 +73,148 @@ fn process_crates_share_only_protocol() {
     assert!(
         broken.is_empty(),
         "the crate rule is broken (docs/DESIGN.md): {broken:?}"
+    );
+}
+
+/// The first path segment after each `crate::` in `text` (comments removed): the top-level
+/// modules a file names, through `crate::a::…` and `crate::{a::…, b}` alike.
+fn crate_paths(text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .lines()
+        .map(|l| l.split_once("//").map_or(l, |(c, _)| c))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        let Some(group) = rest.strip_prefix('{') else {
+            out.insert(ident(rest));
+            continue;
+        };
+        // The first segment of each item at the group's top level.
+        let (mut depth, mut item_start) = (0usize, true);
+        for (i, c) in group.char_indices() {
+            if item_start && !c.is_whitespace() {
+                out.insert(ident(&group[i..]));
+                item_start = false;
+            }
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => break,
+                '}' => depth -= 1,
+                ',' if depth == 0 => item_start = true,
+                _ => {}
+            }
+        }
+    }
+    out.retain(|m| !m.is_empty());
+    out
+}
+
+/// Each top-level module of the crate whose sources are under `src`, with the other top-level
+/// modules it names.
+fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut files = vec![src.to_path_buf()];
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if p.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let rel = p.strip_prefix(src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let top = first.trim_end_matches(".rs").to_string();
+        if top == "lib" || top == "main" {
+            continue;
+        }
+        let names = crate_paths(&std::fs::read_to_string(&p).unwrap());
+        graph
+            .entry(top.clone())
+            .or_default()
+            .extend(names.into_iter().filter(|n| *n != top));
+    }
+    let modules: BTreeSet<String> = graph.keys().cloned().collect();
+    for deps in graph.values_mut() {
+        deps.retain(|d| modules.contains(d));
+    }
+    graph
+}
+
+/// The pairs of modules that reach each other in `graph`.
+fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<(String, String)> {
+    let reach = |from: &str| -> BTreeSet<String> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![from.to_string()];
+        while let Some(m) = todo.pop() {
+            for d in graph.get(&m).into_iter().flatten() {
+                if seen.insert(d.clone()) {
+                    todo.push(d.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reaches: BTreeMap<&String, BTreeSet<String>> =
+        graph.keys().map(|m| (m, reach(m))).collect();
+    let mut pairs = Vec::new();
+    for (a, ra) in &reaches {
+        for b in ra {
+            if *a < b && reaches.get(b).is_some_and(|rb| rb.contains(*a)) {
+                pairs.push(((*a).clone(), b.clone()));
+            }
+        }
+    }
+    pairs
+}
+
+#[test]
+fn crate_paths_reads_plain_and_grouped_imports() {
+    let text =
+        "use crate::a::B;\nuse crate::{c::{D, e::F}, g};\n// crate::comment\nx(crate::h::i())";
+    let got: Vec<String> = crate_paths(text).into_iter().collect();
+    assert_eq!(got, ["a", "c", "g", "h"]);
+}
+
+#[test]
+fn no_crate_has_an_import_cycle_between_its_top_level_modules() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut found = Vec::new();
+    for krate in [
+        "protocol",
+        "shim",
+        "agent",
+        "hypervisor",
+        "cli",
+        "image-builder",
+        "tests",
+    ] {
+        let src = root.join(krate).join("src");
+        assert!(src.is_dir(), "{} is missing", src.display());
+        let graph = module_graph(&src);
+        assert!(
+            graph.len() > 1 || krate == "image-builder",
+            "{krate}: no modules read"
+        );
+        for (a, b) in cycles(&graph) {
+            found.push(format!("{krate}: {a} <-> {b}"));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "top-level modules that import each other (docs/DESIGN.md, the house rules): {found:?}"
     );
 }

@@ -8,10 +8,10 @@ use husk_protocol::ids;
 use super::create::run_runner;
 use super::process::{HostIo, Process};
 use super::runtime::Runtime;
-use super::state::Action;
 use super::{spec, Container};
 use crate::error::{AgentError, Result};
 use crate::runner::{seccomp, Request};
+use crate::status::Action;
 use crate::stdio::tty::PtyMaster;
 use crate::stdio::{pipes, StdioRequest};
 

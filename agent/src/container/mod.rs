@@ -22,7 +22,6 @@ pub mod process;
 pub mod propagation;
 pub mod runtime;
 pub mod spec;
-pub mod state;
 pub mod sysctl;
 
 use std::collections::HashMap;
@@ -31,9 +30,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use oci_spec::runtime::LinuxSeccomp;
 use process::Process;
-use state::Status;
 
 use crate::error::{AgentError, Result};
+use crate::status::Status;
 
 #[derive(Debug, Default)]
 struct Inner {

@@ -11,10 +11,10 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::cgroup;
-use super::state::{Action, Status};
 use crate::conn::Conn;
 use crate::error::{AgentError, Result};
 use crate::reaper::Exit;
+use crate::status::{Action, Status};
 use crate::stdio::pipes::{AgentEnds, ProcessEnds};
 use crate::stdio::streams::{pump_in, pump_out};
 use crate::stdio::tty::PtyMaster;

@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn e820_reserves_the_bios_hole_and_covers_ram() {
-        let mem = memory::create(128).unwrap();
+        let mem = memory::create(&crate::arch::layout::ram_regions(128 << 20)).unwrap();
         let map = e820_map(&mem);
         assert_eq!(map[0], (0, EBDA_START, E820_RAM));
         assert_eq!(map[1].2, E820_RESERVED);
@@ -286,7 +286,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("initrd");
         std::fs::write(&path, vec![0xabu8; 10_000]).unwrap();
-        let mem = memory::create(64).unwrap();
+        let mem = memory::create(&crate::arch::layout::ram_regions(64 << 20)).unwrap();
         let (addr, size) = load_initramfs(&mem, &path, HIMEM_START).unwrap();
         assert_eq!(size, 10_000);
         assert_eq!(addr % PAGE_SIZE, 0);
@@ -301,7 +301,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("not-a-kernel");
         std::fs::write(&path, vec![0u8; 8192]).unwrap();
-        let mem = memory::create(64).unwrap();
+        let mem = memory::create(&crate::arch::layout::ram_regions(64 << 20)).unwrap();
         let err = load_kernel(&mem, &path).unwrap_err().to_string();
         assert!(
             err.contains("not-a-kernel") && err.contains("neither"),
@@ -315,7 +315,7 @@ mod tests {
 
     #[test]
     fn boot_structures_land_where_the_kernel_looks() {
-        let mem = memory::create(64).unwrap();
+        let mem = memory::create(&crate::arch::layout::ram_regions(64 << 20)).unwrap();
         let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).unwrap();
         cmdline.insert_str("console=ttyS0").unwrap();
         let kernel = LoadedKernel {

@@ -104,52 +104,6 @@ fn the_vm_fits_the_pods_memory_limit_or_is_refused_by_name() {
     assert!(e.contains("overhead.podFixed.memory"), "{e}");
 }
 
-/// A unique path for a root-only test in this host's real hierarchy.
-fn real_path(tag: &str) -> PathBuf {
-    PathBuf::from(format!("husk-unit-{}/{tag}", std::process::id()))
-}
-
-#[test]
-#[ignore = "needs root and a cgroup file system; run by make unit as root"]
-fn husk_vmm_starts_inside_the_pods_cgroup_on_this_hosts_hierarchy() {
-    use crate::vm::launch::{launch, reap};
-    use std::ffi::OsStr;
-    use std::io::Read;
-    let h = Hierarchy::detect().unwrap();
-    let rel = real_path("pod");
-    let cg = PodCgroup::create(&h, &rel).unwrap();
-    let join = cg.join().unwrap();
-    let l = launch(
-        Path::new("/bin/sh"),
-        &[OsStr::new("-c"), OsStr::new("cat /proc/self/cgroup")],
-        false,
-        Some(&join),
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while reap(&l.pidfd).unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "sh never ended");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut out = String::new();
-    std::fs::File::from(l.stdout)
-        .read_to_string(&mut out)
-        .unwrap();
-    // Every hierarchy's line names the pod's cgroup.
-    let want = format!("/{}", rel.display());
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), h.roots().len(), "{}: {out}", h.describe());
-    for l in &lines {
-        assert!(l.ends_with(&want), "{l} in {out} ({})", h.describe());
-    }
-    assert!(cg.remove(Duration::from_secs(2)).is_empty());
-    let top = PathBuf::from(format!("husk-unit-{}", std::process::id()));
-    for root in h.roots() {
-        assert!(!root.join(&rel).exists());
-        assert!(!root.join(&top).exists(), "the parent husk made stays");
-    }
-}
-
 #[test]
 fn a_parent_that_cannot_hand_down_controllers_does_not_fail_the_pod() {
     let (dir, h) = fake_unified();

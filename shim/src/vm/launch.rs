@@ -296,4 +296,50 @@ mod tests {
             assert_ne!(Some(theirs), std::fs::read_link("/proc/self/ns/pid").ok());
         }
     }
+
+    /// A unique path for a root-only test in this host's real hierarchy.
+    fn real_cgroup_path(tag: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("husk-unit-{}/{tag}", std::process::id()))
+    }
+
+    #[test]
+    #[ignore = "needs root and a cgroup file system; run by make unit as root"]
+    fn husk_vmm_starts_inside_the_pods_cgroup_on_this_hosts_hierarchy() {
+        use crate::cgroup::{Hierarchy, PodCgroup};
+        use std::path::PathBuf;
+        use std::time::Duration;
+        let h = Hierarchy::detect().unwrap();
+        let rel = real_cgroup_path("pod");
+        let cg = PodCgroup::create(&h, &rel).unwrap();
+        let join = cg.join().unwrap();
+        let l = launch(
+            Path::new("/bin/sh"),
+            &[OsStr::new("-c"), OsStr::new("cat /proc/self/cgroup")],
+            false,
+            Some(&join),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reap(&l.pidfd).unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "sh never ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut out = String::new();
+        std::fs::File::from(l.stdout)
+            .read_to_string(&mut out)
+            .unwrap();
+        // Every hierarchy's line names the pod's cgroup.
+        let want = format!("/{}", rel.display());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), h.roots().len(), "{}: {out}", h.describe());
+        for l in &lines {
+            assert!(l.ends_with(&want), "{l} in {out} ({})", h.describe());
+        }
+        assert!(cg.remove(Duration::from_secs(2)).is_empty());
+        let top = PathBuf::from(format!("husk-unit-{}", std::process::id()));
+        for root in h.roots() {
+            assert!(!root.join(&rel).exists());
+            assert!(!root.join(&top).exists(), "the parent husk made stays");
+        }
+    }
 }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::agent::{self, Agent, AgentError};
 use crate::config::HuskConfig;
 use crate::lines::{BoundedLines, RateLimit, MAX_LINE};
+
 use crate::paths::SandboxPaths;
 use crate::share;
 use diagnose::diagnose;

@@ -35,7 +35,7 @@ fn disabled_plugins(cri: bool, release: &Release) -> String {
 }
 
 /// containerd's config for a harness directory `base`; `cri` is the CRI plugins' section in the
-/// release's syntax ([`crate::cri::config::prepare`]), none for a containerd without CRI.
+/// release's syntax ([`crate::containerd::cri_config::prepare`]), none for a containerd without CRI.
 pub fn containerd_config(base: &Path, cri: Option<&str>, release: &Release) -> String {
     let b = base.display();
     let version = if release.is_v2() { 3 } else { 2 };
@@ -83,7 +83,7 @@ pub fn localize_stock(stock: &str, base: &Path) -> String {
         .replace("/var/lib/containerd", &format!("{b}/root"))
         .replace("/opt/containerd", &format!("{b}/opt"))
         .replace("/etc/containerd/conf.d", &format!("{b}/conf.d"))
-        .replace("/opt/cni/bin", crate::cri::config::CNI_BIN_DIR)
+        .replace("/opt/cni/bin", crate::containerd::cri_config::CNI_BIN_DIR)
         .replace("/etc/cni/net.d", &format!("{b}/cni/net.d"));
     let mut out = String::with_capacity(moved.len());
     for line in moved.lines() {
@@ -183,7 +183,7 @@ mod tests {
         let cni = &p["io.containerd.cri.v1.runtime"]["cni"];
         assert_eq!(
             cni["bin_dirs"][0].as_str(),
-            Some(crate::cri::config::CNI_BIN_DIR)
+            Some(crate::containerd::cri_config::CNI_BIN_DIR)
         );
         assert_eq!(cni["conf_dir"].as_str(), Some("/run/hct-s/cni/net.d"));
         assert_eq!(

@@ -1,13 +1,12 @@
 //! Kubernetes' view of husk: containerd's CRI plugin driven the way kubelet drives it.
 //!
-//! - [`config`]: the CRI plugin's config (runtimes `runc` and `husk`, the pause image, a
+//! - [`config`] (kept with the containerd that writes it): the CRI plugin's config (runtimes `runc` and `husk`, the pause image, a
 //!   private CNI bridge) that [`crate::containerd::Containerd::start_cri`] writes.
 //! - [`client`]: a blocking `runtime.v1` client over containerd's socket.
 //! - Here: importing the images into `k8s.io`, pod and container configs as kubelet builds them,
 //!   and waiting for states.
 
 pub mod client;
-pub mod config;
 mod kubelet;
 
 use std::path::Path;
@@ -23,11 +22,11 @@ use k8s_cri::v1::{
 use crate::containerd::{Containerd, HuskArtifacts, HuskSettings};
 use crate::oci_image::{self, BUSYBOX_REF};
 
+pub use crate::containerd::cri_config as config;
+pub use crate::containerd::cri_config::NAMESPACE;
 pub use client::{Cri, CriError};
 pub use kubelet::{retry_if_guest_lost, start_pod_like_kubelet};
 
-/// The containerd namespace CRI keeps its objects in.
-pub const NAMESPACE: &str = "k8s.io";
 /// The DNS server CRI writes into the pods' resolv.conf (nothing answers there; the tests only
 /// read the file).
 pub const DNS_SERVER: &str = "10.231.0.53";

@@ -9,8 +9,11 @@ use std::process::Command;
 
 use anyhow::Context;
 
-use crate::containerd::Release;
+use super::Release;
 use crate::oci_image::PAUSE_REF;
+
+/// The containerd namespace CRI keeps its objects in.
+pub const NAMESPACE: &str = "k8s.io";
 
 /// The CNI bridge the harness's pods attach to (not the name any other harness uses).
 pub const BRIDGE: &str = "hcri0";

@@ -1,6 +1,6 @@
-//! containerd's `containerd.task.v2.Task` service: every method overridden (the generated
-//! defaults answer NOT_FOUND, which containerd reads as "task gone"), each a thin call into
-//! the sandbox with its error mapped to a ttrpc code in one place ([`ShimError`]).
+//! The ttrpc face of the Task service: every method overridden (the generated defaults answer
+//! NOT_FOUND, which containerd reads as "task gone"), each a thin call into its operation with
+//! its error mapped to a ttrpc code in one place ([`ShimError`]).
 
 use std::sync::Arc;
 
@@ -46,7 +46,7 @@ fn empty(r: Result<(), ShimError>) -> Result<Empty, ShimError> {
 impl Task for TaskService {
     async fn state(&self, _: &TtrpcContext, req: StateRequest) -> ttrpc::Result<StateResponse> {
         let id = req.id.clone();
-        reply("state", &id, self.sandbox.state(req).await)
+        reply("state", &id, super::state(&self.sandbox, req).await)
     }
 
     async fn create(
@@ -55,32 +55,36 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         let id = req.id.clone();
-        reply("create", &id, self.sandbox.create(req).await)
+        reply("create", &id, super::create(&self.sandbox, req).await)
     }
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         let id = req.id.clone();
-        reply("start", &id, self.sandbox.start(req).await)
+        reply("start", &id, super::start(&self.sandbox, req).await)
     }
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         let id = req.id.clone();
-        reply("delete", &id, self.sandbox.delete(req).await)
+        reply("delete", &id, super::delete(&self.sandbox, req).await)
     }
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
         let id = req.id.clone();
-        reply("pids", &id, self.sandbox.pids(req).await)
+        reply("pids", &id, super::pids(&self.sandbox, req).await)
     }
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
         let id = req.id.clone();
-        reply("pause", &id, empty(self.sandbox.pause(req).await))
+        reply("pause", &id, empty(super::pause(&self.sandbox, req).await))
     }
 
     async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
         let id = req.id.clone();
-        reply("resume", &id, empty(self.sandbox.resume(req).await))
+        reply(
+            "resume",
+            &id,
+            empty(super::resume(&self.sandbox, req).await),
+        )
     }
 
     async fn checkpoint(
@@ -99,37 +103,49 @@ impl Task for TaskService {
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
         let id = req.id.clone();
-        reply("kill", &id, empty(self.sandbox.kill(req).await))
+        reply("kill", &id, empty(super::kill(&self.sandbox, req).await))
     }
 
     async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
         let id = req.id.clone();
-        reply("exec", &id, empty(self.sandbox.exec(req).await))
+        reply("exec", &id, empty(super::exec(&self.sandbox, req).await))
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
         let id = req.id.clone();
-        reply("resize_pty", &id, empty(self.sandbox.resize_pty(req).await))
+        reply(
+            "resize_pty",
+            &id,
+            empty(super::resize_pty(&self.sandbox, req).await),
+        )
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {
         let id = req.id.clone();
-        reply("close_io", &id, empty(self.sandbox.close_io(req).await))
+        reply(
+            "close_io",
+            &id,
+            empty(super::close_io(&self.sandbox, req).await),
+        )
     }
 
     async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
         let id = req.id.clone();
-        reply("update", &id, empty(self.sandbox.update(req).await))
+        reply(
+            "update",
+            &id,
+            empty(super::update(&self.sandbox, req).await),
+        )
     }
 
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
         let id = req.id.clone();
-        reply("wait", &id, self.sandbox.wait(req).await)
+        reply("wait", &id, super::wait(&self.sandbox, req).await)
     }
 
     async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
         let id = req.id.clone();
-        reply("stats", &id, self.sandbox.stats(req).await)
+        reply("stats", &id, super::stats(&self.sandbox, req).await)
     }
 
     async fn connect(
@@ -138,11 +154,15 @@ impl Task for TaskService {
         req: ConnectRequest,
     ) -> ttrpc::Result<ConnectResponse> {
         let id = req.id.clone();
-        reply("connect", &id, self.sandbox.connect(req).await)
+        reply("connect", &id, super::connect(&self.sandbox, req).await)
     }
 
     async fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> ttrpc::Result<Empty> {
         let id = req.id.clone();
-        reply("shutdown", &id, empty(self.sandbox.shutdown(req).await))
+        reply(
+            "shutdown",
+            &id,
+            empty(super::shutdown(&self.sandbox, req).await),
+        )
     }
 }

@@ -1,8 +1,14 @@
 //! install + uninstall with a fake command runner (the file-level flows are in
 //! cli/tests/install.rs, through the binary).
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use crate::artifacts::Sources;
 use crate::commands::fake::Recorder;
+use crate::containerd;
+use crate::husk_config::husk_config_text;
+use crate::install::*;
+use crate::paths::{Layout, Root};
 use crate::paths::{CLI, INITRD, KERNEL, SHIM, VMM};
 use crate::uninstall::{uninstall, UninstallOptions};
 
@@ -157,7 +163,7 @@ fn the_written_husk_config_is_valid_for_the_shim() {
 fn a_config_importing_conf_d_gets_a_drop_in_and_keeps_its_bytes() {
     let e = env();
     let main = e.root.join("etc/containerd/config.toml");
-    let stock = include_str!("../../tests/fixtures/containerd-2.3-default-v4.toml");
+    let stock = include_str!("../tests/fixtures/containerd-2.3-default-v4.toml");
     std::fs::write(&main, stock).unwrap();
     let mut o = opts(&e);
     o.label_node = None;

@@ -1,0 +1,44 @@
+//! Why an agent call failed: when the connection failed because the VM ended under the call,
+//! the VM's end (husk-vmm's exit and the console tail) is the cause the user sees, not the
+//! connection's early EOF.
+
+use crate::agent::AgentError;
+use crate::error::{Result, ShimError};
+use crate::vm::{self, Vm};
+
+/// How long a failed agent call waits for the VM's exit to be seen (the connection's end can
+/// come first), so that the error names the VM's end rather than the connection's.
+const VM_END_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The error of agent call `what` that failed with `e`: when the connection failed because the
+/// VM ended under the call, the VM's end (husk-vmm's exit and the console tail) is the cause
+/// the user sees, not the connection's early EOF.
+pub async fn agent_failure(vm: &Vm, what: &str, e: AgentError) -> ShimError {
+    if e.is_transport() {
+        if let Some(gone) = vm::wait_gone(&vm.gone, VM_END_GRACE).await {
+            return ShimError::FailedPrecondition(format!(
+                "{what}: the sandbox VM ended: {}",
+                gone.detail
+            ));
+        }
+        // The VM runs but its agent connection failed: husk-vmm's log says which side ended it.
+        tracing::error!(
+            pid = vm.pid,
+            call = what,
+            "the agent connection failed while the VM still runs: {e}"
+        );
+    }
+    e.into()
+}
+
+/// Agent call `what` on `vm`, its failure explained by [`agent_failure`].
+pub async fn explained<T>(
+    vm: &Vm,
+    what: &str,
+    call: impl std::future::Future<Output = std::result::Result<T, AgentError>>,
+) -> Result<T> {
+    match call.await {
+        Ok(v) => Ok(v),
+        Err(e) => Err(agent_failure(vm, what, e).await),
+    }
+}

@@ -1,0 +1,201 @@
+//! The sandbox: one shim, one VM, the containers in it.
+//!
+//! The sandbox owns only the VM (its life, [`state::VmSlot`]) and the container registry; the
+//! requests that act on them are the Task service's ([`crate::task`]). The first Create boots
+//! the VM ([`boot`]); the last Delete stops it; Shutdown then ends the shim. If the VM ends on
+//! its own (husk-vmm crashed, the guest panicked and rebooted, someone killed it), every started
+//! process exits with 137 (as runc reports SIGKILL) and its exit event is published after
+//! whatever output reached the host; created processes become stopped without an event
+//! ([`watch`]).
+
+mod boot;
+mod state;
+mod watch;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use containerd_shim::ExitSignal;
+
+use crate::config::HuskConfig;
+use crate::container::Container;
+use crate::error::{Result, ShimError};
+use crate::events::Events;
+use crate::paths::SandboxPaths;
+use crate::vm::{Booter, Vm};
+
+pub use state::SandboxState;
+use state::VmSlot;
+
+#[derive(Debug)]
+struct Inner {
+    /// The VM's life and what each stage has.
+    slot: VmSlot,
+    /// husk-vmm's pid, kept after the VM is gone (containerd's pid for every task).
+    last_pid: u32,
+    /// The husk config, loaded by the first Create and kept for the shim's life.
+    config: Option<HuskConfig>,
+    containers: HashMap<String, Arc<Container>>,
+}
+
+/// The sandbox served by this shim.
+pub struct Sandbox {
+    /// The sandbox id (the shim's `-id`).
+    pub id: String,
+    /// containerd namespace.
+    pub namespace: String,
+    /// The shim's own socket, removed when it shuts down.
+    pub socket: Option<PathBuf>,
+    /// Events to containerd.
+    pub events: Events,
+    booter: Arc<dyn Booter>,
+    exit: Arc<ExitSignal>,
+    boot_lock: tokio::sync::Mutex<()>,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.id)
+            .field("namespace", &self.namespace)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Converts the agent's nanoseconds to a time (0 means "now").
+pub fn time_from_ns(ns: u64) -> SystemTime {
+    if ns == 0 {
+        SystemTime::now()
+    } else {
+        UNIX_EPOCH + Duration::from_nanos(ns)
+    }
+}
+
+impl Sandbox {
+    /// A sandbox without a VM yet.
+    pub fn new(
+        id: &str,
+        namespace: &str,
+        socket: Option<PathBuf>,
+        events: Events,
+        booter: Arc<dyn Booter>,
+        exit: Arc<ExitSignal>,
+    ) -> Sandbox {
+        Sandbox {
+            id: id.to_string(),
+            namespace: namespace.to_string(),
+            socket,
+            events,
+            booter,
+            exit,
+            boot_lock: tokio::sync::Mutex::new(()),
+            inner: Mutex::new(Inner {
+                slot: VmSlot::Empty,
+                last_pid: 0,
+                config: None,
+                containers: HashMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The VM state.
+    pub fn vm_state(&self) -> SandboxState {
+        self.lock().slot.state()
+    }
+
+    /// The container `id`.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.lock()
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("container {id} not found")))
+    }
+
+    /// Whether a container with `id` exists.
+    pub fn has_container(&self, id: &str) -> bool {
+        self.lock().containers.contains_key(id)
+    }
+
+    /// Every container.
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        self.lock().containers.values().cloned().collect()
+    }
+
+    /// Registers a created container.
+    pub fn insert_container(&self, c: Arc<Container>) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.containers.contains_key(&c.id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "container {} already exists",
+                c.id
+            )));
+        }
+        inner.containers.insert(c.id.clone(), c);
+        Ok(())
+    }
+
+    /// Forgets a container; returns how many remain.
+    pub fn remove_container(&self, id: &str) -> usize {
+        let mut inner = self.lock();
+        inner.containers.remove(id);
+        inner.containers.len()
+    }
+
+    /// The pid containerd sees for every task: husk-vmm's (the last one, once it ended).
+    pub fn task_pid(&self) -> u32 {
+        let inner = self.lock();
+        inner.slot.vm().map_or(inner.last_pid, |v| v.pid)
+    }
+
+    /// The sandbox's paths, while it has a state directory (from Booting to Stopping).
+    pub fn paths(&self) -> Option<SandboxPaths> {
+        self.lock().slot.paths().cloned()
+    }
+
+    /// The running VM, or why there is none.
+    pub fn vm(&self) -> Result<Arc<Vm>> {
+        let inner = self.lock();
+        match &inner.slot {
+            VmSlot::Running { vm, .. } => Ok(vm.clone()),
+            other => Err(other.not_running()),
+        }
+    }
+
+    /// The running VM if any (no error when there is none).
+    pub fn running_vm(&self) -> Option<Arc<Vm>> {
+        self.vm().ok()
+    }
+
+    /// Ends the shim: its socket goes away at once (so a new `start` for the same id cannot
+    /// reach this exiting process), then the server stops.
+    pub fn exit_shim(&self) {
+        if let Some(s) = &self.socket {
+            let _ = std::fs::remove_file(s);
+        }
+        self.exit.signal();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_time_zero_means_now() {
+        let t = time_from_ns(0);
+        assert!(t.elapsed().unwrap() < Duration::from_secs(5));
+        assert_eq!(
+            time_from_ns(1_000_000_000),
+            UNIX_EPOCH + Duration::from_secs(1)
+        );
+    }
+}
