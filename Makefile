@@ -9,10 +9,15 @@ BENCH ?=
 PREFIX ?= /usr/local
 CMD ?=
 TIMEOUT ?= 600
+# cargo-deny for `make lint`, built once from crates.io into the cache outside the work tree
+# (keyed by its version; about two minutes on two cores).
+HUSK_CACHE_DIR ?= /var/cache/husk
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := $(HUSK_CACHE_DIR)/tools/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 # The command reaches the recipe through the environment, so quotes, pipes and ';' in it survive.
 export CMD
 
-.PHONY: help deps build guest agent kernel image testhost lint unit e2e test bench demo install clean fuzz
+.PHONY: help deps build guest agent kernel image testhost lint deny unit e2e test bench demo install clean fuzz
 
 help:
 	@echo "make demo      set up everything and run a container in a husk VM through containerd (the main job)"
@@ -21,7 +26,7 @@ help:
 	@echo "make kernel    build (or find cached) the guest kernel; prints the vmlinux path"
 	@echo "make image     build the guest images; prints their paths and sizes"
 	@echo "make testhost CMD='...'   run a command with hardware KVM (natively or nested)"
-	@echo "make lint      rustfmt and clippy"
+	@echo "make lint      rustfmt, clippy and cargo-deny (licenses, bans, sources: deny.toml)"
 	@echo "make bench [BENCH=name]   benchmarks; results in target/bench/results.jsonl"
 	@echo "make fuzz [FUZZ_SECONDS=60]   fuzz husk-vmm's guest-facing parsers (nightly cargo-fuzz)"
 	@echo "make install PREFIX=/usr/local   install husk and register it with containerd (husk install)"
@@ -55,9 +60,19 @@ image: build guest
 testhost: build
 	@$(HOSTBIN)/husk-testhost --timeout $(TIMEOUT) -- "$$CMD"
 
-lint:
+lint: deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Errors only: the duplicate versions the shim's dependencies bring are warnings (deny.toml);
+# `$(CARGO_DENY) check` prints them. Advisories need GitHub's advisory database, which the
+# development machines cannot reach.
+deny: $(CARGO_DENY)
+	$(CARGO_DENY) --log-level error check licenses bans sources
+
+$(CARGO_DENY):
+	$(CARGO) install cargo-deny@$(CARGO_DENY_VERSION) --locked --no-default-features \
+		--root $(HUSK_CACHE_DIR)/tools/cargo-deny-$(CARGO_DENY_VERSION)
 
 # The root-only unit tests (`#[ignore]`d: they create network namespaces) run when make runs as
 # root, as CI does; otherwise they are announced as not run.

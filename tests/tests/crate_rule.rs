@@ -218,3 +218,38 @@ fn no_crate_has_an_import_cycle_between_its_top_level_modules() {
         "top-level modules that import each other (docs/DESIGN.md, the house rules): {found:?}"
     );
 }
+
+/// The versions of package `name` in the workspace's Cargo.lock.
+fn locked_versions(lock: &str, name: &str) -> Vec<String> {
+    let mut versions = Vec::new();
+    for package in lock.split("[[package]]").skip(1) {
+        let field = |key: &str| {
+            package.lines().find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|v| v.trim().strip_prefix('='))
+                    .map(|v| v.trim().trim_matches('"').to_string())
+            })
+        };
+        if field("name ").as_deref() == Some(name) {
+            versions.extend(field("version "));
+        }
+    }
+    versions
+}
+
+#[test]
+fn one_vm_memory_in_the_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let found = locked_versions(&lock, "vm-memory");
+    assert_eq!(
+        found.len(),
+        1,
+        "guest memory types cross kvm-ioctls, virtio-queue and linux-loader: exactly one \
+         vm-memory may be in Cargo.lock (protocols.md), found {found:?}"
+    );
+    assert_eq!(
+        locked_versions("[[package]]\nname = \"a\"\nversion = \"1.0.0\"\n[[package]]\nname = \"a\"\nversion = \"2.0.0\"\n", "a"),
+        ["1.0.0", "2.0.0"]
+    );
+}
