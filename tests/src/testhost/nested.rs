@@ -167,6 +167,52 @@ fn console_tail(rundir: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// What the test host's kernel said first when it went wrong (an oops, a panic, a lockup or a
+/// stall report starts with one of these), so a report shows the cause and not only the
+/// trace's last frames.
+const KERNEL_TROUBLE: &[&str] = &[
+    "BUG:",
+    "Oops",
+    "general protection",
+    "double fault",
+    "unable to handle",
+    "stack guard",
+    "watchdog:",
+    "rcu: INFO",
+    "hung_task",
+    "Kernel panic",
+];
+
+/// The console from the first sign of kernel trouble among its last lines (at most `max`
+/// lines: the first ones, then the last ones), or its last `fallback` lines when there is none.
+fn console_story(console: &str, max: usize, fallback: usize) -> String {
+    let all: Vec<&str> = console.lines().collect();
+    let recent = &all[all.len().saturating_sub(400)..];
+    let Some(first) = recent
+        .iter()
+        .position(|l| KERNEL_TROUBLE.iter().any(|t| l.contains(t)))
+    else {
+        return recent[recent.len().saturating_sub(fallback)..].join("\n");
+    };
+    let story = &recent[first..];
+    if story.len() <= max {
+        return story.join("\n");
+    }
+    let head = max * 2 / 3;
+    let tail = max - head;
+    format!(
+        "{}\n[... {} lines ...]\n{}",
+        story[..head].join("\n"),
+        story.len() - max,
+        story[story.len() - tail..].join("\n")
+    )
+}
+
+fn console_report(rundir: &Path) -> String {
+    let text = fs::read_to_string(rundir.join("console.log")).unwrap_or_default();
+    console_story(&text, 150, 40)
+}
+
 /// Directories the test host covers with a fresh tmpfs (see init.sh): host paths below them are
 /// not visible inside.
 const HIDDEN: &[&str] = &["/run", "/var/lib/containerd", "/var/lib/husk"];
@@ -285,6 +331,12 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
             let _ = kill_and_reap(&mut child, false);
             if spec.verbose {
                 eprintln!("--- test host console ---\n{}", console_tail(dir, 200));
+            } else if matches!(e, TestHostError::Wedged(..)) {
+                // A lockup or a stall the kernel reported before its userspace went quiet.
+                eprintln!(
+                    "--- the wedged test host's console ---\n{}",
+                    console_report(dir)
+                );
             }
             return Err(e);
         }
@@ -309,7 +361,7 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
             let init_err = fs::read_to_string(dir.join("init-error")).unwrap_or_default();
             Err(TestHostError::NoExitCode {
                 status: format!("{status}"),
-                console: format!("{}\n{init_err}{qemu_err}", console_tail(dir, 40)),
+                console: format!("{}\n{init_err}{qemu_err}", console_report(dir)),
             })
         }
     }
@@ -318,6 +370,25 @@ pub(super) fn run(spec: &RunSpec, assets: &Assets) -> Result<Outcome, TestHostEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_report_starts_at_the_first_sign_of_trouble() {
+        let mut console: Vec<String> = (0..50).map(|i| format!("boot line {i}")).collect();
+        console
+            .push("[  215.5] BUG: stack guard page was hit at 00000000 (stack is ff78..)".into());
+        console.extend((0..300).map(|i| format!("[  215.5]  frame {i}")));
+        console.push("[  215.5] Kernel panic - not syncing: Fatal exception in interrupt".into());
+        let story = console_story(&console.join("\n"), 150, 40);
+        assert!(
+            story.starts_with("[  215.5] BUG: stack guard page"),
+            "{story}"
+        );
+        assert!(story.ends_with("Fatal exception in interrupt"), "{story}");
+        assert!(story.contains("[... 152 lines ...]"), "{story}");
+        assert_eq!(story.lines().count(), 151);
+        let quiet = console_story("a\nb\nc", 150, 2);
+        assert_eq!(quiet, "b\nc");
+    }
 
     #[test]
     fn a_test_host_that_never_gets_ready_is_wedged_after_the_same_bound() {
