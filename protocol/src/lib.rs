@@ -7,7 +7,6 @@
 //! - [`forward`]: CRI port forwarding's request to the agent;
 //! - `agent` (feature `agent-api`): the agent API, protobuf + ttrpc, generated from
 //!   `protos/husk/agent/v1/agent.proto`;
-//! - `rtnl` (feature `rtnl`): a small synchronous rtnetlink client for pod networking.
 
 #[cfg(feature = "agent-api")]
 pub mod agent;
@@ -21,8 +20,6 @@ pub mod forward;
 pub mod hybrid;
 pub mod ids;
 pub mod ports;
-#[cfg(feature = "rtnl")]
-pub mod rtnl;
 pub mod stdio;
 pub mod vm_config;
 pub mod vmm;

@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use husk_protocol::agent::api;
-use husk_protocol::rtnl::core::{NLM_F_CREATE, NLM_F_REPLACE};
-use husk_protocol::rtnl::route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use husk_protocol::rtnl::route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use husk_protocol::rtnl::route::route::{
+use husk_rtnl::core::{NLM_F_CREATE, NLM_F_REPLACE};
+use husk_rtnl::route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use husk_rtnl::route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use husk_rtnl::route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use husk_protocol::rtnl::route::{AddressFamily, RouteNetlinkMessage};
-use husk_protocol::rtnl::{format_mac, parse_mac, Netlink};
+use husk_rtnl::route::{AddressFamily, RouteNetlinkMessage};
+use husk_rtnl::{format_mac, parse_mac, Netlink};
 
 use crate::error::{AgentError, Result};
 

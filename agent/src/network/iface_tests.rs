@@ -2,9 +2,9 @@
 
 use std::io;
 
-use husk_protocol::rtnl::route::link::{LinkAttribute, LinkMessage};
-use husk_protocol::rtnl::route::RouteNetlinkMessage;
-use husk_protocol::rtnl::Netlink;
+use husk_rtnl::route::link::{LinkAttribute, LinkMessage};
+use husk_rtnl::route::RouteNetlinkMessage;
+use husk_rtnl::Netlink;
 
 use super::*;
 

@@ -72,8 +72,8 @@ pub fn setup_sandbox(req: &api::SetupSandboxRequest, guest: bool) -> Result<()> 
         guest_mount(m)?;
     }
     if !ifaces.is_empty() || !routes.is_empty() {
-        let mut nl = husk_protocol::rtnl::Rtnl::open()
-            .map_err(AgentError::io("opening an rtnetlink socket"))?;
+        let mut nl =
+            husk_rtnl::Rtnl::open().map_err(AgentError::io("opening an rtnetlink socket"))?;
         iface::apply(&mut nl, &ifaces, &routes)?;
     }
     if !req.resolv_conf.is_empty() {

@@ -4,15 +4,15 @@
 
 use std::net::IpAddr;
 
-use husk_protocol::rtnl::route::address::{AddressAttribute, AddressMessage, AddressScope};
-use husk_protocol::rtnl::route::link::{
+use husk_rtnl::route::address::{AddressAttribute, AddressMessage, AddressScope};
+use husk_rtnl::route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
 };
-use husk_protocol::rtnl::route::route::{
+use husk_rtnl::route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
-use husk_protocol::rtnl::route::RouteNetlinkMessage;
-use husk_protocol::rtnl::Netlink;
+use husk_rtnl::route::RouteNetlinkMessage;
+use husk_rtnl::Netlink;
 
 /// A route through a NIC, as the agent takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

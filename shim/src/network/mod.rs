@@ -24,10 +24,10 @@ pub mod tc;
 use std::path::{Path, PathBuf};
 
 use husk_protocol::agent::api;
-use husk_protocol::rtnl::route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use husk_protocol::rtnl::route::RouteNetlinkMessage;
-use husk_protocol::rtnl::{format_mac, Netlink, Rtnl};
 use husk_protocol::NetConfig;
+use husk_rtnl::route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use husk_rtnl::route::RouteNetlinkMessage;
+use husk_rtnl::{format_mac, Netlink, Rtnl};
 
 use crate::error::ShimError;
 use crate::paths::SandboxPaths;

@@ -4,9 +4,9 @@
 
 use std::os::fd::AsRawFd;
 
-use husk_protocol::rtnl::route::link::{LinkAttribute, LinkMessage};
-use husk_protocol::rtnl::route::RouteNetlinkMessage;
-use husk_protocol::rtnl::Netlink;
+use husk_rtnl::route::link::{LinkAttribute, LinkMessage};
+use husk_rtnl::route::RouteNetlinkMessage;
+use husk_rtnl::Netlink;
 
 /// The tap of the pod's `n`th NIC (≤ 15 bytes).
 pub fn tap_name(n: usize) -> String {

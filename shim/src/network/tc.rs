@@ -5,14 +5,14 @@
 //! tap (to the VM); what the VM sends into the tap leaves through the veth. Built as rtnetlink
 //! messages (no `tc` binary).
 
-use husk_protocol::rtnl::core::{NLM_F_CREATE, NLM_F_EXCL};
-use husk_protocol::rtnl::route::tc::{
+use husk_rtnl::core::{NLM_F_CREATE, NLM_F_EXCL};
+use husk_rtnl::route::tc::{
     TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute,
     TcFilterU32Option, TcHandle, TcMessage, TcMirror, TcMirrorActionType, TcOption, TcU32Key,
     TcU32Selector, TcU32SelectorFlags,
 };
-use husk_protocol::rtnl::route::RouteNetlinkMessage;
-use husk_protocol::rtnl::Netlink;
+use husk_rtnl::route::RouteNetlinkMessage;
+use husk_rtnl::Netlink;
 
 /// The ingress qdisc's handle, `ffff:`.
 const INGRESS_HANDLE: TcHandle = TcHandle {

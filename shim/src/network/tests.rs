@@ -4,14 +4,14 @@ use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use husk_protocol::rtnl::core::{Emitable, NetlinkMessage, NetlinkPayload};
-use husk_protocol::rtnl::route::address::{AddressAttribute, AddressMessage, AddressScope};
-use husk_protocol::rtnl::route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
-use husk_protocol::rtnl::route::route::{
+use husk_rtnl::core::{Emitable, NetlinkMessage, NetlinkPayload};
+use husk_rtnl::route::address::{AddressAttribute, AddressMessage, AddressScope};
+use husk_rtnl::route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
+use husk_rtnl::route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
-use husk_protocol::rtnl::route::tc::{TcAttribute, TcHandle};
-use husk_protocol::rtnl::route::RouteNetlinkMessage;
+use husk_rtnl::route::tc::{TcAttribute, TcHandle};
+use husk_rtnl::route::RouteNetlinkMessage;
 
 use super::*;
 

@@ -1,5 +1,6 @@
-//! A small synchronous rtnetlink client (feature `rtnl`): one request at a time, answered by an
-//! ACK or a dump. The shim (pod taps and tc redirect in the pod's network namespace) and the
+//! husk-rtnl: a small synchronous rtnetlink client, one request at a time, answered by an ACK or
+//! a dump. It crosses no process boundary, so it is not part of `husk-protocol`: it is a leaf
+//! library (it depends on no husk crate) that the shim and the agent each link. The shim (pod taps and tc redirect in the pod's network namespace) and the
 //! agent (guest addresses and routes) use it through the [`Netlink`] trait, so their logic can
 //! be unit-tested against a fake without root.
 //!
