@@ -88,6 +88,23 @@ pub struct StdioSpec {
 }
 
 impl StdioSpec {
+    /// The streams a Create or Exec request names, each checked ([`StdioSpec::validate`]).
+    pub fn checked(
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+        terminal: bool,
+    ) -> Result<StdioSpec, IoError> {
+        let s = StdioSpec {
+            stdin: stdin.to_string(),
+            stdout: stdout.to_string(),
+            stderr: stderr.to_string(),
+            terminal,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
     /// Which streams the agent must expect.
     pub fn agent_stdio(&self) -> api::Stdio {
         let mut s = api::Stdio::new();

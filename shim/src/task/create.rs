@@ -42,13 +42,7 @@ pub async fn create(sb: &Arc<Sandbox>, req: CreateTaskRequest) -> Result<CreateT
     let bundle = PathBuf::from(&req.bundle);
     let mut spec = Spec::load(&bundle)?;
     spec.check_host_namespaces()?;
-    let stdio = StdioSpec {
-        stdin: req.stdin.clone(),
-        stdout: req.stdout.clone(),
-        stderr: req.stderr.clone(),
-        terminal: req.terminal,
-    };
-    stdio.validate()?;
+    let stdio = StdioSpec::checked(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
     let config_path = options::config_path(req.options.as_ref())?;
     let (vm, paths) = sb
         .ensure_vm(

@@ -88,13 +88,7 @@ pub async fn exec(sb: &Arc<Sandbox>, req: ExecProcessRequest) -> Result<()> {
         )));
     }
     let vm = sb.vm()?;
-    let stdio = StdioSpec {
-        stdin: req.stdin.clone(),
-        stdout: req.stdout.clone(),
-        stderr: req.stderr.clone(),
-        terminal: req.terminal,
-    };
-    stdio.validate()?;
+    let stdio = StdioSpec::checked(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
     let mut ereq = api::ExecProcessRequest::new();
     ereq.container_id = req.id.clone();
     ereq.exec_id = req.exec_id.clone();
