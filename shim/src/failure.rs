@@ -1,6 +1,4 @@
-//! Why an agent call failed: when the connection failed because the VM ended under the call,
-//! the VM's end (husk-vmm's exit and the console tail) is the cause the user sees, not the
-//! connection's early EOF.
+//! Why an agent call failed, told by the VM's end when the VM ended under it.
 
 use crate::agent::AgentError;
 use crate::error::{Result, ShimError};
