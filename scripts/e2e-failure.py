@@ -20,7 +20,10 @@ The reason is what the exit code and output say:
                     kernel's own text vanished from under it, so its #PF handler could not run
                     either. The nested test host's TCG does that to QEMU's microvm guests as
                     well (scripts/boot-stress.sh prints the same lines for both VMMs); a guest
-                    kernel bug would oops on the console instead;
+                    kernel bug would oops on the console instead. Also the same fault without
+                    the triple fault: the test host recorded a guest stuck in it (FETCH_LOOP
+                    below: its KVM re-injects the page fault endlessly), and every failed test
+                    failed on a stall that names the loop or on a guest that stopped answering;
   killed-at-bound   exit 124: the binary ran past its bound (a hang; see its output);
   tests-failed      the binary's own tests failed: a product bug until shown otherwise.
 Only the first three are the environment's: scripts/e2e.sh runs a binary again for those; any
@@ -92,6 +95,14 @@ FETCH_FAULT = re.compile(r"reason shutdown rip 0xffffffff[0-9a-f]{8} .*"
                          r"intr_info 0x([0-9a-f]{8}) error_code 0x([0-9a-f]{8})")
 # The shim's words for a VM that ended on a triple fault (hypervisor/src/vcpu.rs).
 TRIPLE_FAULT = "triple fault"
+# The same loss without the triple fault (tests/src/guest_loss.rs, FETCH_LOOP): the test host's
+# KVM re-injects the instruction-fetch page fault the guest cannot take, and the vCPU never runs
+# again. husk-testhost prints it before each loop the test host's init recorded; the VMM suites'
+# stall report puts it on the panic's first line when its own VM's KVM trace shows the loop.
+FETCH_LOOP = "a guest is stuck in the test host's fetch fault"
+# The shim's words for a guest that stopped answering (shim/src/vm/liveness.rs), which is what a
+# guest stuck in that loop looks like from a pod.
+STOPPED_ANSWERING = "the guest stopped answering"
 
 
 def is_fetch_fault(line):
@@ -105,7 +116,12 @@ def is_fetch_fault(line):
 
 
 def fetch_faults(text):
-    return [l for l in text.splitlines() if SHUTDOWN_LINE in l and is_fetch_fault(l)]
+    return [l for l in text.splitlines() if (SHUTDOWN_LINE in l and is_fetch_fault(l))
+            or (l.startswith("husk-testhost: ") and FETCH_LOOP in l)]
+
+
+def lost_to_fetch_fault(msg):
+    return TRIPLE_FAULT in msg or EARLY_BOOT in msg or FETCH_LOOP in msg or STOPPED_ANSWERING in msg
 
 
 def reason_of(text, rc):
@@ -116,7 +132,7 @@ def reason_of(text, rc):
     msgs = panic_first_lines(text)
     if msgs and all(EARLY_BOOT in m for m in msgs):
         return "guest-early-boot"
-    if msgs and fetch_faults(text) and all(TRIPLE_FAULT in m or EARLY_BOOT in m for m in msgs):
+    if msgs and fetch_faults(text) and all(lost_to_fetch_fault(m) for m in msgs):
         return "guest-fetch-fault"
     return "tests-failed"
 

@@ -107,7 +107,10 @@ bound=${HUSK_E2E_BINARY_TIMEOUT:-900}
 # (cri_pod's ten pods, hostile_guest) meet it up to a few times in a run; four reruns keep a
 # run from failing on it while every one is still recorded in retries.jsonl.
 host_failures_allowed=4
-boot_failures_allowed=2
+# Guests lost to the test host's fetch fault (a triple fault, or the same fault re-injected in a
+# loop) came at up to two in a row for one binary on the 2026-12-05 machine (vmm_vsock: lost in
+# its first 15 s twice, then 40 soak rounds passed), so three reruns, each still recorded.
+boot_failures_allowed=3
 # The test host for a binary: two vCPUs, except for churn. The kernel death above needs an IPI
 # from the test host's other CPU to one in guest mode (the trace ends in sysvec_reschedule_ipi at
 # the instruction after `vmrun`), and churn's 40 pods over five minutes met it in nearly every
@@ -210,7 +213,7 @@ for j in "${!runs[@]}"; do
     if [ "$reason" = guest-fetch-fault ] && [ "$boot_failures" -lt "$boot_failures_allowed" ]; then
       boot_failures=$((boot_failures + 1))
       record_failure "$log" "$rc" "$name" "$attempt" "run again: the test host's KVM faulted a guest's instruction fetch"
-      echo "== e2e: RUNNING $name again: a guest triple faulted on the test host's instruction-fetch fault (output above; $boot_failures of $boot_failures_allowed allowed)"
+      echo "== e2e: RUNNING $name again: a guest was lost to the test host's instruction-fetch fault (output above; $boot_failures of $boot_failures_allowed allowed)"
       continue
     fi
     record_failure "$log" "$rc" "$name" "$attempt" "FAILED the run"

@@ -1,6 +1,7 @@
 //! The control socket: a Unix socket on which the shim asks the VMM to ping, pause, resume or
 //! shut down, and on which a person diagnosing a stalled guest asks for its virtio queues'
-//! state (`queues`). One request line per connection; the answer is one line (`ok <state>` or
+//! state (`queues`, which also has each device log its backend's state: the vsock connections'
+//! credit and buffers). One request line per connection; the answer is one line (`ok <state>` or
 //! `error <why>`). Connections are served on a thread of their own and handed to the main loop
 //! through a channel, so a slow client never stalls the VM.
 

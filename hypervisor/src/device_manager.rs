@@ -140,17 +140,16 @@ impl VirtioMmioDevices {
     }
 
     /// Every device's transport state, in attach order, on one line: the control socket's
-    /// `queues` answer.
+    /// `queues` answer. Each device with a backend is also asked to log that backend's state
+    /// (the vsock connections' credit, for one), which its worker does shortly after.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
             .devices
             .iter()
             .map(|d| {
-                let snapshot = d
-                    .transport
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .snapshot();
+                let transport = d.transport.lock().unwrap_or_else(|p| p.into_inner());
+                transport.log_state();
+                let snapshot = transport.snapshot();
                 format!("[irq {} {snapshot}]", d.slot.irq)
             })
             .collect();

@@ -1,12 +1,16 @@
 //! The KVM virtual machine: in-kernel interrupt controllers and PIT, and guest RAM registered
 //! as KVM memory slots.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_IRQCHIP_IOAPIC,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use std::sync::Arc;
 
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{Address, GuestMemory as _, GuestMemoryRegion};
 
+use crate::arch::ioapic::IoapicPin;
 use crate::arch::layout::KVM_TSS_ADDRESS;
 use crate::memory::{GuestMemory, MemoryError};
 
@@ -92,5 +96,31 @@ impl Vm {
             fd: Arc::new(fd),
             memory,
         })
+    }
+
+    /// The in-kernel IOAPIC's state of `pins` (pins past its table are left out), for
+    /// diagnosis: the control socket's `queues` shows each virtio device's pin.
+    pub fn ioapic_pins(&self, pins: &[u32]) -> Result<Vec<IoapicPin>, VmError> {
+        let mut chip = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        self.fd
+            .get_irqchip(&mut chip)
+            .map_err(|e| VmError::Kvm("reading the IOAPIC state", e))?;
+        // SAFETY: with chip_id KVM_IRQCHIP_IOAPIC, KVM filled the union's `ioapic` member; it is
+        // plain data (integers and unions of integers) valid for any bit pattern.
+        let state = unsafe { chip.chip.ioapic };
+        let table: Vec<u64> = state
+            .redirtbl
+            .iter()
+            // SAFETY: both members of the entry union are 8 bytes of plain data; `bits` reads
+            // the whole entry.
+            .map(|e| unsafe { e.bits })
+            .collect();
+        Ok(pins
+            .iter()
+            .filter_map(|p| IoapicPin::from_state(*p, state.irr, &table))
+            .collect())
     }
 }

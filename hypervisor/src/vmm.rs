@@ -447,7 +447,7 @@ impl Machine {
                         };
                         while let Ok(Pending { request, reply }) = requests.try_recv() {
                             let (answer, shutdown) =
-                                answer_control(request, &mut state, &vcpus, &self.virtio);
+                                answer_control(request, &mut state, &vcpus, &self.vm, &self.virtio);
                             let _ = reply.send(answer);
                             if shutdown {
                                 eprintln!("husk-vmm: stopping on a shutdown request");
@@ -483,11 +483,12 @@ fn answer_control(
     request: ControlRequest,
     state: &mut VmState,
     vcpus: &Vcpus,
+    vm: &Vm,
     virtio: &VirtioMmioDevices,
 ) -> (String, bool) {
     let target = match request {
         ControlRequest::Ping => return (format!("ok {state}"), false),
-        ControlRequest::Queues => return (format!("ok {}", virtio.describe()), false),
+        ControlRequest::Queues => return (format!("ok {}", describe_devices(vm, virtio)), false),
         ControlRequest::Shutdown => return ("ok stopping".into(), true),
         ControlRequest::Pause => VmState::Paused,
         ControlRequest::Resume => VmState::Running,
@@ -506,6 +507,20 @@ fn answer_control(
     }
     *state = next;
     (format!("ok {state}"), false)
+}
+
+/// The `queues` answer: every device's transport, then the IOAPIC pins their lines go to.
+fn describe_devices(vm: &Vm, virtio: &VirtioMmioDevices) -> String {
+    let irqs: Vec<u32> = virtio.slots().iter().map(|s| s.irq).collect();
+    let pins = match vm.ioapic_pins(&irqs) {
+        Ok(pins) => pins
+            .iter()
+            .map(|p| format!("[{p}]"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(e) => format!("[{e}]"),
+    };
+    format!("{} {pins}", virtio.describe())
 }
 
 /// Builds and runs the VM described by `config`; `started` is when the process started, where

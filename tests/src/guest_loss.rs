@@ -19,6 +19,14 @@ use husk_protocol::vmm::EARLY_BOOT;
 /// How long a triple fault's record may trail the shim's report of it.
 const RECORD_DELAY: Duration = Duration::from_secs(10);
 
+/// Words for a guest stuck in the fetch fault without the triple fault: the test host's KVM
+/// re-injects the page fault, its emulator fails the same way, and the vCPU never runs guest
+/// code again. husk-testhost prints them before each loop its init recorded, and the VMM
+/// suites' stall report starts with them when its own VM's KVM trace shows the loop
+/// ([`crate::stall`]). scripts/e2e-failure.py reads them.
+pub const FETCH_LOOP: &str = "a guest is stuck in the test host's fetch fault (its KVM \
+                              re-injects a page fault on an instruction fetch the guest cannot take)";
+
 /// The shim's words for a VM that ended on a triple fault (hypervisor/src/vcpu.rs).
 const TRIPLE_FAULT: &str = "triple fault";
 

@@ -34,4 +34,5 @@ pub mod microvm;
 pub mod oci_image;
 pub mod process;
 pub mod rootfs;
+pub mod stall;
 pub mod testhost;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use husk_protocol::vmm::EARLY_BOOT;
+use husk_tests::guest_loss::FETCH_LOOP;
 
 fn reason(log: &str, rc: i32) -> String {
     script(&["reason"], &[log], &[&rc.to_string()])
@@ -56,6 +57,11 @@ const REBOOT: &str = "husk-testhost: a guest triple faulted (the test host's KVM
                       0xffffffff8101f410 info1 0x0 info2 0x0 intr_info 0x80000403 error_code \
                       0x00000000\n";
 
+const LOOP: &str = "husk-testhost: a guest is stuck in the test host's fetch fault (its KVM \
+                    re-injects a page fault on an instruction fetch the guest cannot take): \
+                    fetch-fault loop: 4123 injections in 10 s, the last: vcpu0-206 [000] ..... \
+                    289.6: kvm_inj_exception: #PF (0x10)\n";
+
 #[test]
 fn the_test_host_failing_and_guests_it_lost_are_the_environments() {
     assert_eq!(reason("anything", 75), "test-host-failed");
@@ -75,6 +81,22 @@ fn the_test_host_failing_and_guests_it_lost_are_the_environments() {
         "intr_info 0x800000ec error_code 0x00000000",
     );
     assert_eq!(reason(&failed_on(TRIPLE, &timer), 101), "guest-fetch-fault");
+    // The same fault without the triple fault: a stall whose report names the loop, or a pod
+    // whose guest stopped answering, in a run where the test host recorded the loop.
+    assert_eq!(
+        reason(
+            &failed_on(
+                &format!("no whole echo (...); {FETCH_LOOP}: 19336 injections in 2 s"),
+                LOOP
+            ),
+            101
+        ),
+        "guest-fetch-fault"
+    );
+    assert_eq!(
+        reason(&failed_on("exec in c1: the guest stopped answering (liveness_timeout_secs = 30): killing its VM", LOOP), 101),
+        "guest-fetch-fault"
+    );
 }
 
 #[test]
@@ -96,6 +118,19 @@ fn every_other_failure_is_husks() {
     assert_eq!(
         reason(
             &failed_on("assertion failed: the canary changed", FETCH),
+            101
+        ),
+        "tests-failed"
+    );
+    // A stall in a run where no guest was seen stuck in the loop is husk's.
+    assert_eq!(
+        reason(&failed_on("exec in c1: the guest stopped answering (liveness_timeout_secs = 30): killing its VM", ""), 101),
+        "tests-failed"
+    );
+    // The loop elsewhere in the run does not excuse a failure that is not a stall.
+    assert_eq!(
+        reason(
+            &failed_on("assertion failed: the canary changed", LOOP),
             101
         ),
         "tests-failed"

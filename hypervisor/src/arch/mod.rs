@@ -6,6 +6,7 @@
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;
+pub mod ioapic;
 pub mod layout;
 pub mod mptable;
 pub mod vcpu_state;

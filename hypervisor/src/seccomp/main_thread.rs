@@ -2,7 +2,12 @@
 //! resampling) and the shutdown, which kicks and joins the vCPUs, stops the device workers and
 //! removes the sockets.
 
+use kvm_bindings::{kvm_irqchip, KVMIO};
+use vmm_sys_util::ioctl_iowr_nr;
+
 use super::rules::{Always, Arg, RuleError, RuleSet};
+
+ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
 
 const ALWAYS: Always = &[
     (libc::SYS_epoll_wait, "the main loop"),
@@ -20,11 +25,21 @@ const ALWAYS: Always = &[
     ),
 ];
 
+/// The ioctl that reads the in-kernel IOAPIC (the control socket's `queues`).
+pub fn get_irqchip_ioctl() -> u64 {
+    KVM_GET_IRQCHIP()
+}
+
 /// Adds the main thread's part.
 pub fn add(set: &mut RuleSet) -> Result<(), RuleError> {
     set.always(ALWAYS);
     // Kicking a vCPU out of KVM_RUN to pause or stop it (pthread_kill with SIGRTMIN).
     set.when(libc::SYS_tgkill, &[Arg::Eq(2, libc::SIGRTMIN() as u64)])?;
-    // The shutdown resets every device; a virtio-net reset clears the tap's offloads.
-    set.when_one_of(libc::SYS_ioctl, 1, &[libc::TUNSETOFFLOAD])
+    // The shutdown resets every device (a virtio-net reset clears the tap's offloads); the
+    // control socket's `queues` reads the devices' IOAPIC pins.
+    set.when_one_of(
+        libc::SYS_ioctl,
+        1,
+        &[libc::TUNSETOFFLOAD, get_irqchip_ioctl()],
+    )
 }

@@ -139,6 +139,16 @@ fn argument_filters_let_the_used_values_through() {
         in_child(ThreadKind::Vcpu, || sys(libc::SYS_ioctl, run)),
         Ok(0)
     );
+    // The main thread reads the IOAPIC (EBADF here); a vCPU may not.
+    let irqchip = [u64::MAX >> 33, main_thread::get_irqchip_ioctl(), 0];
+    assert_eq!(
+        in_child(ThreadKind::Main, || sys(libc::SYS_ioctl, irqchip)),
+        Ok(0)
+    );
+    assert_eq!(
+        in_child(ThreadKind::Vcpu, || sys(libc::SYS_ioctl, irqchip)),
+        Err(libc::SIGSYS)
+    );
     // Only a vCPU may run a guest.
     assert_eq!(
         in_child(ThreadKind::Fs, || sys(libc::SYS_ioctl, run)),

@@ -9,6 +9,9 @@
 //! `husk.test=hold` on the kernel command line keeps the guest running after the marker (for
 //! tests that stop the VM from outside) instead of rebooting. `husk.vsock.serve=` and
 //! `husk.vsock.connect=` add the vsock modes of [`vsock`].
+//! `husk.test.tick=<secs>` logs a line to the kernel log every `secs` seconds with the
+//! interrupt counts of the virtio devices and the local timer (so a stalled test tells a guest
+//! that still runs, with a device line that went quiet, from a guest that stopped).
 //! `husk.test=fs:<tag>` runs the virtio-fs mode of [`fs`].
 //! `husk.test=net:<addr>/<prefix>[,gw=<gw>]` (with `husk.net.serve=` and `husk.net.connect=`)
 //! runs the network mode of [`net`].
@@ -74,6 +77,35 @@ fn online_cpus() -> usize {
         .sum()
 }
 
+/// Every `secs` seconds: `husk-test-init: tick <n> uptime_ms=<ms> <irq lines>` in the kernel
+/// log, where the irq lines are /proc/interrupts' virtio and LOC rows with spaces squeezed.
+fn tick(secs: u64) {
+    let mut kmsg = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .ok();
+    for n in 0.. {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        let irqs: Vec<String> = std::fs::read_to_string("/proc/interrupts")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("virtio") || l.trim_start().starts_with("LOC:"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        let line = format!(
+            "husk-test-init: tick {n} uptime_ms={} {}\n",
+            uptime_ms(),
+            irqs.join(" | ")
+        );
+        match kmsg.as_mut() {
+            Some(k) => {
+                let _ = k.write_all(line.as_bytes());
+            }
+            None => eprint!("{line}"),
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("hostile") {
@@ -104,6 +136,10 @@ fn main() {
             }
             Err(e) => eprintln!("husk-test-init: vsock listen on {port}: {e}"),
         }
+    }
+
+    if let Some(secs) = arg("husk.test.tick=").and_then(|s| s.parse::<u64>().ok()) {
+        std::thread::spawn(move || tick(secs.max(1)));
     }
 
     let marker = format!(

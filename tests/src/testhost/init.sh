@@ -69,6 +69,18 @@ if mount -t tracefs tracefs "$tr" 2>/dev/null && [ -d "$tr/events/kvm/kvm_exit" 
     echo 1 > "$tr/events/kvm/kvm_userspace_exit/enable" ||
     echo "husk-testhost-init: kvm_userspace_exit tracing not enabled"
 fi
+# The same loss without the triple fault: KVM's emulator re-injects a page fault on an instruction
+# fetch that the guest cannot take, thousands of times a second, and the vCPU never runs again.
+# A trace instance of its own keeps those injections (vector 14, I/D bit set) in a small ring,
+# and the monitor below records a loop when ten seconds hold 100 of them (an ordinary guest
+# gets none: its own page faults never leave the guest).
+fl=$tr/instances/fetchloop
+if [ -d "$tr/events/kvm/kvm_inj_exception" ] && mkdir "$fl" 2>/dev/null; then
+  echo 64 > "$fl/buffer_size_kb"
+  echo 'exception == 14 && error_code & 16' > "$fl/events/kvm/kvm_inj_exception/filter" &&
+    echo 1 > "$fl/events/kvm/kvm_inj_exception/enable" ||
+    echo "husk-testhost-init: fetch-fault loop tracing not enabled"
+fi
 # Plain tmpfs (not overlay) where runtimes put their own overlay mounts and state. The host's
 # /tmp stays visible (through the overlay): work trees and run directories may live there.
 for d in /run /var/lib/containerd /var/lib/husk; do
@@ -102,6 +114,15 @@ exec chroot . /bin/busybox sh -c '
   ( while :; do date +%s > "$1/heartbeat"; sleep 5; done ) &
   [ -r /sys/kernel/tracing/trace_pipe ] &&
     ( while read -r l; do echo "$l" >> "$1/kvm-shutdowns"; done < /sys/kernel/tracing/trace_pipe ) &
+  fl=/sys/kernel/tracing/instances/fetchloop/trace
+  [ -r "$fl" ] &&
+    ( while sleep 10; do
+        n=$(grep -c kvm_inj_exception "$fl")
+        [ "$n" -gt 0 ] || continue
+        [ "$n" -lt 100 ] ||
+          echo "fetch-fault loop: $n injections in 10 s, the last: $(grep kvm_inj_exception "$fl" | tail -n 1)" >> "$1/kvm-shutdowns"
+        echo > "$fl"
+      done ) &
   /bin/sh "$1/cmd.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
   echo $? > "$1/exit"
   sync

@@ -11,6 +11,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::guest_loss::FETCH_LOOP;
+
+/// How init.sh's monitor starts the line it records for a guest stuck in the fetch fault.
+const FETCH_LOOP_RECORD: &str = "fetch-fault loop: ";
+
 /// Follows `kvm-shutdowns` and names the symbol of each rip.
 pub(super) struct ShutdownTrace {
     path: PathBuf,
@@ -39,6 +44,10 @@ impl ShutdownTrace {
             .collect();
         for line in &lines[self.printed.min(lines.len())..] {
             let line = line.trim_end();
+            if line.starts_with(FETCH_LOOP_RECORD) {
+                let _ = writeln!(out, "husk-testhost: {FETCH_LOOP}: {line}");
+                continue;
+            }
             if !line.contains(" kvm_exit: ") {
                 // kvm_userspace_exit: KVM_RUN returned KVM_EXIT_SHUTDOWN to the VMM.
                 let _ = writeln!(
@@ -163,5 +172,18 @@ mod tests {
         assert_eq!(out.matches("triple faulted").count(), 1, "{out}");
         assert!(out.contains("KVM returned a guest's shutdown"), "{out}");
         assert!(out.contains("rip 0xffffffff81000123"), "{out}");
+    }
+
+    #[test]
+    fn a_recorded_fetch_fault_loop_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = ShutdownTrace::new(dir.path());
+        let record = "fetch-fault loop: 4123 injections in 10 s, the last: vcpu0-206 [000] \
+                      ..... 289.6: kvm_inj_exception: #PF (0x10)";
+        fs::write(dir.path().join("kvm-shutdowns"), format!("{record}\n")).unwrap();
+        let mut out = Vec::new();
+        t.pump(&mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out, format!("husk-testhost: {FETCH_LOOP}: {record}\n"));
     }
 }

@@ -219,6 +219,11 @@ impl MmioTransport {
         self.device.start_worker()
     }
 
+    /// Asks the device to log its backend's state (see [`VirtioDevice::log_state`]).
+    pub fn log_state(&self) {
+        self.device.log_state();
+    }
+
     /// Stops the device and drops its model (the VM is going away): its host resources (a
     /// socket, connections) are released now, not when the last bus reference goes.
     pub fn shutdown(&mut self) {

@@ -27,6 +27,7 @@
 pub mod chain;
 pub mod fs;
 pub mod interrupt;
+pub mod late_notify;
 pub mod mmio;
 pub mod net;
 pub mod status;
@@ -196,6 +197,10 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
 
     /// Starts the device with the queues the driver set up.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+
+    /// Asks the device to write its backend's state to husk-vmm's log, for diagnosis (the
+    /// control socket's `queues` does). Must not block: a device with a worker signals it.
+    fn log_state(&self) {}
 
     /// Stops the device (its worker exits and is joined, its backend state is dropped) and
     /// returns it to a state in which [`VirtioDevice::activate`] can be called again.

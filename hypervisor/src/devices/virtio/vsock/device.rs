@@ -11,6 +11,8 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use husk_protocol::vm_config::VsockConfig;
 
 use super::defs::{EVQ, QUEUE_SIZE, RXQ, TXQ};
@@ -46,6 +48,8 @@ pub struct Vsock {
     allowed_guest_ports: Vec<u32>,
     queue_sizes: [u16; 3],
     thread_name: String,
+    /// Written to make the running worker log its state.
+    log_state: EventFd,
 }
 
 impl Vsock {
@@ -63,6 +67,7 @@ impl Vsock {
             allowed_guest_ports: config.allowed_guest_ports.clone(),
             queue_sizes: [QUEUE_SIZE; 3],
             thread_name: "husk-vsock".into(),
+            log_state: EventFd::new(libc::EFD_NONBLOCK)?,
         })
     }
 
@@ -123,14 +128,21 @@ impl VirtioDevice for Vsock {
         const _: () = assert!(RXQ == 0 && TXQ == 1 && EVQ == 2);
         let [rx, tx, _evq] = a.queues;
         let (mem, evts, interrupt) = (a.mem, a.queue_evts, a.interrupt.clone());
+        let log_state = self.log_state.try_clone().map_err(ActivateError::Start)?;
         let make = move || {
             let muxer = Muxer::new(listener.try_clone()?, socket, cid, &ports)?;
             let handler = VsockQueues::new(mem, rx, tx, interrupt, muxer);
-            Ok(VsockEventLoop::new(handler, evts))
+            Ok(VsockEventLoop::new(handler, evts, log_state))
         };
         Worker::started(&mut self.worker, &self.thread_name, confine)
             .and_then(|w| w.run_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
+    }
+
+    fn log_state(&self) {
+        if self.is_active() {
+            let _ = self.log_state.write(1);
+        }
     }
 
     fn reset(&mut self) {

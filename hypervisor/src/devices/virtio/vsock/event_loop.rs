@@ -18,25 +18,39 @@ const TOKEN_RXQ: u64 = 0;
 const TOKEN_TXQ: u64 = 1;
 const TOKEN_EVQ: u64 = 2;
 const TOKEN_BACKEND: u64 = 3;
+const TOKEN_LOG_STATE: u64 = 4;
 
-/// The worker's state: the queues (which own the muxer) and the queue eventfds.
+/// The worker's state: the queues (which own the muxer), the queue eventfds and the eventfd
+/// on which the device asks for its state in the log.
 #[derive(Debug)]
 pub struct VsockEventLoop {
     queues: VsockQueues<Muxer>,
     rx_evt: EventFd,
     tx_evt: EventFd,
     ev_evt: EventFd,
+    log_state: EventFd,
 }
 
 impl VsockEventLoop {
-    /// Glue for `queues` notified through the three queue eventfds.
-    pub fn new(queues: VsockQueues<Muxer>, evts: [EventFd; 3]) -> Self {
+    /// Glue for `queues` notified through the three queue eventfds; a write to `log_state`
+    /// makes the worker log the queues' and connections' state.
+    pub fn new(queues: VsockQueues<Muxer>, evts: [EventFd; 3], log_state: EventFd) -> Self {
         let [rx_evt, tx_evt, ev_evt] = evts;
         VsockEventLoop {
             queues,
             rx_evt,
             tx_evt,
             ev_evt,
+            log_state,
+        }
+    }
+
+    /// Logs the device's state (asked for by the host, never by the guest: not rate-limited,
+    /// and bounded by the connection limit).
+    fn log_state(&self) {
+        eprintln!("husk-vmm: vsock state: {}", self.queues.describe());
+        for line in self.queues.backend_ref().describe() {
+            eprintln!("husk-vmm: vsock state: {line}");
         }
     }
 
@@ -57,6 +71,7 @@ impl EpollHandler for VsockEventLoop {
         // it (both live in this handler, which the worker drops only after its loop ended).
         let backend = unsafe { BorrowedFd::borrow_raw(fd) };
         add_fd(epoll, &backend, TOKEN_BACKEND)?;
+        add_fd(epoll, &self.log_state, TOKEN_LOG_STATE)?;
         // Host connections may have queued while the device was not yet active.
         self.queues.backend().process_events();
         Self::report(self.queues.process_rx());
@@ -82,23 +97,42 @@ impl EpollHandler for VsockEventLoop {
                 self.queues.backend().process_events();
                 Self::report(self.queues.process_rx());
             }
+            TOKEN_LOG_STATE => {
+                let _ = self.log_state.read();
+                self.log_state();
+            }
             _ => {}
         }
     }
 
     fn timeout(&self) -> Option<Duration> {
-        let deadline = self.queues_deadline()?;
+        let deadline = self.deadline()?;
         Some(deadline.saturating_duration_since(Instant::now()))
     }
 
     fn on_timeout(&mut self) {
-        self.queues.backend().on_timeout(Instant::now());
+        let now = Instant::now();
+        for queue in self.queues.recheck(now) {
+            guest_warn!(
+                "vsock {queue} queue: the guest asked for an interrupt for buffers the device \
+                 had already used without one (its used_event moved after the device read it); \
+                 sent late"
+            );
+        }
+        self.queues.backend().on_timeout(now);
         Self::report(self.queues.process_rx());
     }
 }
 
 impl VsockEventLoop {
-    fn queues_deadline(&self) -> Option<Instant> {
-        self.queues.backend_ref().next_deadline()
+    /// The earliest of the connections' deadlines and the queues' late-interrupt recheck.
+    fn deadline(&self) -> Option<Instant> {
+        match (
+            self.queues.backend_ref().next_deadline(),
+            self.queues.recheck_due(),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

@@ -15,6 +15,7 @@
 //!   the connection (see [`super::unix::MuxerError`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 
@@ -24,6 +25,7 @@ use super::unix::MuxerError;
 use super::VsockBackend;
 use crate::devices::virtio::chain::{pop_chain, Popped};
 use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
+use crate::devices::virtio::late_notify::LateNotify;
 use crate::memory::GuestMemory;
 
 /// Something wrong with what the guest put in a queue.
@@ -56,6 +58,8 @@ pub struct VsockQueues<B> {
     payload: Vec<u8>,
     rx_buf: Vec<u8>,
     broken: bool,
+    rx_late: LateNotify,
+    tx_late: LateNotify,
 }
 
 impl<B: VsockBackend> VsockQueues<B> {
@@ -76,6 +80,8 @@ impl<B: VsockBackend> VsockQueues<B> {
             payload: Vec::with_capacity(4096),
             rx_buf: vec![0u8; MAX_PKT_PAYLOAD],
             broken: false,
+            rx_late: LateNotify::default(),
+            tx_late: LateNotify::default(),
         }
     }
 
@@ -94,6 +100,19 @@ impl<B: VsockBackend> VsockQueues<B> {
         self.broken
     }
 
+    /// Where the device is in its queues (its own positions, which the guest's rings may be
+    /// ahead of), for diagnosis.
+    pub fn describe(&self) -> String {
+        format!(
+            "rx next_avail={} next_used={}, tx next_avail={} next_used={}{}",
+            self.rx.next_avail(),
+            self.rx.next_used(),
+            self.tx.next_avail(),
+            self.tx.next_used(),
+            if self.broken { ", broken" } else { "" }
+        )
+    }
+
     fn break_device(&mut self, fault: VsockFault, faults: &mut Vec<VsockFault>) {
         self.broken = true;
         let _ = self.interrupt.trigger(InterruptReason::NeedsReset);
@@ -107,10 +126,41 @@ impl<B: VsockBackend> VsockQueues<B> {
         })
     }
 
-    fn notify(q: &mut Queue, mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) {
-        if q.needs_notification(mem).unwrap_or(true) {
+    /// Interrupts the driver if it asked for it; returns whether it did.
+    fn notify(q: &mut Queue, mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) -> bool {
+        let wanted = q.needs_notification(mem).unwrap_or(true);
+        if wanted {
             let _ = interrupt.trigger(InterruptReason::UsedBuffer);
         }
+        wanted
+    }
+
+    /// When to look again for an interrupt the guest asked for after the device had looked
+    /// (see [`crate::devices::virtio::late_notify`]).
+    pub fn recheck_due(&self) -> Option<Instant> {
+        match (self.rx_late.due(), self.tx_late.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends the interrupts the guest asked for after the device had looked; returns the
+    /// queues that needed one.
+    pub fn recheck(&mut self, now: Instant) -> Vec<&'static str> {
+        let mut late = Vec::new();
+        if self.broken {
+            return late;
+        }
+        if self.rx_late.owed(&self.rx, &self.mem, now) {
+            late.push("rx");
+        }
+        if self.tx_late.owed(&self.tx, &self.mem, now) {
+            late.push("tx");
+        }
+        if !late.is_empty() {
+            let _ = self.interrupt.trigger(InterruptReason::UsedBuffer);
+        }
+        late
     }
 
     /// Sends every packet the guest queued for transmission to the backend.
@@ -120,6 +170,7 @@ impl<B: VsockBackend> VsockQueues<B> {
             return faults;
         }
         let mut used_any = false;
+        let start = self.tx.next_used();
         loop {
             let _ = self.tx.disable_notification(&self.mem);
             loop {
@@ -155,7 +206,8 @@ impl<B: VsockBackend> VsockQueues<B> {
             }
         }
         if used_any {
-            Self::notify(&mut self.tx, &self.mem, self.interrupt.as_ref());
+            let notified = Self::notify(&mut self.tx, &self.mem, self.interrupt.as_ref());
+            self.tx_late.after_batch(start, notified, Instant::now());
         }
         faults
     }
@@ -167,6 +219,7 @@ impl<B: VsockBackend> VsockQueues<B> {
             return faults;
         }
         let mut used_any = false;
+        let start = self.rx.next_used();
         'refill: loop {
             while self.backend.has_pending_rx() {
                 let chain = match pop_chain(&mut self.rx, &self.mem) {
@@ -226,7 +279,8 @@ impl<B: VsockBackend> VsockQueues<B> {
             }
         }
         if used_any {
-            Self::notify(&mut self.rx, &self.mem, self.interrupt.as_ref());
+            let notified = Self::notify(&mut self.rx, &self.mem, self.interrupt.as_ref());
+            self.rx_late.after_batch(start, notified, Instant::now());
         }
         faults
     }

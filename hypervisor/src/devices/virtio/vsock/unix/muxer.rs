@@ -128,6 +128,35 @@ impl Muxer {
         self.conns.get(&key).map(|c| c.state())
     }
 
+    /// What the muxer holds, for diagnosis: a summary line, then one line per connection
+    /// (see [`Connection::describe`]), in host-port order.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = vec![format!(
+            "{} connections, {} host handshakes pending, {} packets owed to the guest waiting \
+             for RX buffers ({} of them resets)",
+            self.conns.len(),
+            self.handshakes.len(),
+            self.rxq.len(),
+            self.resets_queued
+        )];
+        let mut keys: Vec<&ConnKey> = self.conns.keys().collect();
+        keys.sort_by_key(|k| (k.local_port, k.peer_port));
+        for key in keys {
+            let queued = if self.queued.contains(key) {
+                " (waits for an RX buffer)"
+            } else {
+                ""
+            };
+            lines.push(format!(
+                "connection host port {} guest port {}{queued}: {}",
+                key.local_port,
+                key.peer_port,
+                self.conns[key].describe()
+            ));
+        }
+        lines
+    }
+
     fn register(&mut self, fd: RawFd, kind: FdKind, events: EventSet) -> io::Result<()> {
         self.epoll.ctl(
             ControlOperation::Add,

@@ -107,6 +107,41 @@ fn host_initiated_connect_ok_and_early_bytes_survive() {
 }
 
 #[test]
+fn describe_names_each_connection_and_its_credit() {
+    let mut s = setup();
+    assert_eq!(
+        s.m.describe(),
+        vec![
+            "0 connections, 0 host handshakes pending, 0 packets owed to the guest waiting for \
+              RX buffers (0 of them resets)"
+                .to_string()
+        ]
+    );
+    let (_h, local) = host_connect(&mut s, 1024, b"early");
+    s.m.send_pkt(&from_guest(op::RESPONSE, 1024, local), &[])
+        .unwrap();
+    pump(&mut s.m);
+    let mut buf = [0u8; 64];
+    s.m.recv_pkt(&mut buf).expect("the early bytes");
+    let lines = s.m.describe();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].starts_with("1 connections"), "{lines:?}");
+    let conn = &lines[1];
+    for want in [
+        format!("connection host port {local} guest port 1024: state=established"),
+        format!(
+            "guest-credit={} (buf_alloc {}, sent 5, guest consumed 0)",
+            (1 << 20) - 5,
+            1 << 20
+        ),
+        "host-forwarded=0".to_string(),
+        "queued-for-host=0".to_string(),
+    ] {
+        assert!(conn.contains(&want), "{want:?} not in {conn}");
+    }
+}
+
+#[test]
 fn guest_rst_to_a_host_connection_closes_the_stream() {
     let mut s = setup();
     let (mut h, local) = host_connect(&mut s, 1024, b"");
