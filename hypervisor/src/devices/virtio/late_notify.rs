@@ -67,8 +67,9 @@ impl LateNotify {
         }
         let next = Wrapping(q.next_used());
         fence(Ordering::SeqCst);
-        let at = q.avail_ring() + 4 + 2 * u64::from(q.size());
-        let Ok(raw) = mem.read_obj::<u16>(GuestAddress(at)) else {
+        // The ring's address is the guest's: checked, like every read of guest memory.
+        let at = q.avail_ring().checked_add(4 + 2 * u64::from(q.size()));
+        let Some(Ok(raw)) = at.map(|at| mem.read_obj::<u16>(GuestAddress(at))) else {
             self.since = None;
             self.due = None;
             return false;
