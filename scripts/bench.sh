@@ -6,6 +6,16 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/guest-env.sh"
 cd "$repo"
 mkdir -p target/bench
+# The containerd the container benchmarks (ctr, cri, churn) run on: as in make e2e, the newest
+# upstream release in ../shared/containerd when it is there (current Kubernetes runs containerd
+# 2.x, and cri's sandbox API figures need it), else the host's; HUSK_CONTAINERD_BIN overrides.
+shared=${HUSK_SHARED_CONTAINERD:-$repo/../shared/containerd}
+shared=$(cd "$shared" 2>/dev/null && pwd || echo "$shared")
+if [ -z "${HUSK_CONTAINERD_BIN-}" ] && [ -x "$shared/v2.3.4/bin/containerd" ]; then
+  export HUSK_CONTAINERD_BIN="$shared/v2.3.4/bin"
+fi
+echo "bench: containerd $("${HUSK_CONTAINERD_BIN:-/usr/bin}/containerd" --version 2>/dev/null | cut -d' ' -f3)" \
+  "(${HUSK_CONTAINERD_BIN:-on the host PATH})"
 # churn alone runs in a one-vCPU test host, as in make e2e (scripts/e2e.sh, testhost_args: the
 # test host's kernel dies of an IPI to a CPU in guest mode); runc and husk share it alike.
 cpus=()

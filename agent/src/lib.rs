@@ -16,6 +16,7 @@ pub mod error;
 pub mod init;
 pub mod logging;
 pub mod network;
+pub mod pod_anchor;
 pub mod reaper;
 pub mod runner;
 pub mod sandbox;

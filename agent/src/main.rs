@@ -18,7 +18,7 @@ use husk_agent::config::Config;
 use husk_agent::reaper::Reaper;
 use husk_agent::sandbox::{uptime_ms, Sandbox};
 use husk_agent::server::{self, Listen};
-use husk_agent::{init, logging, network, runner};
+use husk_agent::{init, logging, network, pod_anchor, runner};
 
 /// PID 1 inside a husk micro-VM: serves the agent API over vsock and runs OCI containers.
 #[derive(Debug, Parser)]
@@ -41,6 +41,9 @@ const GUEST_STATE: &str = "/run/husk-agent";
 fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(runner::RUNNER_ARG) {
         return ExitCode::from(runner::child::main() as u8);
+    }
+    if std::env::args().nth(1).as_deref() == Some(pod_anchor::ANCHOR_ARG) {
+        return ExitCode::from(pod_anchor::main() as u8);
     }
     if init::is_pid1() {
         guest_main()

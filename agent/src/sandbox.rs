@@ -39,6 +39,9 @@ pub struct Sandbox {
     pub rt: Runtime,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     creating: Mutex<HashSet<String>>,
+    /// Pod namespace anchors by sandbox id, for pods without a sandbox container
+    /// ([`crate::pod_anchor`]).
+    anchors: tokio::sync::Mutex<HashMap<String, i32>>,
     /// Uptime (ms) when the agent began serving.
     pub ready_ms: AtomicU64,
     /// Signalled by Shutdown.
@@ -56,6 +59,7 @@ impl Sandbox {
             rt: Runtime::new(config, reaper),
             containers: Mutex::default(),
             creating: Mutex::default(),
+            anchors: tokio::sync::Mutex::default(),
             ready_ms: AtomicU64::new(0),
             shutdown: Notify::new(),
         }))
@@ -86,6 +90,34 @@ impl Sandbox {
             .flatten()
     }
 
+    /// The pod anchor for a container whose spec names a sandbox that is not a container here
+    /// (the sandbox API's pods), started by the pod's first such container.
+    async fn anchor_for(&self, id: &str, spec: &[u8]) -> Result<Option<(String, i32)>> {
+        let Some(sandbox) = crate::container::spec::sandbox_id(spec) else {
+            return Ok(None);
+        };
+        if sandbox == id || self.map().contains_key(&sandbox) {
+            return Ok(None);
+        }
+        let mut anchors = self.anchors.lock().await;
+        if let Some(pid) = anchors.get(&sandbox) {
+            return Ok(Some((sandbox, *pid)));
+        }
+        let exe = self.rt.config.exe.clone();
+        let spawned = tokio::task::spawn_blocking(move || crate::pod_anchor::spawn(&exe));
+        let pid = tokio::time::timeout(Duration::from_secs(60), spawned)
+            .await
+            .map_err(|_| AgentError::Runner("the pod anchor did not start in 60 s".into()))?
+            .map_err(|e| AgentError::Runner(format!("the pod anchor task: {e}")))??;
+        tracing::info!(
+            sandbox = sandbox.as_str(),
+            pid,
+            "pod namespace anchor started"
+        );
+        anchors.insert(sandbox.clone(), pid);
+        Ok(Some((sandbox, pid)))
+    }
+
     /// CreateContainer.
     pub async fn create_container(
         &self,
@@ -101,7 +133,25 @@ impl Sandbox {
                 return Err(AgentError::ContainerExists(id.into()));
             }
         }
-        let result = create::create(&self.rt, id, spec, stdio, |sid| self.init_pid(sid)).await;
+        let anchor = match self.anchor_for(id, spec).await {
+            Ok(a) => a,
+            Err(e) => {
+                self.creating
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                return Err(e);
+            }
+        };
+        let result = create::create(&self.rt, id, spec, stdio, |sid| {
+            self.init_pid(sid).or_else(|| {
+                anchor
+                    .as_ref()
+                    .filter(|(a, _)| a == sid)
+                    .map(|(_, pid)| *pid)
+            })
+        })
+        .await;
         let mut map = self.map();
         self.creating
             .lock()

@@ -102,6 +102,20 @@ impl ShimError {
     }
 }
 
+/// A request's result at the RPC boundary: an expected refusal (not found, exists, wrong state)
+/// is logged at info, anything else as a warning, and the error becomes its ttrpc status.
+pub fn reply<T>(call: &'static str, id: &str, r: Result<T, ShimError>) -> ttrpc::Result<T> {
+    r.map_err(|e| {
+        match e.code() {
+            Code::NOT_FOUND | Code::ALREADY_EXISTS | Code::FAILED_PRECONDITION => {
+                tracing::info!(call, id, "{e}")
+            }
+            _ => tracing::warn!(call, id, "{e}"),
+        }
+        e.into()
+    })
+}
+
 impl From<ShimError> for ttrpc::Error {
     fn from(e: ShimError) -> Self {
         ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))

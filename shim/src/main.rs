@@ -6,13 +6,11 @@
 //! containerd 2.x a fourth, `-info` (see `husk_shim::info`):
 //! `start` prints the address of the shim daemon serving this task (launching it if needed),
 //! `delete` cleans up after a task whose shim is gone, and with `-socket` it is that daemon,
-//! serving `containerd.task.v2.Task` over ttrpc. docs/DESIGN.md and docs/shim.md
+//! serving `containerd.task.v2.Task` (and containerd 2.x's sandbox service) over ttrpc. docs/DESIGN.md and docs/shim.md
 //! describe the whole path.
 
 use std::io::Write;
 use std::process::ExitCode;
-
-use husk_shim::service::{HuskShim, RUNTIME_ID};
 
 const USAGE: &str = "\
 containerd-shim-husk-v2: containerd runtime v2 shim that runs each pod in its own husk micro-VM
@@ -75,6 +73,24 @@ fn main() -> ExitCode {
             }
         };
     }
+    let bundle = match flags.bundle.as_str() {
+        "" => std::env::current_dir().unwrap_or_else(|_| ".".into()),
+        b => b.into(),
+    };
+    if flags.action == "delete" {
+        husk_shim::logging::init_stderr();
+        return match husk_shim::service::delete(&flags, &bundle, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("containerd-shim-husk-v2: delete: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if !flags.action.is_empty() {
+        eprintln!("containerd-shim-husk-v2: unknown action {:?}", flags.action);
+        return ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -87,21 +103,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = containerd_shim::Config {
-        // tracing to the bundle's log FIFO (logging.rs) instead of the crate's `log` logger.
-        no_setup_logger: true,
-        default_log_level: "info".into(),
-        // tokio owns husk-vmm and logger children; the crate must not reap them.
-        no_reaper: true,
-        no_sub_reaper: true,
-    };
-    runtime.block_on(containerd_shim::asynchronous::run::<HuskShim>(
-        RUNTIME_ID,
-        Some(config),
-    ));
+    // tokio owns husk-vmm and the logger children and reaps them; the daemon is not a
+    // subreaper. Logs go to the bundle's log FIFO (logging.rs).
+    let served = runtime.block_on(husk_shim::daemon::serve(&flags));
     // Do not wait for blocking-pool threads: one may sit in open(2) on a client's FIFO whose
     // other end never came (ctr closes an unused stdin before opening it). Nothing of the
     // sandbox is left at this point; the process just ends.
     runtime.shutdown_background();
-    ExitCode::SUCCESS
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("containerd-shim-husk-v2: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

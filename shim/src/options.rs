@@ -3,7 +3,7 @@
 //! For a runtime other than runc, CRI (`[...runtimes.husk.options] ConfigPath = ...`) and
 //! `ctr run --runtime-config-path` send `runtimeoptions.v1.Options { type_url = 1, config_path = 2 }`.
 //! containerd-shim-protos has no type for it, so the two string fields are decoded here (a
-//! protobuf message of two strings: tag varints and length-delimited values). Any other options
+//! protobuf message of two strings, read with [`crate::wire`]). Any other options
 //! type (runc's `containerd.runc.v1.Options`) is ignored.
 
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 
 use crate::error::ShimError;
+use crate::wire;
 
 /// The type URL suffix of CRI's runtime options.
 const RUNTIME_OPTIONS: &str = "runtimeoptions.v1.Options";
@@ -29,47 +30,15 @@ pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, ShimError> 
     Ok(path.filter(|p| !p.is_empty()).map(PathBuf::from))
 }
 
-fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, String> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*pos).ok_or("truncated varint")?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err("varint too long".into())
-}
-
 /// The last value of string field `field` in a protobuf message.
 fn decode_string_field(buf: &[u8], field: u64) -> Result<Option<String>, String> {
-    let mut pos = 0;
     let mut found = None;
-    while pos < buf.len() {
-        let tag = read_varint(buf, &mut pos)?;
-        match tag & 7 {
-            0 => {
-                read_varint(buf, &mut pos)?;
+    for f in wire::fields(buf) {
+        if let (n, wire::Value::Bytes(b)) = f.map_err(|e| e.to_string())? {
+            if n == field {
+                found = Some(wire::string(n, b).map_err(|e| e.to_string())?);
             }
-            1 => pos += 8,
-            5 => pos += 4,
-            2 => {
-                let len =
-                    usize::try_from(read_varint(buf, &mut pos)?).map_err(|_| "length too large")?;
-                let end = pos.checked_add(len).ok_or("length too large")?;
-                let bytes = buf.get(pos..end).ok_or("truncated field")?;
-                if tag >> 3 == field {
-                    found =
-                        Some(String::from_utf8(bytes.to_vec()).map_err(|_| "field is not UTF-8")?);
-                }
-                pos = end;
-            }
-            w => return Err(format!("unsupported wire type {w}")),
         }
-    }
-    if pos > buf.len() {
-        return Err("truncated field".into());
     }
     Ok(found)
 }

@@ -172,6 +172,32 @@ impl Spec {
         Ok(())
     }
 
+    /// Adds a read-write bind mount of the host file `source` on `destination`, unless the spec
+    /// already mounts something there (CRI's rule for a pod's hosts, hostname and resolv.conf).
+    pub fn bind_unless_mounted(&mut self, destination: &str, source: &Path) {
+        let Some(obj) = self.0.as_object_mut() else {
+            return;
+        };
+        let mounts = obj
+            .entry("mounts")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        let Some(mounts) = mounts.as_array_mut() else {
+            return;
+        };
+        if mounts
+            .iter()
+            .any(|m| m.get("destination").and_then(Value::as_str) == Some(destination))
+        {
+            return;
+        }
+        mounts.push(serde_json::json!({
+            "destination": destination,
+            "type": "bind",
+            "source": source.display().to_string(),
+            "options": ["rbind", "rprivate", "rw"],
+        }));
+    }
+
     /// `root.path` (absolute, or relative to the bundle).
     pub fn root_path(&self, bundle: &Path) -> Option<PathBuf> {
         let p = self.0.pointer("/root/path").and_then(Value::as_str)?;

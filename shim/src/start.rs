@@ -3,8 +3,9 @@
 //! containerd 1.6/1.7 read the combined stdout and stderr of this process as the address, so
 //! nothing but the address is printed on success. A pod's containers (CRI annotation
 //! `container-type=container`) join the shim of their sandbox id; every other task (a pod
-//! sandbox, a plain `ctr run`) gets a daemon of its own, unless one already answers on the
-//! computed socket (containerd re-running `start`). The daemon is this binary again with
+//! sandbox, a plain `ctr run`, a sandbox API pod whose bundle has no config.json) gets a daemon
+//! of its own, unless one already answers on the computed socket (containerd re-running
+//! `start`). The daemon is this binary again with
 //! `-socket`; it tells its parent it serves by closing its stdout (containerd-shim's
 //! `signal_server_started`). The `address` file in the bundle is how containerd finds the shim
 //! again after a restart.
@@ -34,8 +35,15 @@ pub fn start(flags: &Flags, bundle: &Path) -> Result<String, String> {
         return Err("start needs -id and -namespace".into());
     }
     husk_protocol::ids::validate(&flags.id).map_err(|e| format!("task id: {e}"))?;
-    let spec = Spec::load(bundle).map_err(|e| e.to_string())?;
-    let group = spec.sandbox_id(&flags.id);
+    // containerd 2.x's sandbox API starts the pod's shim on a bundle without config.json: the
+    // sandbox itself, a group of its own.
+    let group = if bundle.join("config.json").exists() {
+        Spec::load(bundle)
+            .map_err(|e| e.to_string())?
+            .sandbox_id(&flags.id)
+    } else {
+        flags.id.clone()
+    };
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
     if shim_alive(&address) {
         write_address(bundle, &address)?;

@@ -3,8 +3,11 @@
 //! run.
 //!
 //! - `pod_ready_ms`: RunPodSandbox → CreateContainer → StartContainer → the container RUNNING
-//!   in ContainerStatus; husk and runc interleaved, medians of at least 10 runs after a
-//!   warm-up each. Removing the pod is not timed.
+//!   in ContainerStatus; husk and runc interleaved (the order turning each round), medians of
+//!   at least 10 runs after a warm-up each. Removing the pod is not timed.
+//! - `pod_ready_sandbox_api_ms` (containerd 2.x only): the same under the `husk-sandbox` handler,
+//!   containerd's sandbox API (`sandboxer = "shim"`, no pause container), interleaved with the
+//!   other two in the same run.
 //! - `pod_host_mib`: host memory of one idle pod (pause + a `sleep` container): husk's shim PSS,
 //!   plus husk-vmm's PSS outside guest RAM, plus guest RAM the guest touched; against runc's
 //!   shim PSS plus the PSS of the pod's two processes.
@@ -16,6 +19,7 @@ use anyhow::Context;
 
 use crate::bench::{self, Record};
 use crate::bench_ctr::pss_kib;
+use crate::containerd::cri_config::SANDBOX_API_HANDLER;
 use crate::containerd::{processes_with, Containerd, HuskArtifacts, HuskSettings};
 use crate::cri::{self, container_config, pod_config, running, wait_container, Cri};
 
@@ -179,19 +183,32 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     let cri = Cri::connect(&c.socket())?;
     let logs = c.base().join("pods");
     let mut failures = Failures::default();
-    for handler in ["runc", "husk"] {
+    let sandbox_api = c.release().is_v2();
+    let handlers: &[&str] = if sandbox_api {
+        &["runc", "husk", SANDBOX_API_HANDLER]
+    } else {
+        &["runc", "husk"]
+    };
+    for handler in handlers {
         let name = format!("warm-{handler}");
         if let Err(e) = pod_ready(&cri, &logs, handler, &name) {
             failures.note(&name, &e)?;
         }
     }
-    let (mut h, mut r) = (Vec::new(), Vec::new());
+    let (mut h, mut r, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    // Without the sandbox API its side is done from the start.
+    let s_runs = if sandbox_api { runs } else { 0 };
     let mut attempt = 0;
-    while h.len() < runs || r.len() < runs {
+    while h.len() < runs || r.len() < runs || s.len() < s_runs {
         attempt += 1;
         // One side's run this round: its time, "failed", or "done" when it has its runs.
         let mut one = |handler: &str, times: &mut Vec<Phases>| -> anyhow::Result<String> {
-            if times.len() >= runs {
+            let wanted = if handler == SANDBOX_API_HANDLER {
+                s_runs
+            } else {
+                runs
+            };
+            if times.len() >= wanted {
                 return Ok("done".into());
             }
             let name = format!("{handler}-{attempt}");
@@ -206,11 +223,20 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
                 }
             })
         };
-        let runc = one("runc", &mut r)?;
-        let husk = one("husk", &mut h)?;
-        eprintln!("husk-bench: cri round {attempt}: husk {husk}, runc {runc}");
+        // The order turns every round: a pod started right after a VM's teardown (still
+        // freeing guest memory in the nested test host) starts slower, and no side may always
+        // be the one that follows it.
+        let (mut runc, mut husk, mut api) = (String::new(), String::new(), String::new());
+        for k in 0..3 {
+            match (attempt + k) % 3 {
+                0 => runc = one("runc", &mut r)?,
+                1 => husk = one("husk", &mut h)?,
+                _ => api = one(SANDBOX_API_HANDLER, &mut s)?,
+            }
+        }
+        eprintln!("husk-bench: cri round {attempt}: husk {husk}, runc {runc}, husk-sandbox {api}");
     }
-    for (handler, times) in [("husk", &h), ("runc", &r)] {
+    for (handler, times) in [("husk", &h), ("runc", &r), (SANDBOX_API_HANDLER, &s)] {
         let med = |f: fn(&Phases) -> f64| {
             bench::median(&times.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
         };
@@ -253,7 +279,7 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         "husk-bench: idle pod: husk shim + husk-vmm {husk_host} KiB + guest RAM touched {guest} KiB; runc shim + processes {runc_host} KiB"
     );
     let mib = |k: u64| k as f64 / 1024.0;
-    Ok(vec![
+    let mut records = vec![
         record(
             "pod_ready_ms",
             "ms",
@@ -268,7 +294,17 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             Some(mib(runc_host)),
             1,
         ),
-    ])
+    ];
+    if sandbox_api {
+        records.push(record(
+            "pod_ready_sandbox_api_ms",
+            "ms",
+            bench::median(&totals(&s)),
+            bench::median(&totals(&r)),
+            runs,
+        ));
+    }
+    Ok(records)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! - Namespaces (agent.proto, "Namespaces"): a `network` entry with a path is dropped (the pod
 //!   network is the guest's root network namespace); `ipc`, `uts` and `pid` entries with a path
 //!   join the pod's sandbox container (`io.kubernetes.cri.sandbox-id`) through
-//!   `/proc/<its pid>/ns/<kind>`, or become new namespaces when that container is unknown.
+//!   `/proc/<its pid>/ns/<kind>`; a pod without a sandbox container (containerd's sandbox API)
+//!   joins its anchor's instead ([`crate::pod_anchor`]).
 //! - For a container in the pod's network namespace, the `net.*` sysctls leave the spec; the
 //!   agent sets them in the guest's root namespace ([`super::sysctl`]).
 //! - `linux.rootfsPropagation` takes libcontainer's names ([`super::propagation`]).
@@ -113,6 +114,20 @@ pub fn prepare(
         spec,
         pod_net_sysctls,
     })
+}
+
+/// The sandbox id a spec's annotations name, read without checking the rest of the spec.
+pub fn sandbox_id(json: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Annotated {
+        #[serde(default)]
+        annotations: std::collections::HashMap<String, String>,
+    }
+    serde_json::from_slice::<Annotated>(json)
+        .ok()?
+        .annotations
+        .remove(SANDBOX_ID_ANNOTATION)
+        .filter(|s| !s.is_empty())
 }
 
 /// Parses an exec's OCI Process.

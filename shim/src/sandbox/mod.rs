@@ -9,6 +9,7 @@
 //! ([`watch`]).
 
 mod boot;
+pub mod pod;
 mod state;
 mod watch;
 
@@ -54,6 +55,10 @@ pub struct Sandbox {
     exit: Arc<ExitSignal>,
     boot_lock: tokio::sync::Mutex<()>,
     inner: Mutex<Inner>,
+    /// The sandbox API's pod, when containerd drives the sandbox through it.
+    pod: Mutex<Option<pod::Pod>>,
+    /// The pod's end, for WaitSandbox.
+    pod_end: tokio::sync::watch::Sender<Option<(u32, SystemTime)>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -99,6 +104,8 @@ impl Sandbox {
                 config: None,
                 containers: HashMap::new(),
             }),
+            pod: Mutex::new(None),
+            pod_end: tokio::sync::watch::channel(None).0,
         }
     }
 
@@ -173,6 +180,39 @@ impl Sandbox {
     /// The running VM if any (no error when there is none).
     pub fn running_vm(&self) -> Option<Arc<Vm>> {
         self.vm().ok()
+    }
+
+    /// The sandbox API's pod, locked.
+    pub fn pod(&self) -> std::sync::MutexGuard<'_, Option<pod::Pod>> {
+        self.pod.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the VM belongs to a sandbox API pod (and not to its containers).
+    pub fn is_api_pod(&self) -> bool {
+        self.pod().is_some()
+    }
+
+    /// Records the pod's end (once) and wakes WaitSandbox.
+    pub fn end_pod(&self, exit_status: u32) {
+        let at = SystemTime::now();
+        let ended = self.pod().as_mut().is_some_and(|p| {
+            p.phase
+                .advance(pod::PodPhase::Stopped {
+                    exit_status,
+                    exited_at: at,
+                })
+                .is_ok()
+        });
+        if ended {
+            self.pod_end.send_replace(Some((exit_status, at)));
+        }
+    }
+
+    /// Waits for the pod's end: its exit status and time.
+    pub async fn pod_ended(&self) -> (u32, SystemTime) {
+        let mut rx = self.pod_end.subscribe();
+        let end = rx.wait_for(Option::is_some).await.ok().and_then(|e| *e);
+        end.unwrap_or((137, SystemTime::now()))
     }
 
     /// Ends the shim: its socket goes away at once (so a new `start` for the same id cannot

@@ -71,6 +71,8 @@ impl Sandbox {
                 }
             }
         }
+        // A sandbox API pod ends with its VM (as a pod whose pause container was killed).
+        self.end_pod(ExitInfo::killed().status);
     }
 
     /// Records `exit` and publishes /tasks/exit, once per process.

@@ -146,8 +146,12 @@ pub async fn close_io(sb: &Sandbox, req: CloseIORequest) -> Result<()> {
 }
 
 /// Shutdown: ends the shim once no container is left (or at once with `now`, stopping
-/// the VM first).
+/// the VM first). A sandbox API pod's shim ends only by ShutdownSandbox.
 pub async fn shutdown(sb: &Sandbox, req: ShutdownRequest) -> Result<()> {
+    if sb.is_api_pod() {
+        tracing::debug!("task Shutdown ignored: the sandbox API owns this shim");
+        return Ok(());
+    }
     if !req.now && !sb.containers().is_empty() {
         return Ok(());
     }

@@ -39,6 +39,7 @@ pub async fn create(sb: &Arc<Sandbox>, req: CreateTaskRequest) -> Result<CreateT
             "husk does not support checkpoint/restore".into(),
         ));
     }
+    crate::sandbox_api::lifecycle::check_ready(sb)?;
     let bundle = PathBuf::from(&req.bundle);
     let mut spec = Spec::load(&bundle)?;
     spec.check_host_namespaces()?;
@@ -53,11 +54,18 @@ pub async fn create(sb: &Arc<Sandbox>, req: CreateTaskRequest) -> Result<CreateT
             spec.cgroups_path(),
         )
         .await?;
+    if sb.is_api_pod() {
+        // CRI leaves the pod's hosts, hostname and resolv.conf to the sandbox (sandbox_api::etc).
+        let etc = crate::sandbox_api::etc::dir(paths.root());
+        for (dest, file) in crate::sandbox_api::etc::FILES {
+            spec.bind_unless_mounted(dest, &etc.join(file));
+        }
+    }
     let result = create_in_vm(sb, &req, &mut spec, &bundle, &paths, &vm, stdio).await;
     match result {
         Ok(resp) => Ok(resp),
         Err(e) => {
-            if sb.containers().is_empty() {
+            if sb.containers().is_empty() && !sb.is_api_pod() {
                 sb.teardown_vm().await;
             }
             Err(e)

@@ -82,7 +82,7 @@ pub async fn delete(sb: &Arc<Sandbox>, req: DeleteRequest) -> Result<DeleteRespo
     e.exited_at = MessageField::some(timestamp(exit.at));
     sb.events.send(TaskEvent::Delete(e));
     tracing::info!(container = req.id.as_str(), remaining, "deleted");
-    if remaining == 0 {
+    if remaining == 0 && !sb.is_api_pod() {
         sb.teardown_vm().await;
     }
     Ok(delete_response(pid, exit))

@@ -13,10 +13,10 @@ use containerd_shim_protos::api::{
     UpdateTaskRequest, WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::ttrpc;
 use containerd_shim_protos::ttrpc::asynchronous::TtrpcContext;
-use containerd_shim_protos::ttrpc::{self, Code};
 
-use crate::error::ShimError;
+use crate::error::{reply, ShimError};
 use crate::sandbox::Sandbox;
 
 /// The task service of one shim.
@@ -24,18 +24,6 @@ use crate::sandbox::Sandbox;
 pub struct TaskService {
     /// The sandbox it serves.
     pub sandbox: Arc<Sandbox>,
-}
-
-fn reply<T>(call: &'static str, id: &str, r: Result<T, ShimError>) -> ttrpc::Result<T> {
-    r.map_err(|e| {
-        match e.code() {
-            Code::NOT_FOUND | Code::ALREADY_EXISTS | Code::FAILED_PRECONDITION => {
-                tracing::info!(call, id, "{e}")
-            }
-            _ => tracing::warn!(call, id, "{e}"),
-        }
-        e.into()
-    })
 }
 
 fn empty(r: Result<(), ShimError>) -> Result<Empty, ShimError> {

@@ -15,6 +15,10 @@ use crate::oci_image::PAUSE_REF;
 /// The containerd namespace CRI keeps its objects in.
 pub const NAMESPACE: &str = "k8s.io";
 
+/// The CRI runtime handler that runs husk through containerd 2.x's sandbox API
+/// (`sandboxer = "shim"`); only in the 2.x config.
+pub const SANDBOX_API_HANDLER: &str = "husk-sandbox";
+
 /// The CNI bridge the harness's pods attach to (not the name any other harness uses).
 pub const BRIDGE: &str = "hcri0";
 /// The pods' subnet; the bridge (the pods' gateway) is `.1`.
@@ -104,6 +108,14 @@ pub fn cri_sections_v3(base: &Path, husk_config: &Path) -> String {
       privileged_without_host_devices = true
       [{rt}.containerd.runtimes.husk.options]
         ConfigPath = "{hc}"
+    # The same runtime through containerd 2.x's sandbox API: the pod sandbox is the VM, no
+    # pause container. Runtime options do not reach CreateSandbox, so the shim reads the husk
+    # config from HUSK_CONFIG (containerd's environment here; /etc/husk/config.toml on a node).
+    [{rt}.containerd.runtimes.{SANDBOX_API_HANDLER}]
+      runtime_type = "io.containerd.husk.v2"
+      sandboxer = "shim"
+      pod_annotations = ["io.husk.*"]
+      privileged_without_host_devices = true
   [{rt}.cni]
     bin_dirs = ["{CNI_BIN_DIR}"]
     conf_dir = "{b}/cni/net.d"

@@ -10,13 +10,15 @@
 //! ([`portforward`]), iptables NAT and a bridge programmed in the pod ([`netfilter`]), a missing
 //! executable, then StopPodSandbox + RemovePodSandbox and nothing
 //! left. Also: ten husk pods at once ([`parallel`]), and bad input ([`bad_input`]: annotations,
-//! memory, the node's network, IPC or PID namespace, a missing kernel).
+//! memory, the node's network, IPC or PID namespace, a missing kernel), and a pod through
+//! containerd 2.x's sandbox API ([`sandbox_api`]: no pause container).
 //! End-to-end tests (`#[ignore]`d): they run in the nested test host.
 
 mod bad_input;
 mod netfilter;
 mod parallel;
 mod portforward;
+mod sandbox_api;
 mod scenario;
 mod volumes;
 
@@ -42,6 +44,12 @@ fn cri_pod_husk() {
 #[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
 fn cri_ten_husk_pods_in_parallel() {
     parallel::ten_pods();
+}
+
+#[test]
+#[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
+fn cri_sandbox_api_pod() {
+    sandbox_api::pod_without_pause();
 }
 
 #[test]
