@@ -21,6 +21,16 @@ pub struct SandboxPaths {
 }
 
 impl SandboxPaths {
+    /// Records the state directory in a task's bundle, so that the `delete` action finds it
+    /// whatever config the daemon used (best effort: without it `delete` falls back to the
+    /// configured state directory).
+    pub fn record_in_bundle(&self, bundle: &Path) {
+        let _ = std::fs::write(
+            bundle.join(BUNDLE_STATE_LINK),
+            self.root().as_os_str().as_encoded_bytes(),
+        );
+    }
+
     /// The paths of sandbox `id` under `state_dir`.
     pub fn new(state_dir: &Path, id: &str) -> Self {
         SandboxPaths {

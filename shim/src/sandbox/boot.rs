@@ -181,18 +181,21 @@ fn claim_state_dir(paths: &SandboxPaths) -> Result<()> {
     Ok(())
 }
 
+/// The node's hostname: a pod's when its spec or config names none, as a runc container's new
+/// UTS namespace starts with the host's.
+pub fn node_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
 /// Pod-wide guest setup: the hostname, the shared directory and the pod's NICs and routes.
 /// Without a hostname in the spec the guest takes the host's, as a runc container's new UTS
 /// namespace starts with it.
 async fn setup_sandbox(vm: Vm, hostname: Option<String>, net: PodNetwork) -> Result<Vm> {
     let mut req = api::SetupSandboxRequest::new();
-    req.hostname = hostname
-        .or_else(|| {
-            nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-        })
-        .unwrap_or_default();
+    req.hostname = hostname.unwrap_or_else(node_hostname);
     let mut share = api::GuestMount::new();
     share.source = paths::FS_TAG.to_string();
     share.fstype = "virtiofs".to_string();

@@ -9,6 +9,7 @@
 //! ([`watch`]).
 
 mod boot;
+pub use boot::node_hostname;
 pub mod pod;
 mod state;
 mod watch;
@@ -192,18 +193,25 @@ impl Sandbox {
         self.pod().is_some()
     }
 
+    /// Moves the sandbox API's pod to `next` (checked).
+    pub fn advance_pod(&self, next: pod::PodPhase) -> Result<()> {
+        match self.pod().as_mut() {
+            Some(p) => p.phase.advance(next),
+            None => Err(ShimError::FailedPrecondition(format!(
+                "sandbox {} was not created",
+                self.id
+            ))),
+        }
+    }
+
     /// Records the pod's end (once) and wakes WaitSandbox.
     pub fn end_pod(&self, exit_status: u32) {
         let at = SystemTime::now();
-        let ended = self.pod().as_mut().is_some_and(|p| {
-            p.phase
-                .advance(pod::PodPhase::Stopped {
-                    exit_status,
-                    exited_at: at,
-                })
-                .is_ok()
-        });
-        if ended {
+        let stopped = pod::PodPhase::Stopped {
+            exit_status,
+            exited_at: at,
+        };
+        if self.advance_pod(stopped).is_ok() {
             self.pod_end.send_replace(Some((exit_status, at)));
         }
     }

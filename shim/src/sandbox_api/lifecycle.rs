@@ -10,7 +10,6 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 
 use super::etc;
 use crate::error::{Result, ShimError};
-use crate::paths::BUNDLE_STATE_LINK;
 use crate::pod_config::{PodConfig, PodConfigError};
 use crate::sandbox::pod::{Pod, PodPhase};
 use crate::sandbox::Sandbox;
@@ -89,30 +88,15 @@ pub async fn start(sb: &Arc<Sandbox>) -> Result<(u32, SystemTime)> {
             pod.config.cgroups_path(&sb.id),
         )
         .await?;
-    let node = || {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default()
-    };
-    let written = etc::write(paths.root(), &pod.config, &hostname.unwrap_or_else(node));
-    let ready = written
+    let hostname = hostname.unwrap_or_else(crate::sandbox::node_hostname);
+    let ready = etc::write(paths.root(), &pod.config, &hostname)
         .map_err(|e| ShimError::Host {
             context: "writing the pod's hosts, hostname and resolv.conf".into(),
             source: e,
         })
         .and_then(|()| {
-            // Lets the `delete` action find the sandbox state whatever config the daemon used.
-            let _ = std::fs::write(
-                pod.bundle.join(BUNDLE_STATE_LINK),
-                paths.root().as_os_str().as_encoded_bytes(),
-            );
-            match sb.pod().as_mut() {
-                Some(p) => p.phase.advance(PodPhase::Ready { pid: vm.pid }),
-                None => Err(ShimError::FailedPrecondition(
-                    "the sandbox went away".into(),
-                )),
-            }
+            paths.record_in_bundle(&pod.bundle);
+            sb.advance_pod(PodPhase::Ready { pid: vm.pid })
         });
     if let Err(e) = ready {
         sb.teardown_vm().await;

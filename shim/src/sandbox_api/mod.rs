@@ -39,7 +39,14 @@ pub struct SandboxService {
 }
 
 fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
-    MessageField::some(Timestamp::from(t))
+    MessageField::some(crate::events::timestamp(t))
+}
+
+impl SandboxService {
+    /// The sandbox, when `id` names this shim's (NOT_FOUND otherwise, logged under `call`).
+    fn ours(&self, call: &'static str, id: &str) -> ttrpc::Result<&Arc<Sandbox>> {
+        reply(call, id, check_sandbox_id(&self.sandbox, id)).map(|()| &self.sandbox)
+    }
 }
 
 /// containerd's architecture names (GOARCH).
@@ -58,10 +65,8 @@ impl SandboxApi for SandboxService {
         _: &TtrpcContext,
         req: CreateSandboxRequest,
     ) -> ttrpc::Result<CreateSandboxResponse> {
-        let sb = &self.sandbox;
-        let r = check_sandbox_id(sb, &req.sandbox_id).and_then(|()| {
-            lifecycle::create(sb, &req.bundle_path, req.options.as_ref(), &req.netns_path)
-        });
+        let sb = self.ours("create_sandbox", &req.sandbox_id)?;
+        let r = lifecycle::create(sb, &req.bundle_path, req.options.as_ref(), &req.netns_path);
         reply("create_sandbox", &req.sandbox_id, r).map(|()| CreateSandboxResponse::new())
     }
 
@@ -70,12 +75,8 @@ impl SandboxApi for SandboxService {
         _: &TtrpcContext,
         req: StartSandboxRequest,
     ) -> ttrpc::Result<StartSandboxResponse> {
-        let sb = &self.sandbox;
-        let r = match check_sandbox_id(sb, &req.sandbox_id) {
-            Ok(()) => lifecycle::start(sb).await,
-            Err(e) => Err(e),
-        };
-        reply("start_sandbox", &req.sandbox_id, r).map(|(pid, created)| {
+        let sb = self.ours("start_sandbox", &req.sandbox_id)?;
+        reply("start_sandbox", &req.sandbox_id, lifecycle::start(sb).await).map(|(pid, created)| {
             let mut resp = StartSandboxResponse::new();
             resp.pid = pid;
             resp.created_at = timestamp(created);
@@ -88,11 +89,7 @@ impl SandboxApi for SandboxService {
         _: &TtrpcContext,
         req: PlatformRequest,
     ) -> ttrpc::Result<PlatformResponse> {
-        reply(
-            "platform",
-            &req.sandbox_id,
-            check_sandbox_id(&self.sandbox, &req.sandbox_id),
-        )?;
+        self.ours("platform", &req.sandbox_id)?;
         let mut p = Platform::new();
         p.os = "linux".into();
         p.architecture = goarch().into();
@@ -106,12 +103,9 @@ impl SandboxApi for SandboxService {
         _: &TtrpcContext,
         req: StopSandboxRequest,
     ) -> ttrpc::Result<StopSandboxResponse> {
-        let sb = &self.sandbox;
-        let r = match check_sandbox_id(sb, &req.sandbox_id) {
-            Ok(()) => lifecycle::stop(sb).await,
-            Err(e) => Err(e),
-        };
-        reply("stop_sandbox", &req.sandbox_id, r).map(|()| StopSandboxResponse::new())
+        let sb = self.ours("stop_sandbox", &req.sandbox_id)?;
+        reply("stop_sandbox", &req.sandbox_id, lifecycle::stop(sb).await)
+            .map(|()| StopSandboxResponse::new())
     }
 
     async fn wait_sandbox(
@@ -119,12 +113,7 @@ impl SandboxApi for SandboxService {
         _: &TtrpcContext,
         req: WaitSandboxRequest,
     ) -> ttrpc::Result<WaitSandboxResponse> {
-        let sb = &self.sandbox;
-        reply(
-            "wait_sandbox",
-            &req.sandbox_id,
-            check_sandbox_id(sb, &req.sandbox_id),
-        )?;
+        let sb = self.ours("wait_sandbox", &req.sandbox_id)?;
         let (status, at) = sb.pod_ended().await;
         let mut resp = WaitSandboxResponse::new();
         resp.exit_status = status;
@@ -137,12 +126,7 @@ impl SandboxApi for SandboxService {
         _: &TtrpcContext,
         req: SandboxStatusRequest,
     ) -> ttrpc::Result<SandboxStatusResponse> {
-        let sb = &self.sandbox;
-        reply(
-            "sandbox_status",
-            &req.sandbox_id,
-            check_sandbox_id(sb, &req.sandbox_id),
-        )?;
+        let sb = self.ours("sandbox_status", &req.sandbox_id)?;
         let pod = sb.pod().clone();
         let mut resp = SandboxStatusResponse::new();
         resp.sandbox_id = sb.id.clone();
@@ -166,12 +150,8 @@ impl SandboxApi for SandboxService {
         _: &TtrpcContext,
         req: PingRequest,
     ) -> ttrpc::Result<PingResponse> {
-        reply(
-            "ping_sandbox",
-            &req.sandbox_id,
-            check_sandbox_id(&self.sandbox, &req.sandbox_id),
-        )
-        .map(|()| PingResponse::new())
+        self.ours("ping_sandbox", &req.sandbox_id)
+            .map(|_| PingResponse::new())
     }
 
     async fn shutdown_sandbox(
@@ -179,12 +159,7 @@ impl SandboxApi for SandboxService {
         _: &TtrpcContext,
         req: ShutdownSandboxRequest,
     ) -> ttrpc::Result<ShutdownSandboxResponse> {
-        let sb = &self.sandbox;
-        reply(
-            "shutdown_sandbox",
-            &req.sandbox_id,
-            check_sandbox_id(sb, &req.sandbox_id),
-        )?;
+        let sb = self.ours("shutdown_sandbox", &req.sandbox_id)?;
         lifecycle::shutdown(sb).await;
         Ok(ShutdownSandboxResponse::new())
     }

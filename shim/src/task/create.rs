@@ -16,7 +16,7 @@ use crate::error::{Result, ShimError};
 use crate::events::TaskEvent;
 use crate::failure::agent_failure;
 use crate::io::{ProcessIo, StdioSpec};
-use crate::paths::{SandboxPaths, BUNDLE_STATE_LINK};
+use crate::paths::SandboxPaths;
 use crate::process::Process;
 use crate::sandbox::Sandbox;
 use crate::spec::Spec;
@@ -83,11 +83,7 @@ async fn create_in_vm(
     stdio: StdioSpec,
 ) -> Result<CreateTaskResponse> {
     let cid = req.id.as_str();
-    // Lets the `delete` action find the sandbox state whatever config the daemon used.
-    let _ = std::fs::write(
-        bundle.join(BUNDLE_STATE_LINK),
-        paths.root().as_os_str().as_encoded_bytes(),
-    );
+    paths.record_in_bundle(bundle);
     prepare_filesystems(req, spec, bundle, paths)?;
     let mut creq = api::CreateContainerRequest::new();
     creq.container_id = cid.to_string();
