@@ -14,6 +14,8 @@
 //! will send, and the device sends it late (and says so). A guest whose `used_event` never
 //! reaches them (it polls, or keeps its callbacks off) gets nothing extra: no spurious
 //! interrupts, and at most one read of `used_event` per queue per [`RECHECK`] while idle.
+//!
+//! Every device with queues keeps one per queue: vsock, net and virtio-fs.
 
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::interrupt::{InterruptReason, VirtioInterrupt};
 use crate::memory::GuestMemory;
 
 /// How long after a batch without an interrupt the device first looks again.
@@ -56,6 +59,24 @@ impl LateNotify {
         self.due
     }
 
+    /// After a batch on `q` that moved its used index from `start`: interrupts the driver if it
+    /// asked for one (or the queue cannot tell), remembers the buffers if not, and returns
+    /// whether it interrupted.
+    pub fn notify(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemory,
+        interrupt: &dyn VirtioInterrupt,
+        start: u16,
+    ) -> bool {
+        let wanted = q.needs_notification(mem).unwrap_or(true);
+        if wanted {
+            let _ = interrupt.trigger(InterruptReason::UsedBuffer);
+        }
+        self.after_batch(start, wanted, Instant::now());
+        wanted
+    }
+
     /// Looks at `q`'s `used_event` now: true (and forgets the buffers) if the guest asks for an
     /// interrupt for buffers the device used without one.
     pub fn owed(&mut self, q: &Queue, mem: &GuestMemory, now: Instant) -> bool {
@@ -67,14 +88,11 @@ impl LateNotify {
         }
         let next = Wrapping(q.next_used());
         fence(Ordering::SeqCst);
-        // The ring's address is the guest's: checked, like every read of guest memory.
-        let at = q.avail_ring().checked_add(4 + 2 * u64::from(q.size()));
-        let Some(Ok(raw)) = at.map(|at| mem.read_obj::<u16>(GuestAddress(at))) else {
+        let Some(used_event) = used_event(q, mem) else {
             self.since = None;
             self.due = None;
             return false;
         };
-        let used_event = Wrapping(u16::from_le(raw));
         if wants(used_event, since, next) {
             self.since = None;
             self.due = None;
@@ -83,6 +101,47 @@ impl LateNotify {
         self.due = Some(now + RECHECK);
         false
     }
+}
+
+/// Rechecks each of a device's `(LateNotify, queue, name)` ([`LateNotify::owed`]), interrupts
+/// the driver once if any queue is owed one, and returns the names of those that were.
+pub fn recheck<'a>(
+    queues: impl IntoIterator<Item = (&'a mut LateNotify, &'a Queue, &'static str)>,
+    mem: &GuestMemory,
+    interrupt: &dyn VirtioInterrupt,
+    now: Instant,
+) -> Vec<&'static str> {
+    let owed: Vec<&'static str> = queues
+        .into_iter()
+        .filter_map(|(late, q, name)| late.owed(q, mem, now).then_some(name))
+        .collect();
+    if !owed.is_empty() {
+        let _ = interrupt.trigger(InterruptReason::UsedBuffer);
+    }
+    owed
+}
+
+/// The warning for an interrupt sent late on `device`'s `queue`.
+pub fn sent_late(device: &str, queue: &str) -> String {
+    format!(
+        "{device} {queue} queue: the guest asked for an interrupt for buffers the device had \
+         already used without one (its used_event moved after the device read it); sent late"
+    )
+}
+
+/// The earliest recheck among `queues`.
+pub fn earliest<'a>(queues: impl IntoIterator<Item = &'a LateNotify>) -> Option<Instant> {
+    queues.into_iter().filter_map(LateNotify::due).min()
+}
+
+/// The driver's `used_event` (the used index it wants an interrupt at), read from the end of
+/// the available ring; `None` when that is outside guest RAM. The ring's address is the guest's:
+/// checked, like every read of guest memory.
+pub fn used_event(q: &Queue, mem: &GuestMemory) -> Option<Wrapping<u16>> {
+    let at = q.avail_ring().checked_add(4 + 2 * u64::from(q.size()))?;
+    mem.load::<u16>(GuestAddress(at), Ordering::Acquire)
+        .ok()
+        .map(|v| Wrapping(u16::from_le(v)))
 }
 
 /// Whether a driver whose `used_event` is `used_event` wants an interrupt for the used buffers

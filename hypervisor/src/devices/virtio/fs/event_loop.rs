@@ -1,14 +1,17 @@
 //! The virtio-fs worker's epoll glue: the two queue eventfds, and the thread setup the FUSE
 //! server needs. All the work happens in [`FsQueues`]; this only dispatches, re-arms a queue the
-//! batch limit left non-empty, and logs (rate-limited) what the guest did wrong.
+//! batch limit left non-empty, rechecks interrupts owed late, and logs (rate-limited) what the
+//! guest did wrong.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{Epoll, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{FsFault, FsQueues};
 use super::{HIPRIO_QUEUE, REQUEST_QUEUE};
+use crate::devices::virtio::late_notify;
 use crate::devices::virtio::worker::{add_fd, EpollHandler};
 use crate::guest_warn;
 
@@ -62,5 +65,16 @@ impl EpollHandler for FsEventLoop {
         };
         let _ = self.evts[index].read();
         self.run(index);
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let due = self.queues.recheck_due()?;
+        Some(due.saturating_duration_since(Instant::now()))
+    }
+
+    fn on_timeout(&mut self) {
+        for queue in self.queues.recheck(Instant::now()) {
+            guest_warn!("{}", late_notify::sent_late("virtio-fs", queue));
+        }
     }
 }

@@ -25,6 +25,7 @@
 //! asks for a reset (DEVICE_NEEDS_RESET and a config interrupt) and leaves its queues alone.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -35,6 +36,7 @@ use super::backend::FsServer;
 use super::{HIPRIO_QUEUE, REQUEST_QUEUE};
 use crate::devices::virtio::chain::{ChainError, GuestChain};
 use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
+use crate::devices::virtio::late_notify::{self, LateNotify};
 use crate::memory::GuestMemory;
 
 /// Size of `fuse_in_header`.
@@ -147,6 +149,7 @@ pub struct FsQueues {
     queues: [Queue; 2],
     interrupt: Arc<dyn VirtioInterrupt>,
     server: FsServer,
+    late: [LateNotify; 2],
     broken: bool,
 }
 
@@ -316,8 +319,30 @@ impl FsQueues {
             queues,
             interrupt,
             server,
+            late: Default::default(),
             broken: false,
         }
+    }
+
+    /// When to look again for an interrupt the guest asked for after the device had looked
+    /// (see [`crate::devices::virtio::late_notify`]).
+    pub fn recheck_due(&self) -> Option<Instant> {
+        late_notify::earliest(&self.late)
+    }
+
+    /// Sends the interrupts the guest asked for after the device had looked; returns the
+    /// queues that needed one.
+    pub fn recheck(&mut self, now: Instant) -> Vec<&'static str> {
+        if self.broken {
+            return Vec::new();
+        }
+        let [hiprio_late, request_late] = &mut self.late;
+        let [hiprio, request] = &self.queues;
+        let queues = [
+            (hiprio_late, hiprio, queue_name(HIPRIO_QUEUE)),
+            (request_late, request, queue_name(REQUEST_QUEUE)),
+        ];
+        late_notify::recheck(queues, &self.mem, self.interrupt.as_ref(), now)
     }
 
     /// Whether the device gave up on its queues.
@@ -339,6 +364,7 @@ impl FsQueues {
             return run;
         }
         let queue = queue_name(index);
+        let start = self.queues[index].next_used();
         'refill: loop {
             let _ = self.queues[index].disable_notification(&self.mem);
             loop {
@@ -379,12 +405,9 @@ impl FsQueues {
                 _ => break,
             }
         }
-        if run.served > 0
-            && self.queues[index]
-                .needs_notification(&self.mem)
-                .unwrap_or(true)
-        {
-            let _ = self.interrupt.trigger(InterruptReason::UsedBuffer);
+        if run.served > 0 {
+            let interrupt = self.interrupt.as_ref();
+            self.late[index].notify(&mut self.queues[index], &self.mem, interrupt, start);
         }
         run
     }

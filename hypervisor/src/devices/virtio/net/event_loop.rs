@@ -9,12 +9,14 @@
 //! queue's own eventfd, so the other queue and the kill eventfd get their turn first.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{NetQueues, Run};
 use super::{PollableTap, RX_QUEUE, TX_QUEUE};
+use crate::devices::virtio::late_notify;
 use crate::devices::virtio::worker::{add_fd, EpollHandler};
 use crate::guest_warn;
 
@@ -92,6 +94,17 @@ impl<T: PollableTap> EpollHandler for NetEventLoop<T> {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        let due = self.queues.recheck_due()?;
+        Some(due.saturating_duration_since(Instant::now()))
+    }
+
+    fn on_timeout(&mut self) {
+        for queue in self.queues.recheck(Instant::now()) {
+            guest_warn!("{}", late_notify::sent_late("net", queue));
         }
     }
 }

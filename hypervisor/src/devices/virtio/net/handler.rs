@@ -29,6 +29,7 @@ mod tx;
 
 use std::num::Wrapping;
 use std::sync::Arc;
+use std::time::Instant;
 
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueT};
@@ -37,6 +38,7 @@ use super::header::{HeaderError, HDR_LEN, MAX_FRAME_LEN};
 use super::{NetStats, TapIo};
 use crate::devices::virtio::chain::{ChainError, GuestChain};
 use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
+use crate::devices::virtio::late_notify::{self, LateNotify};
 use crate::memory::GuestMemory;
 
 // What the tests (tests.rs) reach through `use super::*` and this module no longer uses itself.
@@ -161,6 +163,8 @@ pub struct NetQueues<T> {
     rx_used: Vec<(u16, u32)>,
     /// The used index when the driver was last considered for an rx interrupt.
     rx_signalled: Wrapping<u16>,
+    rx_late: LateNotify,
+    tx_late: LateNotify,
     tx_frame: Vec<u8>,
     /// The tap refused a frame with EAGAIN; transmission waits for it to become writable.
     tx_blocked: bool,
@@ -193,6 +197,8 @@ impl<T: TapIo> NetQueues<T> {
             rx_chains: Vec::new(),
             rx_used: Vec::new(),
             rx_signalled,
+            rx_late: LateNotify::default(),
+            tx_late: LateNotify::default(),
             tx_frame: vec![0u8; HDR_LEN + MAX_FRAME_LEN],
             tx_blocked: false,
             broken: false,
@@ -222,6 +228,25 @@ impl<T: TapIo> NetQueues<T> {
     /// The tap has (new) frames queued: an edge on its descriptor.
     pub fn tap_readable(&mut self) {
         self.tap_readable = true;
+    }
+
+    /// When to look again for an interrupt the guest asked for after the device had looked
+    /// (see [`crate::devices::virtio::late_notify`]).
+    pub fn recheck_due(&self) -> Option<Instant> {
+        late_notify::earliest([&self.rx_late, &self.tx_late])
+    }
+
+    /// Sends the interrupts the guest asked for after the device had looked; returns the
+    /// queues that needed one.
+    pub fn recheck(&mut self, now: Instant) -> Vec<&'static str> {
+        if self.broken {
+            return Vec::new();
+        }
+        let queues = [
+            (&mut self.rx_late, &self.rx, "rx"),
+            (&mut self.tx_late, &self.tx, "tx"),
+        ];
+        late_notify::recheck(queues, &self.mem, self.interrupt.as_ref(), now)
     }
 
     fn mrg_rxbuf(&self) -> bool {

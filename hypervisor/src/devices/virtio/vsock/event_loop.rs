@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{VsockFault, VsockQueues};
 use super::unix::muxer::Muxer;
+use crate::devices::virtio::late_notify;
 use crate::devices::virtio::worker::{add_fd, EpollHandler};
 use crate::guest_warn;
 
@@ -113,11 +114,7 @@ impl EpollHandler for VsockEventLoop {
     fn on_timeout(&mut self) {
         let now = Instant::now();
         for queue in self.queues.recheck(now) {
-            guest_warn!(
-                "vsock {queue} queue: the guest asked for an interrupt for buffers the device \
-                 had already used without one (its used_event moved after the device read it); \
-                 sent late"
-            );
+            guest_warn!("{}", late_notify::sent_late("vsock", queue));
         }
         self.queues.backend().on_timeout(now);
         Self::report(self.queues.process_rx());

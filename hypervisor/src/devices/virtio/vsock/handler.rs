@@ -25,7 +25,7 @@ use super::unix::MuxerError;
 use super::VsockBackend;
 use crate::devices::virtio::chain::{pop_chain, Popped};
 use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
-use crate::devices::virtio::late_notify::LateNotify;
+use crate::devices::virtio::late_notify::{self, LateNotify};
 use crate::memory::GuestMemory;
 
 /// Something wrong with what the guest put in a queue.
@@ -126,41 +126,23 @@ impl<B: VsockBackend> VsockQueues<B> {
         })
     }
 
-    /// Interrupts the driver if it asked for it; returns whether it did.
-    fn notify(q: &mut Queue, mem: &GuestMemory, interrupt: &dyn VirtioInterrupt) -> bool {
-        let wanted = q.needs_notification(mem).unwrap_or(true);
-        if wanted {
-            let _ = interrupt.trigger(InterruptReason::UsedBuffer);
-        }
-        wanted
-    }
-
     /// When to look again for an interrupt the guest asked for after the device had looked
     /// (see [`crate::devices::virtio::late_notify`]).
     pub fn recheck_due(&self) -> Option<Instant> {
-        match (self.rx_late.due(), self.tx_late.due()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        late_notify::earliest([&self.rx_late, &self.tx_late])
     }
 
     /// Sends the interrupts the guest asked for after the device had looked; returns the
     /// queues that needed one.
     pub fn recheck(&mut self, now: Instant) -> Vec<&'static str> {
-        let mut late = Vec::new();
         if self.broken {
-            return late;
+            return Vec::new();
         }
-        if self.rx_late.owed(&self.rx, &self.mem, now) {
-            late.push("rx");
-        }
-        if self.tx_late.owed(&self.tx, &self.mem, now) {
-            late.push("tx");
-        }
-        if !late.is_empty() {
-            let _ = self.interrupt.trigger(InterruptReason::UsedBuffer);
-        }
-        late
+        let queues = [
+            (&mut self.rx_late, &self.rx, "rx"),
+            (&mut self.tx_late, &self.tx, "tx"),
+        ];
+        late_notify::recheck(queues, &self.mem, self.interrupt.as_ref(), now)
     }
 
     /// Sends every packet the guest queued for transmission to the backend.
@@ -206,8 +188,9 @@ impl<B: VsockBackend> VsockQueues<B> {
             }
         }
         if used_any {
-            let notified = Self::notify(&mut self.tx, &self.mem, self.interrupt.as_ref());
-            self.tx_late.after_batch(start, notified, Instant::now());
+            let interrupt = self.interrupt.as_ref();
+            self.tx_late
+                .notify(&mut self.tx, &self.mem, interrupt, start);
         }
         faults
     }
@@ -279,8 +262,9 @@ impl<B: VsockBackend> VsockQueues<B> {
             }
         }
         if used_any {
-            let notified = Self::notify(&mut self.rx, &self.mem, self.interrupt.as_ref());
-            self.rx_late.after_batch(start, notified, Instant::now());
+            let interrupt = self.interrupt.as_ref();
+            self.rx_late
+                .notify(&mut self.rx, &self.mem, interrupt, start);
         }
         faults
     }

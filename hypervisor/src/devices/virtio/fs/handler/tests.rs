@@ -396,3 +396,33 @@ fn a_broken_queue_asks_for_a_reset_and_is_left_alone() {
     ));
     assert_eq!(r.irq.count(InterruptReason::NeedsReset), 1);
 }
+
+#[test]
+fn an_interrupt_the_driver_asked_for_late_is_sent_on_recheck() {
+    use crate::devices::virtio::late_notify::RECHECK;
+    let dir = share();
+    let mem = memory();
+    let mut r = Rig::new(&mem, dir.path(), FsCache::Auto);
+    let mut rq = r.rq.queue();
+    rq.set_event_idx(true);
+    let server = new_server(dir.path(), FsCache::Auto).unwrap();
+    r.dev = FsQueues::new(mem.clone(), [r.hq.queue(), rq], r.irq.clone(), server);
+    // The driver wants an interrupt only once the used index passes 5.
+    let event = GuestAddress(r.rq.mock.avail_addr().0 + 4 + 2 * u64::from(QSIZE));
+    mem.write_obj(5u16, event).unwrap();
+    r.init();
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 0);
+    let due = r
+        .dev
+        .recheck_due()
+        .expect("a reply without an interrupt is rechecked");
+    assert!(
+        r.dev.recheck(due).is_empty(),
+        "the driver does not want it yet"
+    );
+    // Its used_event now says index 0: the reply it waits for was used long ago.
+    mem.write_obj(0u16, event).unwrap();
+    assert_eq!(r.dev.recheck(due + RECHECK), vec!["request"]);
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 1);
+    assert_eq!(r.dev.recheck_due(), None, "sent once");
+}

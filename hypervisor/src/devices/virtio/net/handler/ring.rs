@@ -1,5 +1,5 @@
 //! Queue access shared by the receive and transmit paths: publishing used entries with one
-//! index update, and reading the driver's `used_event`.
+//! index update.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
@@ -39,13 +39,4 @@ pub(super) fn publish_used(
         .map_err(|e| e.to_string())?;
     q.set_next_used(next.0);
     Ok(())
-}
-
-/// The driver's `used_event` (the used index it wants an interrupt at), read from the end of
-/// the available ring.
-pub(super) fn used_event(q: &Queue, mem: &GuestMemory) -> Option<Wrapping<u16>> {
-    let at = GuestAddress(q.avail_ring()).checked_add(4 + 2 * u64::from(q.size()))?;
-    mem.load::<u16>(at, Ordering::Acquire)
-        .ok()
-        .map(|v| Wrapping(u16::from_le(v)))
 }

@@ -13,13 +13,15 @@
 use std::io;
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
+use std::time::Instant;
 
 use virtio_queue::QueueT;
 
-use super::ring::{publish_used, used_event};
+use super::ring::publish_used;
 use super::{NetFault, NetQueues, Run};
 use crate::devices::virtio::chain::{pop_chain, ChainError, Popped};
 use crate::devices::virtio::interrupt::InterruptReason;
+use crate::devices::virtio::late_notify::used_event;
 use crate::devices::virtio::net::header::{
     self, NetHeader, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN, NUM_BUFFERS_OFFSET,
 };
@@ -313,5 +315,6 @@ impl<T: TapIo> NetQueues<T> {
         if wanted {
             let _ = self.interrupt.trigger(InterruptReason::UsedBuffer);
         }
+        self.rx_late.after_batch(old.0, wanted, Instant::now());
     }
 }

@@ -427,3 +427,59 @@ fn a_held_frame_asks_for_a_kick_past_the_buffers_already_seen() {
     assert!(!r.dev.rx_pending());
     assert_eq!(r.rxq.used().len(), 3);
 }
+
+#[test]
+fn an_rx_interrupt_the_driver_asked_for_late_is_sent_on_recheck() {
+    use crate::devices::virtio::late_notify::{FIRST_RECHECK, RECHECK};
+    let mem = memory();
+    let mut r = Rig::with_queues(&mem, OFFLOADS, |q| q.set_event_idx(true));
+    let event = GuestAddress(r.rxq.mock.avail_addr().0 + 4 + 2 * u64::from(QSIZE));
+    // The driver wants an interrupt only once the used index passes 5.
+    mem.write_obj(5u16, event).unwrap();
+    r.post(2048);
+    r.tap.push(plain(10, 0));
+    r.dev.process_rx();
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 0);
+    let due = r
+        .dev
+        .recheck_due()
+        .expect("a used buffer without an interrupt is rechecked");
+    assert!(
+        r.dev.recheck(due).is_empty(),
+        "the driver does not want it yet"
+    );
+    // Its used_event now says index 0: the buffer it waits for was used long ago.
+    mem.write_obj(0u16, event).unwrap();
+    let later = due + RECHECK;
+    assert_eq!(r.dev.recheck(later), vec!["rx"]);
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 1);
+    assert!(r.dev.recheck(later + FIRST_RECHECK).is_empty(), "sent once");
+    assert_eq!(r.dev.recheck_due(), None);
+}
+
+#[test]
+fn a_tx_interrupt_the_driver_asked_for_late_is_sent_on_recheck() {
+    use crate::devices::virtio::late_notify::RECHECK;
+    let mem = memory();
+    let mut r = Rig::new(&mem, OFFLOADS);
+    let mut tx = r.txq.queue();
+    tx.set_event_idx(true);
+    r.dev = NetQueues::new(
+        mem.clone(),
+        [r.rxq.queue(), tx],
+        r.irq.clone(),
+        r.tap.clone(),
+        OFFLOADS,
+        r.stats.clone(),
+    );
+    let event = GuestAddress(r.txq.mock.avail_addr().0 + 4 + 2 * u64::from(QSIZE));
+    mem.write_obj(5u16, event).unwrap();
+    r.send(&plain(100, 1), &[]);
+    r.dev.process_tx();
+    assert_eq!(r.tap.written().len(), 1);
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 0);
+    mem.write_obj(0u16, event).unwrap();
+    let due = r.dev.recheck_due().expect("rechecked");
+    assert_eq!(r.dev.recheck(due + RECHECK), vec!["tx"]);
+    assert_eq!(r.irq.count(InterruptReason::UsedBuffer), 1);
+}

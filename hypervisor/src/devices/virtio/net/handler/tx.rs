@@ -11,7 +11,6 @@ use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::{NetFault, NetQueues, Run};
 use crate::devices::virtio::chain::{pop_chain, GuestChain, Popped};
-use crate::devices::virtio::interrupt::InterruptReason;
 use crate::devices::virtio::net::header::{self, NetHeader, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN};
 use crate::devices::virtio::net::{NetStats, TapIo, BATCH};
 
@@ -31,6 +30,7 @@ impl<T: TapIo> NetQueues<T> {
         }
         // A retry after the tap drained (or a kick while it was full: one attempt, no spin).
         self.tx_blocked = false;
+        let start = self.tx.next_used();
         let mut served = 0;
         'refill: loop {
             let _ = self.tx.disable_notification(&self.mem);
@@ -82,8 +82,10 @@ impl<T: TapIo> NetQueues<T> {
                 _ => break,
             }
         }
-        if served > 0 && self.tx.needs_notification(&self.mem).unwrap_or(true) {
-            let _ = self.interrupt.trigger(InterruptReason::UsedBuffer);
+        if served > 0 {
+            let interrupt = self.interrupt.as_ref();
+            self.tx_late
+                .notify(&mut self.tx, &self.mem, interrupt, start);
         }
         run
     }
