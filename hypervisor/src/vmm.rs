@@ -24,6 +24,7 @@ use crate::device_manager::{DeviceManagerError, VirtioMmioDevices};
 use crate::devices::legacy::{
     RateLimitedWriter, SerialConsole, I8042, I8042_BASE, I8042_LEN, SERIAL_BASE, SERIAL_LEN,
 };
+use crate::devices::virtio::balloon::VirtioBalloon;
 use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::net::VirtioNet;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -291,6 +292,10 @@ impl Machine {
         }
         for net in &config.net {
             let device = Box::new(VirtioNet::new(net).map_err(setup("virtio-net"))?);
+            virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
+        }
+        if config.balloon {
+            let device = Box::new(VirtioBalloon::new());
             virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
         }
         timeline.mark("devices");

@@ -97,6 +97,9 @@ pub struct HuskConfig {
     pub state_dir: PathBuf,
     /// Pin each vCPU thread to one host CPU (see `vm::pinning`).
     pub pin_vcpus: bool,
+    /// Give each VM a virtio-balloon with free page reporting, so memory its guest frees goes
+    /// back to the host.
+    pub free_page_reporting: bool,
     /// Size limit in MiB of what a pod's containers can write to their root file systems
     /// together (`writable`): their overlay upper directories live on a file system of this
     /// size instead of in containerd's snapshots. 0: no husk limit (as under runc).
@@ -123,6 +126,7 @@ impl Default for HuskConfig {
             liveness_timeout_secs: 60,
             state_dir: PathBuf::from("/run/husk"),
             pin_vcpus: false,
+            free_page_reporting: true,
             writable_limit_mib: 0,
             writable_dir: PathBuf::from("/var/lib/husk/writable"),
             log_level: "info".into(),

@@ -48,6 +48,10 @@ pub struct VmConfig {
     /// virtio-net devices, each backed by a host tap device.
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// A virtio-balloon device with free page reporting: memory the guest frees goes back to
+    /// the host. Absent (false): no balloon.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub balloon: bool,
     /// Host CPUs the vCPU threads are pinned to: vCPU `i` runs only on
     /// `vcpu_affinity[i % len]`. Empty (the default): the host scheduler places them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -26,6 +26,7 @@ fn boot_ms(vmm: &Path, spec: &GuestSpec, dir: &Path) -> anyhow::Result<f64> {
             socket: &socket,
             allowed_guest_ports: &[],
         }),
+        balloon: false,
     };
     let cmd = husk_vmm_with(vmm, spec, dir, &opts)?;
     crate::bench::recycle_freed_pages()?;

@@ -100,6 +100,7 @@ pub fn husk_vmm(
     let opts = VmmOptions {
         control_socket,
         vsock: None,
+        balloon: false,
     };
     husk_vmm_with(vmm, spec, dir, &opts)
 }
@@ -122,6 +123,8 @@ pub struct VmmOptions<'a> {
     pub control_socket: Option<&'a Path>,
     /// A vsock device.
     pub vsock: Option<VsockOptions<'a>>,
+    /// A virtio-balloon with free page reporting.
+    pub balloon: bool,
 }
 
 /// [`husk_vmm`] with a control socket and/or a vsock device.
@@ -148,6 +151,7 @@ pub fn husk_vmm_with(
         "control_socket": opts.control_socket,
         "vsock": vsock,
         "vcpu_affinity": crate::e2e::vcpu_affinity(spec.vcpus),
+        "balloon": opts.balloon,
     });
     let path = dir.join("vm.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;

@@ -130,3 +130,69 @@ fn a_missing_kernel_is_named_and_is_a_vmm_error() {
     assert_eq!(r.exit_code, Some(1), "{}", r.console);
     assert!(r.console.contains("no-such-vmlinux"), "{}", r.console);
 }
+
+/// husk-vmm's resident memory in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib << 10)
+}
+
+/// Free page reporting: a guest that touches 200 MiB and frees it gives the memory back, and
+/// husk-vmm's RSS falls by at least 160 MiB within 10 s (issue 17's number).
+#[test]
+#[ignore = "needs hardware KVM: run with `make e2e` (uses the nested test host where needed)"]
+fn memory_the_guest_frees_goes_back_to_the_host() {
+    const TOUCH_MIB: u64 = 200;
+    let env = e2e::require();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(
+        &env,
+        1,
+        &format!("husk.test=balloon:{TOUCH_MIB} husk.test=hold"),
+    );
+    s.memory_mib = 384;
+    let opts = microvm::VmmOptions {
+        balloon: true,
+        ..Default::default()
+    };
+    let cmd = microvm::husk_vmm_with(&env.vmm, &s, dir.path(), &opts).unwrap();
+    let mut vm = RunningVm::spawn(cmd).unwrap();
+    vm.wait_for("balloon touched", BOOT_TIMEOUT)
+        .unwrap_or_else(|| panic!("{}", vm.missing("the guest's touched line")));
+    let touched = rss(vm.pid());
+    vm.wait_for("balloon freed", Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("{}", vm.missing("the guest's freed line")));
+    let freed_at = std::time::Instant::now();
+    let mut now = rss(vm.pid());
+    while touched.saturating_sub(now) < 160 << 20 && freed_at.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+        now = rss(vm.pid());
+    }
+    let (t, n) = (touched >> 20, now >> 20);
+    eprintln!(
+        "balloon: husk-vmm RSS {t} MiB with {TOUCH_MIB} MiB touched, {n} MiB {:.1} s after the \
+         guest freed it",
+        freed_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        touched >= TOUCH_MIB << 20,
+        "RSS {t} MiB while the guest held {TOUCH_MIB} MiB"
+    );
+    assert!(
+        touched.saturating_sub(now) >= 160 << 20,
+        "RSS fell from {t} to {n} MiB within 10 s of the guest freeing {TOUCH_MIB} MiB \
+         (160 MiB expected)\n{}",
+        vm.console
+    );
+    assert!(
+        !vm.console.contains("virtio-balloon"),
+        "the balloon complained: {}",
+        vm.console
+    );
+    vm.signal(libc::SIGTERM);
+    assert_eq!(vm.wait(Duration::from_secs(30)), Some(128 + libc::SIGTERM));
+}

@@ -123,6 +123,7 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
     let opts = VmmOptions {
         control_socket: Some(&control),
         vsock: None,
+        balloon: false,
     };
     let cmd = husk_vmm_with_fs(&env.vmm, &spec, dir.path(), &opts, &[share]).unwrap();
     let mut vm = RunningVm::spawn(cmd).unwrap();

@@ -43,7 +43,7 @@ fn husk_vmm_runs_filtered_in_its_own_namespaces_and_root_and_the_pod_works() {
     let pid = vmms[0].0;
     let threads = husk_tests::process::check_vmm_privileges(pid).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
-    for kind in ["vcpu0", "control", "husk-fs-husk"] {
+    for kind in ["vcpu0", "control", "husk-fs-husk", "husk-balloon"] {
         assert!(names.contains(&kind), "no {kind} thread in {names:?}");
     }
     assert!(

@@ -16,6 +16,7 @@
 //! sees husk-vmm end on SIGSYS. `husk-vmm --seccomp=log` logs instead (to the kernel's audit
 //! log): a debugging aid for finding a missing entry, never the default.
 
+mod balloon;
 mod common;
 mod control;
 mod fs;
@@ -49,17 +50,21 @@ pub enum ThreadKind {
     Net,
     /// A virtio-fs device's worker: the queues and the passthrough file server.
     Fs,
+    /// The virtio-balloon device's worker: the queues and dropping the pages the guest gives
+    /// back.
+    Balloon,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and for `husk check`.
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Main,
         ThreadKind::Control,
         ThreadKind::Vcpu,
         ThreadKind::Vsock,
         ThreadKind::Net,
         ThreadKind::Fs,
+        ThreadKind::Balloon,
     ];
 }
 
@@ -176,6 +181,7 @@ pub fn allow_list(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, S
             ThreadKind::Vsock => vsock::add(&mut list),
             ThreadKind::Net => net::add(&mut list),
             ThreadKind::Fs => fs::add(&mut list),
+            ThreadKind::Balloon => balloon::add(&mut list),
         }
     })();
     built.map_err(|e| SeccompError::Rule(kind, e))?;

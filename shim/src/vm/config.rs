@@ -1,6 +1,7 @@
 //! The VmConfig the shim writes for husk-vmm: artifacts from the husk config, the size from
 //! [`super::size`], plus the devices every husk VM has (hybrid vsock, the virtio-fs share, the
-//! control socket, the console on the VMM's stdout) and the pod's NICs (`crate::network`).
+//! control socket, the console on the VMM's stdout), the balloon unless the config turns free
+//! page reporting off, and the pod's NICs (`crate::network`).
 
 use std::path::PathBuf;
 
@@ -23,6 +24,7 @@ pub fn vm_config(
     paths: &SandboxPaths,
     net: Vec<NetConfig>,
     vcpu_affinity: Vec<u32>,
+    balloon: bool,
 ) -> VmConfig {
     VmConfig {
         kernel: artifacts.kernel.clone(),
@@ -44,6 +46,7 @@ pub fn vm_config(
         }],
         net,
         vcpu_affinity,
+        balloon,
     }
 }
 
@@ -68,8 +71,10 @@ mod tests {
             &paths,
             Vec::new(),
             Vec::new(),
+            true,
         );
         c.validate().unwrap();
+        assert!(c.balloon);
         assert_eq!(c.vsock.as_ref().unwrap().socket, paths.vsock());
         assert_eq!(c.vsock.as_ref().unwrap().allowed_guest_ports, [1026]);
         assert_eq!(c.fs[0].tag, "husk");

@@ -348,6 +348,7 @@ impl VmmBooter {
             &req.paths,
             req.net.clone(),
             affinity,
+            req.config.free_page_reporting,
         );
         vm.validate()?;
         std::fs::write(req.paths.vm_config(), vm.to_json())

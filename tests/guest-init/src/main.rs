@@ -15,6 +15,11 @@
 //! `husk.test=fs:<tag>` runs the virtio-fs mode of [`fs`].
 //! `husk.test=net:<addr>/<prefix>[,gw=<gw>]` (with `husk.net.serve=` and `husk.net.connect=`)
 //! runs the network mode of [`net`].
+//! `husk.test=balloon:<MiB>` touches that much memory after the marker, says
+//! `HUSK-TEST-INIT balloon touched mib=<MiB>`, holds it 3 s, frees it and says
+//! `HUSK-TEST-INIT balloon freed` (for the free page reporting test).
+//! `husk.test=dmesg` prints the kernel log after the marker (`kmsg <µs> <text>` lines): with
+//! `quiet initcall_debug`, where a boot's time went without the console's cost in it.
 //!
 //! Run as `husk-test-init hostile ...` (not as PID 1) it is the hostile-guest suite's tool
 //! ([`hostile`]).
@@ -106,6 +111,54 @@ fn tick(secs: u64) {
     }
 }
 
+/// Touches `mib` MiB, holds them 3 s, then frees them (a block that large is its own mapping,
+/// so freeing it returns it to the guest kernel at once).
+fn balloon(mib: usize, out: &mut impl Write) {
+    let mut block = vec![0u8; mib << 20];
+    for page in block.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    let _ = writeln!(out, "HUSK-TEST-INIT balloon touched mib={mib}");
+    let _ = out.flush();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // Read it back so the writes cannot be optimized away.
+    let touched: usize = block.iter().step_by(4096).map(|&b| usize::from(b)).sum();
+    drop(block);
+    let _ = writeln!(out, "HUSK-TEST-INIT balloon freed pages={touched}");
+    let _ = out.flush();
+}
+
+/// Prints every record in the kernel log as `kmsg <µs since boot> <text>`.
+fn dmesg(out: &mut impl Write) {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut kmsg) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return;
+    };
+    let mut record = vec![0u8; 8192];
+    loop {
+        match kmsg.read(&mut record) {
+            Ok(n) if n > 0 => {
+                // `<prio>,<seq>,<µs>,<flags>[,...];<text>`
+                let text = String::from_utf8_lossy(&record[..n]);
+                let Some((head, msg)) = text.split_once(';') else {
+                    continue;
+                };
+                let us = head.split(',').nth(2).unwrap_or("?");
+                let _ = writeln!(out, "kmsg {us} {}", msg.lines().next().unwrap_or(""));
+            }
+            // EPIPE: a record was overwritten before it was read; go on with the next.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            _ => break,
+        }
+    }
+    let _ = out.flush();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("hostile") {
@@ -161,6 +214,14 @@ fn main() {
             let _ = out.write_all(line.as_bytes());
             let _ = out.flush();
         }
+    }
+
+    if let Some(mib) = arg("husk.test=balloon:").and_then(|m| m.parse::<usize>().ok()) {
+        balloon(mib, &mut out);
+    }
+
+    if cmdline.split_whitespace().any(|a| a == "husk.test=dmesg") {
+        dmesg(&mut out);
     }
 
     if let Some(tag) = arg("husk.test=fs:") {

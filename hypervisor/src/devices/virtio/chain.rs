@@ -142,6 +142,11 @@ impl GuestChain {
         self.writable.iter().map(|s| s.len as usize).sum()
     }
 
+    /// The device-writable buffers, in order (each checked to lie in guest RAM).
+    pub fn writable(&self) -> &[Segment] {
+        &self.writable
+    }
+
     /// Copies readable bytes from `offset` into `buf`, which must fit.
     pub fn read_at(
         &self,

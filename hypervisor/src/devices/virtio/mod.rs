@@ -24,6 +24,7 @@
 //! MMIO bus, wires the ioeventfds and the irqfd and announces it on the kernel command line
 //! (`virtio_mmio.device=4K@<base>:<irq>`).
 
+pub mod balloon;
 pub mod chain;
 pub mod fs;
 pub mod interrupt;
@@ -45,6 +46,8 @@ use interrupt::VirtioInterrupt;
 
 /// Virtio device type of a network card (virtio-net) device.
 pub const TYPE_NET: u32 = 1;
+/// Virtio device type of a memory balloon (virtio-balloon) device.
+pub const TYPE_BALLOON: u32 = 5;
 /// Virtio device type of a socket (vsock) device.
 pub const TYPE_VSOCK: u32 = 19;
 /// Virtio device type of a file system (virtio-fs) device.
@@ -172,7 +175,7 @@ pub enum ActivateError {
 
 /// A virtio device model, independent of the transport.
 pub trait VirtioDevice: Send + std::fmt::Debug {
-    /// The virtio device type (19 vsock, 26 fs, 1 net).
+    /// The virtio device type (19 vsock, 26 fs, 1 net, 5 balloon).
     fn device_type(&self) -> u32;
 
     /// The maximum size of each queue; the slice's length is the number of queues.
