@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-chain vsock_packet vsock_connection net_header fuse_request mmio hybrid_handshake}
+TARGETS=${FUZZ_TARGETS:-chain vsock_packet vsock_connection net_header fuse_request mmio hybrid_handshake balloon}
 export CARGO_BUILD_JOBS=${FUZZ_JOBS:-1}
 
 NIGHTLY=$(rustup toolchain list | awk '/^nightly/ {print $1; exit}')

@@ -68,6 +68,11 @@ fn vsock_connection() {
 }
 
 #[test]
+fn balloon() {
+    replay("balloon");
+}
+
+#[test]
 fn net_header() {
     replay("net_header");
 }

@@ -9,6 +9,7 @@
 //!
 //! Not part of the VMM's API: hidden from the docs, and only the harnesses use it.
 
+mod balloon;
 mod chain;
 mod fuse;
 mod hybrid;
@@ -16,6 +17,7 @@ mod mmio;
 mod net;
 mod vsock;
 
+pub use balloon::balloon;
 pub use chain::chain;
 pub use fuse::{fuse_request, fuse_share};
 pub use hybrid::hybrid_handshake;
@@ -30,7 +32,7 @@ use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
 use crate::memory::GuestMemory;
 
 /// The names of the targets, as directories of `hypervisor/fuzz/corpus/`.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "chain",
     "vsock_packet",
     "vsock_connection",
@@ -38,6 +40,7 @@ pub const TARGETS: [&str; 7] = [
     "fuse_request",
     "mmio",
     "hybrid_handshake",
+    "balloon",
 ];
 
 /// Runs the target called `name` on `data`; false for an unknown name.
@@ -50,6 +53,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "fuse_request" => fuse_request,
         "mmio" => mmio,
         "hybrid_handshake" => hybrid_handshake,
+        "balloon" => balloon,
         _ => return false,
     };
     f(data);
