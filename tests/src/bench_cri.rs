@@ -267,13 +267,20 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         med(&guest_uptime),
     );
     // husk-vmm's own account of its setup, phase by phase (its `vCPUs running; setup` line).
-    let phases: Vec<String> = ["vm", "images", "devices", "boot structures", "jail", "vcpus"]
-        .iter()
-        .map(|phase| {
-            let v = logged_numbers(&log, "vCPUs running; setup ", &format!("{phase} "));
-            format!("{phase} {:.0}", med(&v))
-        })
-        .collect();
+    let phases: Vec<String> = [
+        "vm",
+        "images",
+        "devices",
+        "boot structures",
+        "jail",
+        "vcpus",
+    ]
+    .iter()
+    .map(|phase| {
+        let v = logged_numbers(&log, "vCPUs running; setup ", &format!("{phase} "));
+        format!("{phase} {:.0}", med(&v))
+    })
+    .collect();
     eprintln!(
         "husk-bench: husk-vmm setup phases, medians in ms: {}",
         phases.join(", ")
