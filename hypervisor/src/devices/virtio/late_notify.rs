@@ -121,12 +121,49 @@ pub fn recheck<'a>(
     owed
 }
 
-/// The warning for an interrupt sent late on `device`'s `queue`.
-pub fn sent_late(device: &str, queue: &str) -> String {
-    format!(
-        "{device} {queue} queue: the guest asked for an interrupt for buffers the device had \
-         already used without one (its used_event moved after the device read it); sent late"
-    )
+/// The late-interrupt state of a device with a receive and a transmit queue (vsock, net).
+#[derive(Debug, Default)]
+pub struct RxTxLate {
+    /// The receive queue's.
+    pub rx: LateNotify,
+    /// The transmit queue's.
+    pub tx: LateNotify,
+}
+
+impl RxTxLate {
+    /// When to look again, if at all.
+    pub fn due(&self) -> Option<Instant> {
+        earliest([&self.rx, &self.tx])
+    }
+
+    /// [`recheck`] of the `rx` and `tx` queues.
+    pub fn recheck(
+        &mut self,
+        rx: &Queue,
+        tx: &Queue,
+        mem: &GuestMemory,
+        interrupt: &dyn VirtioInterrupt,
+        now: Instant,
+    ) -> Vec<&'static str> {
+        let queues = [(&mut self.rx, rx, "rx"), (&mut self.tx, tx, "tx")];
+        recheck(queues, mem, interrupt, now)
+    }
+}
+
+/// A worker's epoll timeout for a recheck due at `due` (`None`: sleep until an event).
+pub fn timeout(due: Option<Instant>) -> Option<Duration> {
+    due.map(|d| d.saturating_duration_since(Instant::now()))
+}
+
+/// Warns (rate-limited, the guest drives it) that `device` sent interrupts late on `queues`.
+pub fn warn_sent_late(device: &str, queues: &[&str]) {
+    for queue in queues {
+        crate::guest_warn!(
+            "{device} {queue} queue: the guest asked for an interrupt for buffers the device \
+             had already used without one (its used_event moved after the device read it); \
+             sent late"
+        );
+    }
 }
 
 /// The earliest recheck among `queues`.

@@ -209,3 +209,48 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     /// returns it to a state in which [`VirtioDevice::activate`] can be called again.
     fn reset(&mut self);
 }
+
+/// Test helpers shared by the devices' tests: an activation over given queues, and waiting for
+/// a worker thread.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use virtio_queue::Queue;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::interrupt::FakeInterrupt;
+    use super::Activation;
+    use crate::memory::GuestMemory;
+
+    /// An activation of `queues` with features `acked`, and the test's ends of its eventfds.
+    pub fn activation(
+        mem: &GuestMemory,
+        queues: Vec<Queue>,
+        irq: &Arc<FakeInterrupt>,
+        acked: u64,
+    ) -> (Activation, Vec<EventFd>) {
+        let evts: Vec<EventFd> = (0..queues.len())
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        let theirs = evts.iter().map(|e| e.try_clone().unwrap()).collect();
+        let a = Activation {
+            mem: mem.clone(),
+            queues,
+            queue_evts: theirs,
+            interrupt: irq.clone(),
+            acked_features: acked,
+        };
+        (a, evts)
+    }
+
+    /// Waits up to 10 s for `f`, failing the test with `what`.
+    pub fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}

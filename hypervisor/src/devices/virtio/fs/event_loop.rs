@@ -68,13 +68,10 @@ impl EpollHandler for FsEventLoop {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        let due = self.queues.recheck_due()?;
-        Some(due.saturating_duration_since(Instant::now()))
+        late_notify::timeout(self.queues.recheck_due())
     }
 
     fn on_timeout(&mut self) {
-        for queue in self.queues.recheck(Instant::now()) {
-            guest_warn!("{}", late_notify::sent_late("virtio-fs", queue));
-        }
+        late_notify::warn_sent_late("virtio-fs", &self.queues.recheck(Instant::now()));
     }
 }

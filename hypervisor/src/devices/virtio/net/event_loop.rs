@@ -98,13 +98,10 @@ impl<T: PollableTap> EpollHandler for NetEventLoop<T> {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        let due = self.queues.recheck_due()?;
-        Some(due.saturating_duration_since(Instant::now()))
+        late_notify::timeout(self.queues.recheck_due())
     }
 
     fn on_timeout(&mut self) {
-        for queue in self.queues.recheck(Instant::now()) {
-            guest_warn!("{}", late_notify::sent_late("net", queue));
-        }
+        late_notify::warn_sent_late("net", &self.queues.recheck(Instant::now()));
     }
 }

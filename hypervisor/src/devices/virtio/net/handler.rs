@@ -38,7 +38,7 @@ use super::header::{HeaderError, HDR_LEN, MAX_FRAME_LEN};
 use super::{NetStats, TapIo};
 use crate::devices::virtio::chain::{ChainError, GuestChain};
 use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
-use crate::devices::virtio::late_notify::{self, LateNotify};
+use crate::devices::virtio::late_notify::RxTxLate;
 use crate::memory::GuestMemory;
 
 // What the tests (tests.rs) reach through `use super::*` and this module no longer uses itself.
@@ -163,8 +163,7 @@ pub struct NetQueues<T> {
     rx_used: Vec<(u16, u32)>,
     /// The used index when the driver was last considered for an rx interrupt.
     rx_signalled: Wrapping<u16>,
-    rx_late: LateNotify,
-    tx_late: LateNotify,
+    late: RxTxLate,
     tx_frame: Vec<u8>,
     /// The tap refused a frame with EAGAIN; transmission waits for it to become writable.
     tx_blocked: bool,
@@ -197,8 +196,7 @@ impl<T: TapIo> NetQueues<T> {
             rx_chains: Vec::new(),
             rx_used: Vec::new(),
             rx_signalled,
-            rx_late: LateNotify::default(),
-            tx_late: LateNotify::default(),
+            late: RxTxLate::default(),
             tx_frame: vec![0u8; HDR_LEN + MAX_FRAME_LEN],
             tx_blocked: false,
             broken: false,
@@ -233,7 +231,7 @@ impl<T: TapIo> NetQueues<T> {
     /// When to look again for an interrupt the guest asked for after the device had looked
     /// (see [`crate::devices::virtio::late_notify`]).
     pub fn recheck_due(&self) -> Option<Instant> {
-        late_notify::earliest([&self.rx_late, &self.tx_late])
+        self.late.due()
     }
 
     /// Sends the interrupts the guest asked for after the device had looked; returns the
@@ -242,11 +240,9 @@ impl<T: TapIo> NetQueues<T> {
         if self.broken {
             return Vec::new();
         }
-        let queues = [
-            (&mut self.rx_late, &self.rx, "rx"),
-            (&mut self.tx_late, &self.tx, "tx"),
-        ];
-        late_notify::recheck(queues, &self.mem, self.interrupt.as_ref(), now)
+        let interrupt = self.interrupt.as_ref();
+        self.late
+            .recheck(&self.rx, &self.tx, &self.mem, interrupt, now)
     }
 
     fn mrg_rxbuf(&self) -> bool {

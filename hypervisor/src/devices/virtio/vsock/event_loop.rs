@@ -113,9 +113,7 @@ impl EpollHandler for VsockEventLoop {
 
     fn on_timeout(&mut self) {
         let now = Instant::now();
-        for queue in self.queues.recheck(now) {
-            guest_warn!("{}", late_notify::sent_late("vsock", queue));
-        }
+        late_notify::warn_sent_late("vsock", &self.queues.recheck(now));
         self.queues.backend().on_timeout(now);
         Self::report(self.queues.process_rx());
     }

@@ -25,7 +25,7 @@ use super::unix::MuxerError;
 use super::VsockBackend;
 use crate::devices::virtio::chain::{pop_chain, Popped};
 use crate::devices::virtio::interrupt::{InterruptReason, VirtioInterrupt};
-use crate::devices::virtio::late_notify::{self, LateNotify};
+use crate::devices::virtio::late_notify::RxTxLate;
 use crate::memory::GuestMemory;
 
 /// Something wrong with what the guest put in a queue.
@@ -58,8 +58,7 @@ pub struct VsockQueues<B> {
     payload: Vec<u8>,
     rx_buf: Vec<u8>,
     broken: bool,
-    rx_late: LateNotify,
-    tx_late: LateNotify,
+    late: RxTxLate,
 }
 
 impl<B: VsockBackend> VsockQueues<B> {
@@ -80,8 +79,7 @@ impl<B: VsockBackend> VsockQueues<B> {
             payload: Vec::with_capacity(4096),
             rx_buf: vec![0u8; MAX_PKT_PAYLOAD],
             broken: false,
-            rx_late: LateNotify::default(),
-            tx_late: LateNotify::default(),
+            late: RxTxLate::default(),
         }
     }
 
@@ -129,7 +127,7 @@ impl<B: VsockBackend> VsockQueues<B> {
     /// When to look again for an interrupt the guest asked for after the device had looked
     /// (see [`crate::devices::virtio::late_notify`]).
     pub fn recheck_due(&self) -> Option<Instant> {
-        late_notify::earliest([&self.rx_late, &self.tx_late])
+        self.late.due()
     }
 
     /// Sends the interrupts the guest asked for after the device had looked; returns the
@@ -138,11 +136,9 @@ impl<B: VsockBackend> VsockQueues<B> {
         if self.broken {
             return Vec::new();
         }
-        let queues = [
-            (&mut self.rx_late, &self.rx, "rx"),
-            (&mut self.tx_late, &self.tx, "tx"),
-        ];
-        late_notify::recheck(queues, &self.mem, self.interrupt.as_ref(), now)
+        let interrupt = self.interrupt.as_ref();
+        self.late
+            .recheck(&self.rx, &self.tx, &self.mem, interrupt, now)
     }
 
     /// Sends every packet the guest queued for transmission to the backend.
@@ -189,7 +185,8 @@ impl<B: VsockBackend> VsockQueues<B> {
         }
         if used_any {
             let interrupt = self.interrupt.as_ref();
-            self.tx_late
+            self.late
+                .tx
                 .notify(&mut self.tx, &self.mem, interrupt, start);
         }
         faults
@@ -263,7 +260,8 @@ impl<B: VsockBackend> VsockQueues<B> {
         }
         if used_any {
             let interrupt = self.interrupt.as_ref();
-            self.rx_late
+            self.late
+                .rx
                 .notify(&mut self.rx, &self.mem, interrupt, start);
         }
         faults

@@ -1,36 +1,14 @@
 //! The device as the transport sees it: config space, queue counts by feature, and a real
 //! worker that drops reported pages.
 
-use std::time::{Duration, Instant};
-
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::virtio::chain::testing::TestQueue;
 use crate::devices::virtio::interrupt::{FakeInterrupt, InterruptReason};
+use crate::devices::virtio::testing::{activation, wait_for};
 use crate::memory::GuestMemory;
-
-fn activation(
-    mem: &GuestMemory,
-    queues: Vec<Queue>,
-    irq: &Arc<FakeInterrupt>,
-    acked: u64,
-) -> (Activation, Vec<EventFd>) {
-    let evts: Vec<EventFd> = (0..queues.len())
-        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-        .collect();
-    let theirs = evts.iter().map(|e| e.try_clone().unwrap()).collect();
-    let a = Activation {
-        mem: mem.clone(),
-        queues,
-        queue_evts: theirs,
-        interrupt: irq.clone(),
-        acked_features: acked,
-    };
-    (a, evts)
-}
 
 #[test]
 fn config_space_asks_for_nothing_and_keeps_actual() {
@@ -103,11 +81,9 @@ fn a_worker_drops_reported_pages() {
         .unwrap();
     rq.add(&[(0x10_0000, 0x2000, true)]);
     evts[REPORTING_QUEUE].write(1).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while irq.count(InterruptReason::UsedBuffer) == 0 {
-        assert!(Instant::now() < deadline, "no used buffer");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for("the used buffer's interrupt", || {
+        irq.count(InterruptReason::UsedBuffer) > 0
+    });
     assert_eq!(rq.used().len(), 1);
     let mut back = [0xffu8; 0x2000];
     mem.read_slice(&mut back, GuestAddress(0x10_0000)).unwrap();

@@ -2,14 +2,11 @@
 //! re-activation with a real worker thread serving FUSE.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{InitIn, Opcode};
 use husk_protocol::vm_config::{FsCache, FsShare};
-use virtio_queue::Queue;
 use virtio_queue::QueueT;
 use vm_memory::{ByteValued, Bytes};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::virtio::chain::testing::{memory, TestQueue};
@@ -17,7 +14,7 @@ use crate::devices::virtio::fs::handler;
 use crate::devices::virtio::fs::handler::tests::request;
 use crate::devices::virtio::fs::REQUEST_QUEUE;
 use crate::devices::virtio::interrupt::{FakeInterrupt, InterruptReason};
-use crate::memory::GuestMemory;
+use crate::devices::virtio::testing::{activation, wait_for};
 
 fn device(dir: &std::path::Path, tag: &str) -> VirtioFs {
     VirtioFs::new(&FsShare {
@@ -68,33 +65,6 @@ fn a_share_must_be_a_directory() {
     }
 }
 
-fn activation(
-    mem: &GuestMemory,
-    queues: Vec<Queue>,
-    irq: &Arc<FakeInterrupt>,
-) -> (Activation, Vec<EventFd>) {
-    let evts: Vec<EventFd> = (0..queues.len())
-        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-        .collect();
-    let theirs = evts.iter().map(|e| e.try_clone().unwrap()).collect();
-    let a = Activation {
-        mem: mem.clone(),
-        queues,
-        queue_evts: theirs,
-        interrupt: irq.clone(),
-        acked_features: 1 << VIRTIO_F_VERSION_1,
-    };
-    (a, evts)
-}
-
-fn wait_for(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn wrong_queues_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -102,14 +72,19 @@ fn wrong_queues_are_refused() {
     let irq = Arc::new(FakeInterrupt::default());
     let mut dev = device(dir.path(), "husk");
     let q = TestQueue::new(&mem, 0, 16);
-    let (a, _e) = activation(&mem, vec![q.queue()], &irq);
+    let (a, _e) = activation(&mem, vec![q.queue()], &irq, 1 << VIRTIO_F_VERSION_1);
     assert!(matches!(
         dev.activate(a),
         Err(ActivateError::QueueCount { expected: 2, .. })
     ));
     let mut not_ready = q.queue();
     not_ready.set_ready(false);
-    let (a, _e) = activation(&mem, vec![q.queue(), not_ready], &irq);
+    let (a, _e) = activation(
+        &mem,
+        vec![q.queue(), not_ready],
+        &irq,
+        1 << VIRTIO_F_VERSION_1,
+    );
     assert!(matches!(
         dev.activate(a),
         Err(ActivateError::BadQueue { index: 1, .. })
@@ -130,10 +105,20 @@ fn activate_serve_reset_and_activate_again() {
         let hq = TestQueue::new(&mem, base, 16);
         let mut rq = TestQueue::new(&mem, base + 0x1000, 16);
         let irq = Arc::new(FakeInterrupt::default());
-        let (a, evts) = activation(&mem, vec![hq.queue(), rq.queue()], &irq);
+        let (a, evts) = activation(
+            &mem,
+            vec![hq.queue(), rq.queue()],
+            &irq,
+            1 << VIRTIO_F_VERSION_1,
+        );
         dev.activate(a).unwrap();
         assert!(dev.is_active());
-        let (again, _e) = activation(&mem, vec![hq.queue(), rq.queue()], &irq);
+        let (again, _e) = activation(
+            &mem,
+            vec![hq.queue(), rq.queue()],
+            &irq,
+            1 << VIRTIO_F_VERSION_1,
+        );
         assert!(matches!(
             dev.activate(again),
             Err(ActivateError::AlreadyActive)

@@ -7,11 +7,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::devices::virtio::chain::testing::{memory, TestQueue};
@@ -19,7 +18,7 @@ use crate::devices::virtio::interrupt::{FakeInterrupt, InterruptReason};
 use crate::devices::virtio::net::handler::tests::{frame, OFFLOADS};
 use crate::devices::virtio::net::header::{NetHeader, HDR_LEN};
 use crate::devices::virtio::net::{RX_QUEUE, TX_QUEUE};
-use crate::memory::GuestMemory;
+use crate::devices::virtio::testing::{activation, wait_for};
 
 /// One end of a datagram socket pair as the tap.
 #[derive(Debug)]
@@ -103,34 +102,6 @@ fn config_space_has_the_mac_link_up_one_pair_and_the_mtu() {
     let mut mac = [0u8; 6];
     dev.read_config(0, &mut mac);
     assert_eq!(mac, MAC, "the config space is read-only");
-}
-
-fn activation(
-    mem: &GuestMemory,
-    queues: Vec<Queue>,
-    irq: &Arc<FakeInterrupt>,
-    acked: u64,
-) -> (Activation, Vec<EventFd>) {
-    let evts: Vec<EventFd> = (0..queues.len())
-        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-        .collect();
-    let theirs = evts.iter().map(|e| e.try_clone().unwrap()).collect();
-    let a = Activation {
-        mem: mem.clone(),
-        queues,
-        queue_evts: theirs,
-        interrupt: irq.clone(),
-        acked_features: acked,
-    };
-    (a, evts)
-}
-
-fn wait_for(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]

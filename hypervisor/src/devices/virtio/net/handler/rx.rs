@@ -315,6 +315,6 @@ impl<T: TapIo> NetQueues<T> {
         if wanted {
             let _ = self.interrupt.trigger(InterruptReason::UsedBuffer);
         }
-        self.rx_late.after_batch(old.0, wanted, Instant::now());
+        self.late.rx.after_batch(old.0, wanted, Instant::now());
     }
 }

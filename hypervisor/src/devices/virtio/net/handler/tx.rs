@@ -84,7 +84,8 @@ impl<T: TapIo> NetQueues<T> {
         }
         if served > 0 {
             let interrupt = self.interrupt.as_ref();
-            self.tx_late
+            self.late
+                .tx
                 .notify(&mut self.tx, &self.mem, interrupt, start);
         }
         run
