@@ -15,7 +15,7 @@
 //! reaches them (it polls, or keeps its callbacks off) gets nothing extra: no spurious
 //! interrupts, and at most one read of `used_event` per queue per [`RECHECK`] while idle.
 //!
-//! Every device with queues keeps one per queue: vsock, net and virtio-fs.
+//! Every device keeps one per queue: vsock, net, virtio-fs and the balloon.
 
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};

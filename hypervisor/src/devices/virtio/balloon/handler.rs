@@ -106,7 +106,7 @@ pub struct Run {
     pub more: bool,
 }
 
-/// Counters the worker keeps and husk-vmm reads.
+/// What the worker dropped, for whoever holds the device ([`super::VirtioBalloon::stats`]).
 #[derive(Debug, Default)]
 pub struct BalloonStats {
     /// Bytes the guest reported free and the host dropped.

@@ -21,7 +21,7 @@ use super::ring::publish_used;
 use super::{NetFault, NetQueues, Run};
 use crate::devices::virtio::chain::{pop_chain, ChainError, Popped};
 use crate::devices::virtio::interrupt::InterruptReason;
-use crate::devices::virtio::late_notify::used_event;
+use crate::devices::virtio::late_notify::{used_event, wants};
 use crate::devices::virtio::net::header::{
     self, NetHeader, ETH_HLEN, HDR_LEN, MAX_FRAME_LEN, NUM_BUFFERS_OFFSET,
 };
@@ -306,7 +306,7 @@ impl<T: TapIo> NetQueues<T> {
             // The used index store above before the used_event load.
             fence(Ordering::SeqCst);
             match used_event(&self.rx, &self.mem) {
-                Some(event) => now - event - Wrapping(1) < now - old,
+                Some(event) => wants(event, old, now),
                 None => true,
             }
         } else {
