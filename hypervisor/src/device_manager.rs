@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::layout::{IRQ_BASE, IRQ_MAX, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use crate::bus::{Bus, BusError};
 use crate::devices::virtio::interrupt::IrqfdInterrupt;
-use crate::devices::virtio::mmio::{reg, MmioTransport};
+use crate::devices::virtio::mmio::{reg, MmioTransport, PersistError, TransportState};
 use crate::devices::virtio::VirtioDevice;
 use crate::memory::GuestMemory;
 
@@ -53,6 +53,10 @@ pub enum DeviceManagerError {
     /// The command line has no room for the device.
     #[error("announcing the device on the kernel command line: {0}")]
     Cmdline(String),
+}
+
+fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Attached {
@@ -176,6 +180,38 @@ impl VirtioMmioDevices {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .start_worker()?;
+        }
+        Ok(())
+    }
+
+    /// Why the devices cannot be snapshotted now: one line per device that cannot.
+    pub fn snapshot_blockers(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter_map(|d| lock(&d.transport).snapshot_blocker())
+            .collect()
+    }
+
+    /// Stops every device's worker, keeping its registers, and returns each transport's state
+    /// in attach order (see [`MmioTransport::quiesce`]). The vCPUs must be parked.
+    pub fn quiesce(&self) -> Result<Vec<TransportState>, PersistError> {
+        self.devices
+            .iter()
+            .map(|d| lock(&d.transport).quiesce())
+            .collect()
+    }
+
+    /// Puts saved transport states back, in attach order, resuming the devices the driver had
+    /// running (see [`MmioTransport::restore`]); the workers must have been started.
+    pub fn restore(&self, states: &[TransportState]) -> Result<(), PersistError> {
+        if states.len() != self.devices.len() {
+            return Err(PersistError::Device {
+                expected: format!("{} virtio devices", self.devices.len()),
+                found: format!("{} virtio devices", states.len()),
+            });
+        }
+        for (d, state) in self.devices.iter().zip(states) {
+            lock(&d.transport).restore(state)?;
         }
         Ok(())
     }

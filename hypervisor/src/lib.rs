@@ -27,6 +27,7 @@ pub mod jail;
 pub mod logger;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
 pub mod timeline;
 pub mod vcpu;
 pub mod vm;

@@ -83,6 +83,42 @@ pub fn create(layout: &[(u64, u64)]) -> Result<GuestMemory, MemoryError> {
     GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()))
 }
 
+/// Maps guest RAM from a snapshot's memory file: each `(guest address, length, file offset)`
+/// mapped `MAP_PRIVATE`, so the file's pages are shared through the page cache with every
+/// other VM restored from it, and a page the guest writes becomes this VM's own copy.
+pub fn from_file(
+    layout: &[(u64, u64, u64)],
+    file: &std::fs::File,
+) -> Result<GuestMemory, MemoryError> {
+    use std::os::fd::AsRawFd;
+    let mut regions = Vec::new();
+    for &(start, len, offset) in layout {
+        let mib = len >> 20;
+        let size = usize::try_from(len).map_err(|e| MemoryError::Map(e.to_string()))?;
+        let off = libc::off_t::try_from(offset).map_err(|e| MemoryError::Map(e.to_string()))?;
+        let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a new private mapping of `file` at an address of the kernel's choice; no
+        // existing memory is affected.
+        let ptr = unsafe { libc::mmap(null_mut(), size, prot, flags, file.as_raw_fd(), off) };
+        if ptr == libc::MAP_FAILED {
+            return Err(MemoryError::Mmap(mib, std::io::Error::last_os_error()));
+        }
+        // SAFETY: `ptr` is a fresh read-write private mapping of exactly `size` bytes that is
+        // never unmapped, so it outlives the region.
+        let builder = unsafe { MmapRegionBuilder::new(size).with_raw_mmap_pointer(ptr.cast()) };
+        let region = builder
+            .with_mmap_prot(prot)
+            .with_mmap_flags(flags)
+            .build()
+            .map_err(|e| MemoryError::Map(e.to_string()))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(start))
+            .ok_or_else(|| MemoryError::Map(format!("region at {start:#x} overflows")))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Map(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::bus::Bus;
+use crate::snapshot::VcpuState;
 
 /// Why the VM must stop, as the first vCPU or device to notice reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,19 @@ struct Gate {
     paused: bool,
     stop: bool,
     parked: usize,
+    /// Bumped to ask every parked vCPU to save its state once more.
+    save_round: u64,
+}
+
+/// What a vCPU thread does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Enter the guest.
+    Run,
+    /// Save this vCPU's state (it is parked), then park again.
+    Save,
+    /// Exit the thread.
+    Stop,
 }
 
 /// What vCPU threads check between runs: keep running, park, or exit.
@@ -78,17 +92,34 @@ impl RunGate {
         self.gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Blocks while paused; returns false once the VM is stopping.
-    fn wait_runnable(&self) -> bool {
+    /// Blocks while paused and there is nothing to save; `round` is the last save round this
+    /// thread served.
+    fn wait_runnable(&self, round: &mut u64) -> Wake {
         let mut g = self.lock();
         if g.paused && !g.stop {
             g.parked += 1;
-            while g.paused && !g.stop {
+            while g.paused && !g.stop && g.save_round == *round {
                 g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
             }
             g.parked -= 1;
         }
-        !g.stop
+        if g.stop {
+            Wake::Stop
+        } else if g.save_round != *round {
+            *round = g.save_round;
+            Wake::Save
+        } else {
+            Wake::Run
+        }
+    }
+
+    fn request_save(&self) {
+        self.lock().save_round += 1;
+        self.cv.notify_all();
+    }
+
+    fn is_paused(&self) -> bool {
+        self.lock().paused
     }
 
     fn set_paused(&self, paused: bool) {
@@ -114,9 +145,18 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+/// Where parked vCPUs leave their saved state for [`Vcpus::save_states`].
+#[derive(Debug, Default)]
+struct Saves {
+    slots: Mutex<Vec<Option<Result<VcpuState, String>>>>,
+    cv: Condvar,
+}
+
 struct VcpuThread {
     id: u8,
     fd: VcpuFd,
+    msr_index: Arc<[u32]>,
+    saves: Arc<Saves>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     gate: Arc<RunGate>,
@@ -136,16 +176,37 @@ impl VcpuThread {
             }
         }
         // Before the first KVM_RUN: from here on the guest drives this thread.
-        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+        // A VM that can be snapshotted has an MSR list to read; its vCPUs may read their state.
+        let kind = if self.msr_index.is_empty() {
+            crate::seccomp::ThreadKind::Vcpu
+        } else {
+            crate::seccomp::ThreadKind::VcpuWithSnapshots
+        };
+        if let Err(e) = crate::seccomp::install(kind) {
             let id = self.id;
             self.stop
                 .raise(StopReason::Fault(format!("vCPU {id}: {e}")));
             return;
         }
-        while self.gate.wait_runnable() {
-            if let Some(reason) = self.step() {
-                self.stop.raise(reason);
-                return;
+        let mut round = 0;
+        loop {
+            match self.gate.wait_runnable(&mut round) {
+                Wake::Stop => return,
+                Wake::Save => {
+                    let state = VcpuState::save(self.id, &mut self.fd, &self.msr_index)
+                        .map_err(|e| e.to_string());
+                    let mut slots = self.saves.slots.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(slot) = slots.get_mut(usize::from(self.id)) {
+                        *slot = Some(state);
+                    }
+                    self.saves.cv.notify_all();
+                }
+                Wake::Run => {
+                    if let Some(reason) = self.step() {
+                        self.stop.raise(reason);
+                        return;
+                    }
+                }
             }
         }
     }
@@ -221,6 +282,21 @@ impl VcpuThread {
 pub struct Vcpus {
     threads: Vec<JoinHandle<()>>,
     gate: Arc<RunGate>,
+    saves: Arc<Saves>,
+}
+
+/// Saving the vCPUs' state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The vCPUs are running.
+    #[error("the vCPUs must be paused to be saved")]
+    NotPaused,
+    /// Not every vCPU answered in time.
+    #[error("{0} of {1} vCPUs did not save their state within {2:?}")]
+    Timeout(usize, usize, Duration),
+    /// A vCPU could not read its state.
+    #[error("{0}")]
+    Vcpu(String),
 }
 
 /// vCPUs did not reach the asked-for state in time.
@@ -230,20 +306,29 @@ pub struct KickTimeout(usize, usize, &'static str, Duration);
 
 impl Vcpus {
     /// Starts one thread per configured vCPU, each pinned to its host CPU of `affinity`
-    /// (see [`crate::affinity`]; empty: not pinned).
+    /// (see [`crate::affinity`]; empty: not pinned). `msr_index` is the MSRs a saved vCPU
+    /// state tries to read ([`Vcpus::save_states`]); `paused`: the threads park before
+    /// their first KVM_RUN.
     pub fn start(
         fds: Vec<VcpuFd>,
+        msr_index: Arc<[u32]>,
+        paused: bool,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         stop: Arc<StopSignal>,
         affinity: &[u32],
     ) -> std::io::Result<Self> {
         let gate = Arc::new(RunGate::default());
+        // Set before any thread exists: a VM that starts paused runs no guest instruction.
+        gate.set_paused(paused);
+        let saves = Arc::new(Saves::default());
         let mut threads = Vec::with_capacity(fds.len());
         for (id, fd) in fds.into_iter().enumerate() {
             let t = VcpuThread {
                 id: id as u8,
                 fd,
+                msr_index: msr_index.clone(),
+                saves: saves.clone(),
                 pio: pio.clone(),
                 mmio: mmio.clone(),
                 gate: gate.clone(),
@@ -256,7 +341,44 @@ impl Vcpus {
                     .spawn(move || t.run())?,
             );
         }
-        Ok(Vcpus { threads, gate })
+        Ok(Vcpus {
+            threads,
+            gate,
+            saves,
+        })
+    }
+
+    /// Every vCPU's state, in vCPU order, each read by its own (parked) thread. The vCPUs must
+    /// be paused, and stay paused.
+    pub fn save_states(&self, timeout: Duration) -> Result<Vec<VcpuState>, SaveError> {
+        if !self.gate.is_paused() {
+            return Err(SaveError::NotPaused);
+        }
+        let total = self.threads.len();
+        let mut slots = self.saves.slots.lock().unwrap_or_else(|p| p.into_inner());
+        *slots = (0..total).map(|_| None).collect();
+        self.gate.request_save();
+        let deadline = Instant::now() + timeout;
+        while slots.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let missing = slots.iter().filter(|s| s.is_none()).count();
+                return Err(SaveError::Timeout(missing, total, timeout));
+            }
+            slots = self
+                .saves
+                .cv
+                .wait_timeout(slots, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        slots
+            .drain(..)
+            .map(|s| {
+                s.unwrap_or_else(|| Err("no state".into()))
+                    .map_err(SaveError::Vcpu)
+            })
+            .collect()
     }
 
     fn kick_until(&self, done: impl Fn() -> bool, timeout: Duration) -> bool {
@@ -335,16 +457,24 @@ mod tests {
         let gate = Arc::new(RunGate::default());
         gate.set_paused(true);
         let g = gate.clone();
-        let t = std::thread::spawn(move || g.wait_runnable());
+        let t = std::thread::spawn(move || g.wait_runnable(&mut 0));
         let deadline = Instant::now() + Duration::from_secs(5);
         while gate.parked() == 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(gate.parked(), 1);
         gate.set_paused(false);
-        assert!(t.join().unwrap(), "resumed: keep running");
+        assert_eq!(t.join().unwrap(), Wake::Run, "resumed: keep running");
         gate.set_paused(true);
+        gate.request_save();
+        let mut round = 0;
+        assert_eq!(gate.wait_runnable(&mut round), Wake::Save, "a save request");
+        assert_eq!(round, 1);
         gate.set_stop();
-        assert!(!gate.wait_runnable(), "stopped while paused: exit");
+        assert_eq!(
+            gate.wait_runnable(&mut round),
+            Wake::Stop,
+            "stopped while paused: exit"
+        );
     }
 }

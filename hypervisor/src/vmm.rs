@@ -2,9 +2,7 @@
 //! process. The main thread owns one epoll loop for everything that is not a vCPU: the stop
 //! eventfd (vCPU exits and the i8042 reset), termination signals, and control requests.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,12 +20,13 @@ use crate::bus::Bus;
 use crate::control::{self, Pending};
 use crate::device_manager::{DeviceManagerError, VirtioMmioDevices};
 use crate::devices::legacy::{
-    RateLimitedWriter, SerialConsole, I8042, I8042_BASE, I8042_LEN, SERIAL_BASE, SERIAL_LEN,
+    SerialConsole, I8042, I8042_BASE, I8042_LEN, SERIAL_BASE, SERIAL_LEN,
 };
 use crate::devices::virtio::balloon::VirtioBalloon;
 use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::net::VirtioNet;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::snapshot::{HostFingerprint, Loaded, SnapshotError, SnapshotFiles, VmSnapshot};
 use crate::timeline::Timeline;
 use crate::vcpu::{install_kick_handler, StopReason, StopSignal, Vcpus};
 use crate::vm::{Vm, VmError};
@@ -68,6 +67,9 @@ pub enum VmmError {
     /// The seccomp filters could not be compiled.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// Taking or restoring a snapshot.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// The thread reading the kernel and initramfs into guest RAM panicked.
     #[error("the thread loading the kernel and initramfs panicked")]
     LoaderPanicked,
@@ -82,6 +84,16 @@ pub enum VmmError {
     },
 }
 
+mod answers;
+mod signals;
+mod wiring;
+
+pub use signals::block_termination_signals;
+
+use answers::answer_control;
+use signals::{read_signal, termination_signalfd};
+use wiring::{console_writer, IrqLine, ShutdownTrigger};
+
 fn setup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     step: &'static str,
 ) -> impl FnOnce(E) -> VmmError {
@@ -89,113 +101,6 @@ fn setup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
         step,
         source: e.into(),
     }
-}
-
-/// An edge on a legacy interrupt line, raised synchronously with KVM_IRQ_LINE from the vCPU
-/// thread that caused it (the way QEMU drives its UART). An irqfd would inject from another
-/// thread; under nested KVM on emulated SVM that path hung or crashed the guest during bursts of
-/// console output, while this one did not.
-#[derive(Debug)]
-struct IrqLine {
-    vm: Arc<kvm_ioctls::VmFd>,
-    irq: u32,
-}
-
-impl vm_superio::Trigger for IrqLine {
-    type E = kvm_ioctls::Error;
-
-    fn trigger(&self) -> Result<(), Self::E> {
-        self.vm.set_irq_line(self.irq, true)?;
-        self.vm.set_irq_line(self.irq, false)
-    }
-}
-
-/// A device line (the i8042 reset) that means "the guest shut down".
-#[derive(Debug)]
-struct ShutdownTrigger(Arc<StopSignal>, &'static str);
-
-impl vm_superio::Trigger for ShutdownTrigger {
-    type E = std::convert::Infallible;
-
-    fn trigger(&self) -> Result<(), Self::E> {
-        self.0.raise(StopReason::GuestShutdown(self.1.to_string()));
-        Ok(())
-    }
-}
-
-fn termination_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it before any use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t owned by this frame.
-    unsafe { libc::sigemptyset(&mut set) };
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: `set` is initialised and `sig` a valid signal number.
-        unsafe { libc::sigaddset(&mut set, sig) };
-    }
-    set
-}
-
-/// Blocks the termination signals in this thread (and every thread it starts later), so that
-/// they wait, pending, for [`Machine::run`]'s signalfd. husk-vmm calls this first thing: as
-/// PID 1 of its PID namespace it would otherwise drop a SIGTERM that arrives before then
-/// (init ignores signals it has no handler for).
-pub fn block_termination_signals() -> std::io::Result<()> {
-    let set = termination_set();
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Blocks the termination signals in this thread (and every thread it starts) and returns a
-/// signalfd that reports them.
-fn termination_signalfd() -> std::io::Result<OwnedFd> {
-    block_termination_signals()?;
-    let set = termination_set();
-    // SAFETY: -1 asks for a new descriptor; `set` is initialised.
-    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: signalfd returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn read_signal(fd: &OwnedFd) -> Option<i32> {
-    // SAFETY: signalfd_siginfo is plain data, fully written by a successful read.
-    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::signalfd_siginfo>();
-    // SAFETY: reading at most `size` bytes into `info`, which is exactly that large.
-    let n = unsafe {
-        libc::read(
-            fd.as_raw_fd(),
-            (&mut info as *mut libc::signalfd_siginfo).cast(),
-            size,
-        )
-    };
-    (n == size as isize).then_some(info.ssi_signo as i32)
-}
-
-fn console_writer(config: &VmConfig) -> Result<Box<dyn Write + Send>, VmmError> {
-    let sink: Box<dyn Write + Send> = match &config.serial_log {
-        Some(path) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    let named = std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-                    setup("opening the serial log")(named)
-                })?,
-        ),
-        None => Box::new(std::io::sink()),
-    };
-    Ok(Box::new(RateLimitedWriter::new(
-        sink,
-        SERIAL_BURST,
-        SERIAL_RATE,
-    )))
 }
 
 /// The full kernel command line for `config`.
@@ -212,16 +117,27 @@ pub fn kernel_cmdline(config: &VmConfig) -> Result<Cmdline, VmmError> {
     Ok(cmdline)
 }
 
+type Serial = SerialConsole<IrqLine>;
+
 /// A VM that is built and ready to start.
 pub struct Machine {
     config: VmConfig,
     vm: Vm,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    serial: Arc<Mutex<Serial>>,
     virtio: VirtioMmioDevices,
     stop: Arc<StopSignal>,
     signals: OwnedFd,
-    entry: vm_memory::GuestAddress,
+    /// Where a booting guest's kernel starts; `None` when restoring.
+    entry: Option<vm_memory::GuestAddress>,
+    /// The snapshot being restored, until `run` has put it into the VM.
+    restoring: Option<VmSnapshot>,
+    /// Where `snapshot` writes, if the configuration has a `snapshot_dir`.
+    snapshot_files: Option<SnapshotFiles>,
+    host: HostFingerprint,
+    /// The MSRs a vCPU snapshot reads.
+    msr_index: Arc<[u32]>,
     timeline: Timeline,
 }
 
@@ -238,14 +154,124 @@ impl Machine {
     /// `timeline` started when the process did; build adds its phases.
     pub fn build(config: VmConfig, mut timeline: Timeline) -> Result<Self, VmmError> {
         let signals = termination_signalfd().map_err(setup("blocking termination signals"))?;
-        let memory = crate::memory::create(&crate::arch::layout::ram_regions(
-            u64::from(config.memory_mib) << 20,
-        ))
-        .map_err(VmError::from)?;
+        let layout = crate::arch::layout::ram_regions(u64::from(config.memory_mib) << 20);
+        let snapshot_files = config
+            .snapshot_dir
+            .as_deref()
+            .map(SnapshotFiles::create)
+            .transpose()?;
+        let (vm, images, restoring) = match config.restore.as_deref() {
+            Some(dir) => {
+                let (vm, snapshot) = Self::map_snapshot(dir, &config, &layout)?;
+                timeline.mark("vm");
+                (vm, None, Some(snapshot))
+            }
+            None => {
+                let (vm, images) = Self::create_and_load(&config, &layout, &mut timeline)?;
+                (vm, Some(images), None)
+            }
+        };
+        let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
+        let msr_index: Arc<[u32]> = match &snapshot_files {
+            Some(_) => vm
+                .kvm
+                .get_msr_index_list()
+                .map_err(setup("reading KVM's MSR list"))?
+                .as_slice()
+                .into(),
+            None => Arc::new([]),
+        };
+        let stop = Arc::new(StopSignal::new().map_err(setup("creating the stop eventfd"))?);
+
+        let mut pio = Bus::default();
+        let serial_irq = IrqLine {
+            vm: vm.fd.clone(),
+            irq: SERIAL_IRQ,
+        };
+        let serial = match &restoring {
+            Some(s) => {
+                SerialConsole::from_snapshot(&s.serial, serial_irq, console_writer(&config)?)
+                    .map_err(setup("restoring the serial port"))?
+            }
+            None => SerialConsole::new(serial_irq, console_writer(&config)?),
+        };
+        let serial = Arc::new(Mutex::new(serial));
+        pio.insert(SERIAL_BASE, SERIAL_LEN, serial.clone())
+            .map_err(setup("placing the serial port"))?;
+        let reset = ShutdownTrigger(stop.clone(), "i8042 reset");
+        pio.insert(
+            I8042_BASE,
+            I8042_LEN,
+            Arc::new(Mutex::new(I8042::new(reset))),
+        )
+        .map_err(setup("placing the i8042"))?;
+
+        let mut cmdline = kernel_cmdline(&config)?;
+        let mut mmio = Bus::default();
+        let virtio = Self::attach_devices(&config, &vm, &mut mmio, &mut cmdline)?;
+        timeline.mark("devices");
+
+        let entry = match images {
+            Some(images) => {
+                boot::write_boot_structures(
+                    &vm.memory,
+                    &cmdline,
+                    &images.kernel,
+                    images.initramfs,
+                    config.vcpus,
+                )?;
+                timeline.mark("boot structures");
+                Some(images.kernel.entry)
+            }
+            None => None,
+        };
+
+        Ok(Machine {
+            config,
+            vm,
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            serial,
+            virtio,
+            stop,
+            signals,
+            entry,
+            restoring,
+            snapshot_files,
+            host,
+            msr_index,
+            timeline,
+        })
+    }
+
+    /// Reads the snapshot in `dir`, checks it against `config` and this host, and creates the
+    /// VM over its memory file.
+    fn map_snapshot(
+        dir: &std::path::Path,
+        config: &VmConfig,
+        layout: &[(u64, u64)],
+    ) -> Result<(Vm, VmSnapshot), VmmError> {
+        let loaded = Loaded::open(dir)?;
+        let memory =
+            crate::memory::from_file(&loaded.layout(), &loaded.memory).map_err(VmError::from)?;
+        let vm = Vm::create(memory)?;
+        let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
+        loaded.check(config, layout, &host)?;
+        crate::seccomp::precompile()?;
+        Ok((vm, loaded.snapshot))
+    }
+
+    /// Creates the VM and reads the kernel and initramfs into its RAM.
+    fn create_and_load(
+        config: &VmConfig,
+        layout: &[(u64, u64)],
+        timeline: &mut Timeline,
+    ) -> Result<(Vm, boot::LoadedImages), VmmError> {
+        let memory = crate::memory::create(layout).map_err(VmError::from)?;
         // Reading the kernel and initramfs into guest RAM and creating the VM in KVM share no
         // state, so a loader thread does the first while this thread does the second. The
         // scope joins the loader on every path, an error included.
-        let (vm, images) = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let loader = std::thread::Builder::new()
                 .name("husk-loader".into())
                 .spawn_scoped(scope, || {
@@ -260,71 +286,44 @@ impl Machine {
             filters?;
             timeline.mark("images");
             Ok::<_, VmmError>((vm?, images?))
-        })?;
-        let stop = Arc::new(StopSignal::new().map_err(setup("creating the stop eventfd"))?);
-
-        let mut pio = Bus::default();
-        let serial_irq = IrqLine {
-            vm: vm.fd.clone(),
-            irq: SERIAL_IRQ,
-        };
-        let serial = SerialConsole::new(serial_irq, console_writer(&config)?);
-        pio.insert(SERIAL_BASE, SERIAL_LEN, Arc::new(Mutex::new(serial)))
-            .map_err(setup("placing the serial port"))?;
-        let reset = ShutdownTrigger(stop.clone(), "i8042 reset");
-        pio.insert(
-            I8042_BASE,
-            I8042_LEN,
-            Arc::new(Mutex::new(I8042::new(reset))),
-        )
-        .map_err(setup("placing the i8042"))?;
-
-        let mut cmdline = kernel_cmdline(&config)?;
-        let mut mmio = Bus::default();
-        let mut virtio = VirtioMmioDevices::default();
-        if let Some(vsock) = &config.vsock {
-            let device = Box::new(Vsock::new(vsock)?);
-            virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
-        }
-        for share in &config.fs {
-            let device = Box::new(VirtioFs::new(share).map_err(setup("virtio-fs"))?);
-            virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
-        }
-        for net in &config.net {
-            let device = Box::new(VirtioNet::new(net).map_err(setup("virtio-net"))?);
-            virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
-        }
-        if config.balloon {
-            let device = Box::new(VirtioBalloon::new());
-            virtio.attach(&vm.fd, &vm.memory, &mut mmio, &mut cmdline, device)?;
-        }
-        timeline.mark("devices");
-
-        boot::write_boot_structures(
-            &vm.memory,
-            &cmdline,
-            &images.kernel,
-            images.initramfs,
-            config.vcpus,
-        )?;
-        timeline.mark("boot structures");
-
-        Ok(Machine {
-            config,
-            vm,
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-            virtio,
-            stop,
-            signals,
-            entry: images.kernel.entry,
-            timeline,
         })
     }
 
-    /// Runs the VM until the guest shuts down, a fault, a signal or a shutdown request.
-    pub fn run(mut self) -> Result<VmmExit, VmmError> {
+    /// Creates the vCPUs, each set up to enter the kernel at its entry point or, when
+    /// restoring, put back as the snapshot has it (with the VM's interrupt controllers, PIT
+    /// and clock).
+    fn create_vcpus(&mut self) -> Result<Vec<kvm_ioctls::VcpuFd>, VmmError> {
         let count = self.config.vcpus;
+        let mut fds = Vec::with_capacity(usize::from(count));
+        for id in 0..count {
+            let fd = self
+                .vm
+                .fd
+                .create_vcpu(u64::from(id))
+                .map_err(setup("creating a vCPU"))?;
+            fds.push(fd);
+        }
+        if let Some(snapshot) = &self.restoring {
+            snapshot
+                .vm
+                .restore(&self.vm.fd)
+                .map_err(SnapshotError::from)?;
+            for (id, (fd, state)) in fds.iter().zip(&snapshot.vcpus).enumerate() {
+                let refused = state.restore(id as u8, fd).map_err(SnapshotError::from)?;
+                if !refused.is_empty() {
+                    let list: Vec<String> = refused.iter().map(|m| format!("{m:#x}")).collect();
+                    eprintln!(
+                        "husk-vmm: warning: vCPU {id}: KVM refused MSRs {} of the snapshot",
+                        list.join(", ")
+                    );
+                }
+            }
+            return Ok(fds);
+        }
+        let entry = self.entry.ok_or_else(|| VmmError::Setup {
+            step: "setting up vCPUs",
+            source: "no kernel entry point and no snapshot".into(),
+        })?;
         let cpuid = self
             .vm
             .kvm
@@ -333,16 +332,43 @@ impl Machine {
         let caps = HostCaps {
             tsc_deadline: self.vm.kvm.check_extension(Cap::TscDeadlineTimer),
         };
-        let mut fds = Vec::with_capacity(usize::from(count));
-        for id in 0..count {
-            let fd = self
-                .vm
-                .fd
-                .create_vcpu(u64::from(id))
-                .map_err(setup("creating a vCPU"))?;
-            vcpu_state::configure(&fd, &cpuid, caps, id, count, self.entry)?;
-            fds.push(fd);
+        for (id, fd) in fds.iter().enumerate() {
+            vcpu_state::configure(fd, &cpuid, caps, id as u8, count, entry)?;
         }
+        Ok(fds)
+    }
+
+    /// Builds the configuration's virtio devices, in their fixed order (vsock, shares, NICs,
+    /// balloon): a restored VM's devices must land in the slots the snapshot's did.
+    fn attach_devices(
+        config: &VmConfig,
+        vm: &Vm,
+        mmio: &mut Bus,
+        cmdline: &mut Cmdline,
+    ) -> Result<VirtioMmioDevices, VmmError> {
+        let mut virtio = VirtioMmioDevices::default();
+        if let Some(vsock) = &config.vsock {
+            let device = Box::new(Vsock::new(vsock)?);
+            virtio.attach(&vm.fd, &vm.memory, mmio, cmdline, device)?;
+        }
+        for share in &config.fs {
+            let device = Box::new(VirtioFs::new(share).map_err(setup("virtio-fs"))?);
+            virtio.attach(&vm.fd, &vm.memory, mmio, cmdline, device)?;
+        }
+        for net in &config.net {
+            let device = Box::new(VirtioNet::new(net).map_err(setup("virtio-net"))?);
+            virtio.attach(&vm.fd, &vm.memory, mmio, cmdline, device)?;
+        }
+        if config.balloon {
+            let device = Box::new(VirtioBalloon::new());
+            virtio.attach(&vm.fd, &vm.memory, mmio, cmdline, device)?;
+        }
+        Ok(virtio)
+    }
+
+    /// Runs the VM until the guest shuts down, a fault, a signal or a shutdown request.
+    pub fn run(mut self) -> Result<VmmExit, VmmError> {
+        let fds = self.create_vcpus()?;
 
         let epoll = Epoll::new().map_err(setup("creating epoll"))?;
         let add = |fd: i32, token: u64| {
@@ -381,6 +407,11 @@ impl Machine {
         self.virtio
             .start_workers()
             .map_err(setup("starting the device threads"))?;
+        if let Some(snapshot) = self.restoring.take() {
+            self.virtio
+                .restore(&snapshot.devices)
+                .map_err(SnapshotError::from)?;
+        }
         self.timeline.mark("jail");
 
         let control_wake =
@@ -401,17 +432,27 @@ impl Machine {
         install_kick_handler().map_err(setup("installing the vCPU kick handler"))?;
         let vcpus = Vcpus::start(
             fds,
+            self.msr_index.clone(),
+            self.config.start_paused,
             self.pio.clone(),
             self.mmio.clone(),
             self.stop.clone(),
             affinity,
         )
         .map_err(setup("starting vCPU threads"))?;
-        crate::seccomp::install(crate::seccomp::ThreadKind::Main)
-            .map_err(setup("filtering the main thread"))?;
+        let main_kind = match self.snapshot_files {
+            Some(_) => crate::seccomp::ThreadKind::MainWithSnapshots,
+            None => crate::seccomp::ThreadKind::Main,
+        };
+        crate::seccomp::install(main_kind).map_err(setup("filtering the main thread"))?;
         let mut state = VmState::Created
             .transition(VmState::Running)
             .map_err(setup("starting"))?;
+        if self.config.start_paused {
+            state = state
+                .transition(VmState::Paused)
+                .map_err(setup("starting"))?;
+        }
         self.timeline.mark("vcpus");
         eprintln!("{}; {}", husk_protocol::vmm::VCPUS_RUNNING, self.timeline);
 
@@ -451,6 +492,10 @@ impl Machine {
                             continue;
                         };
                         while let Ok(Pending { request, reply }) = requests.try_recv() {
+                            if request == ControlRequest::Snapshot {
+                                let _ = reply.send(self.answer_snapshot(state, &vcpus));
+                                continue;
+                            }
                             let (answer, shutdown) =
                                 answer_control(request, &mut state, &vcpus, &self.vm, &self.virtio);
                             let _ = reply.send(answer);
@@ -476,56 +521,6 @@ impl Machine {
         drop(control);
         exit
     }
-}
-
-/// How long a pause waits for every vCPU to park. Natively that takes microseconds; a host
-/// under CPU pressure (or the nested test host at emulation speed) can keep a vCPU thread off
-/// the CPU for seconds, and a pause that gives up early is an error to its client for nothing.
-/// Below the control socket's answer bound ([`crate::control::ANSWER_TIMEOUT`]).
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn answer_control(
-    request: ControlRequest,
-    state: &mut VmState,
-    vcpus: &Vcpus,
-    vm: &Vm,
-    virtio: &VirtioMmioDevices,
-) -> (String, bool) {
-    let target = match request {
-        ControlRequest::Ping => return (format!("ok {state}"), false),
-        ControlRequest::Queues => return (format!("ok {}", describe_devices(vm, virtio)), false),
-        ControlRequest::Shutdown => return ("ok stopping".into(), true),
-        ControlRequest::Pause => VmState::Paused,
-        ControlRequest::Resume => VmState::Running,
-    };
-    let next = match state.transition(target) {
-        Ok(next) => next,
-        Err(e) => return (format!("error {e}"), false),
-    };
-    if target == VmState::Paused {
-        if let Err(e) = vcpus.pause(PAUSE_TIMEOUT) {
-            vcpus.resume();
-            return (format!("error {e}"), false);
-        }
-    } else {
-        vcpus.resume();
-    }
-    *state = next;
-    (format!("ok {state}"), false)
-}
-
-/// The `queues` answer: every device's transport, then the IOAPIC pins their lines go to.
-fn describe_devices(vm: &Vm, virtio: &VirtioMmioDevices) -> String {
-    let irqs: Vec<u32> = virtio.slots().iter().map(|s| s.irq).collect();
-    let pins = match vm.ioapic_pins(&irqs) {
-        Ok(pins) => pins
-            .iter()
-            .map(|p| format!("[{p}]"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        Err(e) => format!("[{e}]"),
-    };
-    format!("{} {pins}", virtio.describe())
 }
 
 /// Builds and runs the VM described by `config`; `started` is when the process started, where

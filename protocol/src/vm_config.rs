@@ -56,6 +56,19 @@ pub struct VmConfig {
     /// `vcpu_affinity[i % len]`. Empty (the default): the host scheduler places them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vcpu_affinity: Vec<u32>,
+    /// A directory where the control socket's `snapshot` writes the paused VM (files `state`
+    /// and `memory`, opened when the VM is built, so husk-vmm needs no path access in its
+    /// jail). Absent: `snapshot` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// A snapshot directory to restore instead of booting `kernel`: the VM continues where the
+    /// snapshot left it. The rest of the configuration must describe the same machine (vCPUs,
+    /// memory, the same devices in the same order); sockets, taps and shares are this VM's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<PathBuf>,
+    /// Start with the vCPUs paused (a `resume` on the control socket runs them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start_paused: bool,
 }
 
 /// Highest host CPU number `vcpu_affinity` may name (the size of the kernel's `cpu_set_t`).
@@ -143,6 +156,9 @@ pub enum VmConfigError {
     /// memory_mib out of range.
     #[error("memory_mib = {0} is out of range ({MIN_MEMORY_MIB}..={MAX_MEMORY_MIB})")]
     Memory(u32),
+    /// A snapshot path that is not absolute.
+    #[error("{0} = {1:?} must be an absolute path")]
+    SnapshotPath(&'static str, PathBuf),
     /// Reserved guest CID.
     #[error("vsock guest_cid = {0} is reserved (use 3 or more, below 4294967295)")]
     GuestCid(u32),
@@ -238,6 +254,14 @@ impl VmConfig {
         if self.extra_cmdline.len() > MAX_EXTRA_CMDLINE || self.extra_cmdline.contains('\0') {
             return Err(VmConfigError::Cmdline);
         }
+        for (field, path) in [
+            ("snapshot_dir", &self.snapshot_dir),
+            ("restore", &self.restore),
+        ] {
+            if let Some(p) = path.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(VmConfigError::SnapshotPath(field, p.clone()));
+            }
+        }
         if let Some(vsock) = &self.vsock {
             if vsock.guest_cid < 3 || vsock.guest_cid == u32::MAX {
                 return Err(VmConfigError::GuestCid(vsock.guest_cid));
@@ -308,6 +332,26 @@ mod tests {
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.memory_mib, 256);
         assert!(c.vsock.is_none());
+    }
+
+    #[test]
+    fn snapshot_fields_are_optional_and_round_trip() {
+        let mut c = minimal();
+        let json = c.to_json();
+        for field in ["snapshot_dir", "restore", "start_paused"] {
+            assert!(
+                !json.contains(field),
+                "{field} is left out by default: {json}"
+            );
+        }
+        c.snapshot_dir = Some("/var/lib/husk/templates/k.tmp".into());
+        c.restore = Some("/var/lib/husk/templates/j".into());
+        c.start_paused = true;
+        assert_eq!(VmConfig::from_json(&c.to_json()), Ok(c.clone()));
+        c.validate().unwrap();
+        c.restore = Some("relative/dir".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("restore") && e.contains("absolute"), "{e}");
     }
 
     #[test]

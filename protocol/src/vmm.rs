@@ -64,6 +64,9 @@ pub enum ControlRequest {
     /// Each virtio device's status, InterruptStatus and ring indices, on one line: who holds
     /// the ball when a guest stalls on a device.
     Queues,
+    /// Write the paused VM into the configured `snapshot_dir` (see [`crate::VmConfig`]). The
+    /// devices stop; the VM can only be shut down afterwards.
+    Snapshot,
 }
 
 impl ControlRequest {
@@ -75,8 +78,9 @@ impl ControlRequest {
             "resume" => Ok(ControlRequest::Resume),
             "shutdown" => Ok(ControlRequest::Shutdown),
             "queues" => Ok(ControlRequest::Queues),
+            "snapshot" => Ok(ControlRequest::Snapshot),
             other => Err(format!(
-                "unknown control request {other:?} (ping, pause, resume, shutdown, queues)"
+                "unknown control request {other:?} (ping, pause, resume, shutdown, queues, snapshot)"
             )),
         }
     }
@@ -89,6 +93,7 @@ impl ControlRequest {
             ControlRequest::Resume => "resume\n",
             ControlRequest::Shutdown => "shutdown\n",
             ControlRequest::Queues => "queues\n",
+            ControlRequest::Snapshot => "snapshot\n",
         }
     }
 }
@@ -121,6 +126,7 @@ mod tests {
             ControlRequest::Resume,
             ControlRequest::Shutdown,
             ControlRequest::Queues,
+            ControlRequest::Snapshot,
         ] {
             assert_eq!(ControlRequest::parse(r.line()), Ok(r));
         }

@@ -27,6 +27,7 @@ fn boot_ms(vmm: &Path, spec: &GuestSpec, dir: &Path) -> anyhow::Result<f64> {
             allowed_guest_ports: &[],
         }),
         balloon: false,
+        ..Default::default()
     };
     let cmd = husk_vmm_with(vmm, spec, dir, &opts)?;
     crate::bench::recycle_freed_pages()?;

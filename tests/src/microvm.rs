@@ -101,6 +101,7 @@ pub fn husk_vmm(
         control_socket,
         vsock: None,
         balloon: false,
+        ..Default::default()
     };
     husk_vmm_with(vmm, spec, dir, &opts)
 }
@@ -125,6 +126,12 @@ pub struct VmmOptions<'a> {
     pub vsock: Option<VsockOptions<'a>>,
     /// A virtio-balloon with free page reporting.
     pub balloon: bool,
+    /// Where the control socket's `snapshot` writes.
+    pub snapshot_dir: Option<&'a Path>,
+    /// A snapshot to restore instead of booting.
+    pub restore: Option<&'a Path>,
+    /// Start with the vCPUs paused.
+    pub start_paused: bool,
 }
 
 /// [`husk_vmm`] with a control socket and/or a vsock device.
@@ -152,6 +159,9 @@ pub fn husk_vmm_with(
         "vsock": vsock,
         "vcpu_affinity": crate::e2e::vcpu_affinity(spec.vcpus),
         "balloon": opts.balloon,
+        "snapshot_dir": opts.snapshot_dir,
+        "restore": opts.restore,
+        "start_paused": opts.start_paused,
     });
     let path = dir.join("vm.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;

@@ -124,6 +124,7 @@ fn guest_reads_writes_and_sees_host_changes_and_later_mounts() {
         control_socket: Some(&control),
         vsock: None,
         balloon: false,
+        ..Default::default()
     };
     let cmd = husk_vmm_with_fs(&env.vmm, &spec, dir.path(), &opts, &[share]).unwrap();
     let mut vm = RunningVm::spawn(cmd).unwrap();

@@ -179,6 +179,7 @@ fn vsock_echo_guest_connects_and_sigterm_leaves_nothing_behind() {
             allowed_guest_ports: &[ALLOWED],
         }),
         balloon: false,
+        ..Default::default()
     };
     let cmd = husk_vmm_with(&env.vmm, &spec(&env, 2, &cmdline), dir.path(), &opts).unwrap();
     let mut vm = RunningVm::spawn(cmd).unwrap();
@@ -306,6 +307,7 @@ fn guest_reboot_with_vsock_exits_zero_and_removes_the_socket() {
             allowed_guest_ports: &[],
         }),
         balloon: false,
+        ..Default::default()
     };
     // No port is allowed: the guest's connection is refused, then the guest reboots.
     let cmdline = format!("husk.vsock.connect={ALLOWED}");

@@ -22,6 +22,10 @@ struct Args {
     /// go on (for finding a missing entry while debugging).
     #[arg(long, default_value = "kill")]
     seccomp: husk_hypervisor::seccomp::Mode,
+    /// Restore the snapshot in this directory instead of booting the kernel (the
+    /// configuration's `restore`, which this overrides).
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -56,13 +60,18 @@ fn main() -> ExitCode {
             eprintln!("husk-vmm: error: {e}");
             VmmExit::Error
         }
-        Ok(config) => match husk_hypervisor::vmm::run(config, started) {
-            Ok(exit) => exit,
-            Err(e) => {
-                eprintln!("husk-vmm: error: {e}");
-                VmmExit::Error
+        Ok(mut config) => {
+            if let Some(dir) = args.restore {
+                config.restore = Some(std::path::absolute(&dir).unwrap_or(dir));
             }
-        },
+            match husk_hypervisor::vmm::run(config, started) {
+                Ok(exit) => exit,
+                Err(e) => {
+                    eprintln!("husk-vmm: error: {e}");
+                    VmmExit::Error
+                }
+            }
+        }
     };
     ExitCode::from(exit.code().clamp(0, 255) as u8)
 }

@@ -39,11 +39,17 @@ pub enum ThreadKind {
     /// The main thread: the epoll loop over the stop eventfd, signals and control requests,
     /// and the shutdown that joins every other thread.
     Main,
+    /// [`ThreadKind::Main`] of a VM configured with a `snapshot_dir`: it also writes the
+    /// snapshot.
+    MainWithSnapshots,
     /// The control socket's thread: accepts one client at a time and relays its request.
     Control,
     /// A vCPU thread: KVM_RUN and the port and MMIO devices it dispatches to, the serial
     /// console among them.
     Vcpu,
+    /// [`ThreadKind::Vcpu`] of a VM configured with a `snapshot_dir`: it also reads its own
+    /// vCPU's state when the VM is snapshotted.
+    VcpuWithSnapshots,
     /// The vsock device's worker: the queues and the host's Unix sockets.
     Vsock,
     /// A virtio-net device's worker: the queues and the tap.
@@ -57,10 +63,12 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for tests and for `husk check`.
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Main,
+        ThreadKind::MainWithSnapshots,
         ThreadKind::Control,
         ThreadKind::Vcpu,
+        ThreadKind::VcpuWithSnapshots,
         ThreadKind::Vsock,
         ThreadKind::Net,
         ThreadKind::Fs,
@@ -176,6 +184,8 @@ pub fn allow_list(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, S
         common::add(&mut list)?;
         match kind {
             ThreadKind::Main => main_thread::add(&mut list),
+            ThreadKind::MainWithSnapshots => main_thread::add_snapshots(&mut list),
+            ThreadKind::VcpuWithSnapshots => vcpu::add_snapshots(&mut list),
             ThreadKind::Control => control::add(&mut list),
             ThreadKind::Vcpu => vcpu::add(&mut list),
             ThreadKind::Vsock => vsock::add(&mut list),

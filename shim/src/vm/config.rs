@@ -47,6 +47,9 @@ pub fn vm_config(
         net,
         vcpu_affinity,
         balloon,
+        snapshot_dir: None,
+        restore: None,
+        start_paused: false,
     }
 }
 

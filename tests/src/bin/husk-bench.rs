@@ -264,6 +264,7 @@ fn vmm(args: &Args) -> anyhow::Result<Vec<Record>> {
             allowed_guest_ports: &[],
         }),
         balloon: false,
+        ..Default::default()
     };
     let husk_cmd = husk_vmm_with(&args.vmm, &guest(args, &serve), dir.path(), &opts)?;
     let hybrid = || hybrid_connect(&socket, VSOCK_PORT, Duration::from_secs(60));

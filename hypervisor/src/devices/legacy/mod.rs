@@ -6,7 +6,7 @@ mod serial;
 
 pub use i8042::{I8042, I8042_BASE, I8042_LEN};
 pub use ratelimit::RateLimitedWriter;
-pub use serial::{EventFdTrigger, SerialConsole, SERIAL_BASE, SERIAL_LEN};
+pub use serial::{EventFdTrigger, SerialConsole, SerialSnapshot, SERIAL_BASE, SERIAL_LEN};
 
 /// A writer whose bytes a test can read back.
 #[cfg(test)]

@@ -2,7 +2,8 @@
 
 use std::io::Write;
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -43,6 +44,61 @@ impl<T: Trigger> SerialConsole<T> {
         SerialConsole {
             uart: Serial::new(irq, out),
         }
+    }
+}
+
+/// The UART's registers and receive FIFO, for a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialSnapshot {
+    /// Divisor latch (low, high), IER, IIR, LCR, LSR, MCR, MSR and scratch.
+    pub registers: [u8; 9],
+    /// Received bytes the guest has not read.
+    pub in_buffer: Vec<u8>,
+}
+
+impl<T: Trigger> SerialConsole<T> {
+    /// The UART's state now.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// A UART in `state` (see [`SerialConsole::new`]); a receive FIFO longer than the
+    /// UART's is refused.
+    pub fn from_snapshot(
+        state: &SerialSnapshot,
+        irq: T,
+        out: Box<dyn Write + Send>,
+    ) -> Result<Self, String> {
+        let [low, high, ier, iir, lcr, lsr, mcr, msr, scratch] = state.registers;
+        let s = SerialState {
+            baud_divisor_low: low,
+            baud_divisor_high: high,
+            interrupt_enable: ier,
+            interrupt_identification: iir,
+            line_control: lcr,
+            line_status: lsr,
+            modem_control: mcr,
+            modem_status: msr,
+            scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&s, irq, NoEvents, out)
+            .map_err(|e| format!("the serial port's snapshot state: {e:?}"))?;
+        Ok(SerialConsole { uart })
     }
 }
 

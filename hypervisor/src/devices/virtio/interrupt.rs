@@ -80,6 +80,15 @@ impl IrqfdInterrupt {
         self.needs_reset.store(false, Ordering::SeqCst);
     }
 
+    /// Sets InterruptStatus to a snapshot's value and, if an interrupt was pending, raises the
+    /// line again (the restored IOAPIC expects it).
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+        if bits != 0 {
+            let _ = self.irqfd.write(1);
+        }
+    }
+
     /// The guest's EOI lowered the line: raise it again if an interrupt is still pending
     /// (set after the guest read the status, or never acknowledged).
     pub fn resample(&self) {

@@ -23,8 +23,10 @@ use crate::bus::BusDevice;
 use crate::guest_warn;
 use crate::memory::GuestMemory;
 
-mod snapshot;
-pub use snapshot::{QueueSnapshot, TransportSnapshot};
+mod diagnosis;
+mod persist;
+pub use diagnosis::{QueueSnapshot, TransportSnapshot};
+pub use persist::{PersistError, QueueState, TransportState};
 
 /// "virt", little-endian.
 pub const MAGIC: u32 = 0x7472_6976;

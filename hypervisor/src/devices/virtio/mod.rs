@@ -205,6 +205,17 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     /// control socket's `queues` does). Must not block: a device with a worker signals it.
     fn log_state(&self) {}
 
+    /// Says that the next [`VirtioDevice::activate`] resumes a snapshot: the driver's state in
+    /// guest memory predates this device's backend (the vsock device tells the driver its
+    /// connections are gone).
+    fn resuming_snapshot(&mut self) {}
+
+    /// Why the device cannot be snapshotted now, if it cannot: state in its backend that a
+    /// restored VM would need and a snapshot does not carry.
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
     /// Stops the device (its worker exits and is joined, its backend state is dropped) and
     /// returns it to a state in which [`VirtioDevice::activate`] can be called again.
     fn reset(&mut self);

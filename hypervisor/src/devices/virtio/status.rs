@@ -73,6 +73,14 @@ impl DeviceStatus {
         }
     }
 
+    /// The state whose register value is `bits` (a snapshot's), if any is.
+    pub fn from_bits(bits: u32) -> Option<DeviceStatus> {
+        use DeviceStatus::*;
+        [Reset, Acknowledged, Driver, FeaturesOk, DriverOk, Failed]
+            .into_iter()
+            .find(|s| s.bits() == bits)
+    }
+
     /// The state after the driver writes `written` (0, the reset, is always allowed).
     pub fn on_write(self, written: u32) -> Result<DeviceStatus, StatusError> {
         use DeviceStatus::*;

@@ -14,6 +14,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use husk_protocol::vm_config::{FsCache, FsShare};
 
@@ -42,6 +44,8 @@ pub struct VirtioFs {
     cache: FsCache,
     queue_sizes: [u16; 2],
     thread_name: String,
+    /// Whether the driver has a FUSE session open (set by the worker's handler).
+    session: Arc<AtomicBool>,
 }
 
 impl VirtioFs {
@@ -83,6 +87,7 @@ impl VirtioFs {
             cache: share.cache,
             queue_sizes: [QUEUE_SIZE; 2],
             thread_name: format!("husk-fs-{}", share.tag),
+            session: Arc::default(),
         })
     }
 
@@ -141,9 +146,10 @@ impl VirtioDevice for VirtioFs {
         let a = a.into_queues::<2>()?;
         let (root, cache) = (self.server_root(), self.cache);
         let (mem, queues, evts, interrupt) = (a.mem, a.queues, a.queue_evts, a.interrupt.clone());
+        let session = self.session.clone();
         let make = move || {
             let server = new_server(&root, cache)?;
-            let handler = FsQueues::new(mem, queues, interrupt, server);
+            let handler = FsQueues::new(mem, queues, interrupt, server).with_session_flag(session);
             Ok(FsEventLoop::new(handler, evts))
         };
         Worker::started(&mut self.worker, &self.thread_name, confine)
@@ -151,10 +157,22 @@ impl VirtioDevice for VirtioFs {
             .map_err(ActivateError::Start)
     }
 
+    fn snapshot_blocker(&self) -> Option<String> {
+        self.session.load(Ordering::SeqCst).then(|| {
+            format!(
+                "virtio-fs share {}: mounted in the guest (a FUSE session's inodes and open \
+                 files live in husk-vmm and a snapshot does not carry them; snapshot before \
+                 the guest mounts it)",
+                self.root.display()
+            )
+        })
+    }
+
     fn reset(&mut self) {
         if let Some(worker) = &mut self.worker {
             worker.stop();
         }
+        self.session.store(false, Ordering::SeqCst);
     }
 }
 

@@ -24,6 +24,7 @@
 //! than it holds, a head index past the table, a used ring outside RAM) stops the device: it
 //! asks for a reset (DEVICE_NEEDS_RESET and a config interrupt) and leaves its queues alone.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -151,6 +152,8 @@ pub struct FsQueues {
     server: FsServer,
     late: [LateNotify; 2],
     broken: bool,
+    /// Set while the driver has a FUSE session (between INIT and DESTROY).
+    session: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for FsQueues {
@@ -213,6 +216,7 @@ enum Served {
 /// Serves one chain: validation, then the server, then an error reply where needed.
 fn serve(
     server: &FsServer,
+    session: &AtomicBool,
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     queue: &'static str,
@@ -281,6 +285,11 @@ fn serve(
             return Served::Done(answer(libc::EINVAL), Some(fault));
         }
     };
+    if opcode == Opcode::Init as u32 {
+        session.store(true, Ordering::SeqCst);
+    } else if opcode == Opcode::Destroy as u32 {
+        session.store(false, Ordering::SeqCst);
+    }
     match server.handle_message(reader, Writer::VirtioFs(writer), None, None) {
         Ok(0) if opcode == Opcode::Destroy as u32 => {
             // The server answers DESTROY with nothing; the driver waits for a header.
@@ -321,7 +330,15 @@ impl FsQueues {
             server,
             late: Default::default(),
             broken: false,
+            session: Arc::default(),
         }
+    }
+
+    /// Records in `flag` whether the driver has a FUSE session open (the device refuses a
+    /// snapshot while it has: see [`crate::devices::virtio::VirtioDevice::snapshot_blocker`]).
+    pub fn with_session_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.session = flag;
+        self
     }
 
     /// When to look again for an interrupt the guest asked for after the device had looked
@@ -382,13 +399,14 @@ impl FsQueues {
                 };
                 let Some(chain) = chain else { break };
                 let head = chain.head_index();
-                let (outcome, fault) = match serve(&self.server, &self.mem, chain, queue) {
-                    Served::Done(outcome, fault) => (outcome, fault),
-                    Served::Broken(why) => {
-                        self.break_device(FsFault::Broken { queue, why }, &mut run);
-                        return run;
-                    }
-                };
+                let (outcome, fault) =
+                    match serve(&self.server, &self.session, &self.mem, chain, queue) {
+                        Served::Done(outcome, fault) => (outcome, fault),
+                        Served::Broken(why) => {
+                            self.break_device(FsFault::Broken { queue, why }, &mut run);
+                            return run;
+                        }
+                    };
                 run.faults.extend(fault);
                 if let Err(e) = self.queues[index].add_used(&self.mem, head, outcome.used_len()) {
                     let fault = FsFault::Broken {

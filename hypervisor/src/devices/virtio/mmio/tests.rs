@@ -312,3 +312,95 @@ fn shutdown_drops_the_device() {
     assert_eq!(r.r(reg::DEVICE_ID), 0);
     assert_eq!(r.record.lock().unwrap().resets, 0, "it was never active");
 }
+
+/// A running transport whose device completed `used` chains on queue 1, quiesced.
+fn quiesced(used: u16) -> (Rig, TransportState) {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut r = rig(false);
+    r.negotiate(FEATURES);
+    r.setup_queue(0, 0x1000);
+    r.setup_queue(1, 0x2000);
+    r.w(reg::STATUS, 15);
+    r.t.mem
+        .write_obj(used.to_le(), GuestAddress(0x2200 + 2))
+        .unwrap();
+    crate::devices::virtio::interrupt::VirtioInterrupt::trigger(
+        r.irq.as_ref(),
+        crate::devices::virtio::interrupt::InterruptReason::UsedBuffer,
+    )
+    .unwrap();
+    let state = r.t.quiesce().unwrap();
+    (r, state)
+}
+
+#[test]
+fn a_quiesced_transport_resumes_in_a_fresh_one_where_its_queues_were() {
+    let (r, state) = quiesced(5);
+    assert_eq!(r.record.lock().unwrap().resets, 1, "the worker stopped");
+    assert!(!r.t.is_active());
+    assert_eq!((state.queues[0].next, state.queues[1].next), (0, 5));
+    assert_eq!(state.interrupt_status, 1);
+    let json = serde_json::to_string(&state).unwrap();
+    let state: TransportState = serde_json::from_str(&json).unwrap();
+
+    let mut fresh = rig(false);
+    fresh.t.restore(&state).unwrap();
+    assert!(fresh.t.is_active());
+    assert_eq!(fresh.r(reg::STATUS), 15);
+    assert_eq!(
+        fresh.r(reg::INTERRUPT_STATUS),
+        1,
+        "the pending interrupt is kept"
+    );
+    let rec = fresh.record.lock().unwrap();
+    let (features, queues) = &rec.activations[0];
+    assert_eq!(*features, FEATURES);
+    assert_eq!((queues[1].next_avail, queues[1].next_used), (5, 5));
+    assert_eq!(queues[1].used_ring, 0x2200);
+    assert!(queues[1].ready && queues[1].event_idx_enabled);
+}
+
+#[test]
+fn a_state_of_another_device_or_with_values_no_driver_could_write_is_refused() {
+    let (_, good) = quiesced(0);
+    let refused = |edit: &dyn Fn(&mut TransportState)| {
+        let mut s = good.clone();
+        edit(&mut s);
+        let mut fresh = rig(false);
+        let e = fresh.t.restore(&s).unwrap_err().to_string();
+        assert!(!fresh.t.is_active(), "{e}");
+        e
+    };
+    let e = refused(&|s| s.device_type = 1);
+    assert!(e.contains("virtio-net with 2 queues"), "{e}");
+    let e = refused(&|s| s.queues.pop().map(drop).unwrap_or(()));
+    assert!(e.contains("with 1 queues"), "{e}");
+    let e = refused(&|s| s.status = 5);
+    assert!(e.contains("status 0x5"), "{e}");
+    let e = refused(&|s| s.driver_features |= 1 << 40);
+    assert!(e.contains("not a subset"), "{e}");
+    let e = refused(&|s| s.queues[0].size = 3);
+    assert!(e.contains("size 3"), "{e}");
+    let e = refused(&|s| s.queues[0].rings[0] = 0x1001);
+    assert!(e.contains("alignment"), "{e}");
+    let e = refused(&|s| s.queues[1].rings[2] = 0x7fff_f000);
+    assert!(e.contains("outside guest RAM"), "{e}");
+    let e = refused(&|s| s.status = 0x3);
+    assert!(e.contains("running in driver state"), "{e}");
+}
+
+#[test]
+fn quiesce_refuses_a_used_ring_outside_ram_by_name() {
+    let mut r = rig(false);
+    r.negotiate(FEATURES);
+    r.setup_queue(0, 0x1000);
+    r.setup_queue(1, 0x2000);
+    r.w(reg::STATUS, 15);
+    // Only the driver's checked writes can place rings; a hostile guest cannot get one past
+    // the end of RAM, so reach in as a corrupt snapshot would.
+    r.t.queues[1].set_ready(false);
+    r.t.queues[1].set_used_ring_address(Some(0xffff_fff0), Some(0));
+    r.t.queues[1].set_ready(true);
+    let e = r.t.quiesce().unwrap_err().to_string();
+    assert!(e.contains("queue 1: the used ring at 0xfffffff0"), "{e}");
+}

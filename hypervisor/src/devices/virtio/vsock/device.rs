@@ -50,6 +50,8 @@ pub struct Vsock {
     thread_name: String,
     /// Written to make the running worker log its state.
     log_state: EventFd,
+    /// The next activation resumes a snapshot: post a transport reset first.
+    resuming: bool,
 }
 
 impl Vsock {
@@ -68,6 +70,7 @@ impl Vsock {
             queue_sizes: [QUEUE_SIZE; 3],
             thread_name: "husk-vsock".into(),
             log_state: EventFd::new(libc::EFD_NONBLOCK)?,
+            resuming: false,
         })
     }
 
@@ -123,10 +126,17 @@ impl VirtioDevice for Vsock {
         let listener = self.listener.clone();
         let socket = self.socket.0.clone();
         let (cid, ports) = (self.guest_cid, self.allowed_guest_ports.clone());
-        // The queues in the spec's order; the event queue is never used: the device posts
-        // no events.
+        // The queues in the spec's order; the event queue only ever carries the transport
+        // reset of a restored VM, posted here before the worker starts.
         const _: () = assert!(RXQ == 0 && TXQ == 1 && EVQ == 2);
-        let [rx, tx, _evq] = a.queues;
+        let [rx, tx, mut evq] = a.queues;
+        if std::mem::take(&mut self.resuming) {
+            if let Err(e) = super::transport_reset::post(&a.mem, &mut evq, a.interrupt.as_ref()) {
+                // The driver keeps sockets whose host ends are gone; they fail on their next
+                // packet (RST), so this is worth a warning, not the device.
+                crate::guest_warn!("virtio-vsock: transport reset after restore: {e}");
+            }
+        }
         let (mem, evts, interrupt) = (a.mem, a.queue_evts, a.interrupt.clone());
         let log_state = self.log_state.try_clone().map_err(ActivateError::Start)?;
         let make = move || {
@@ -137,6 +147,10 @@ impl VirtioDevice for Vsock {
         Worker::started(&mut self.worker, &self.thread_name, confine)
             .and_then(|w| w.run_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
+    }
+
+    fn resuming_snapshot(&mut self) {
+        self.resuming = true;
     }
 
     fn log_state(&self) {

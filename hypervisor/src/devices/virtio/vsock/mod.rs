@@ -20,6 +20,7 @@ pub mod device;
 pub mod event_loop;
 pub mod handler;
 pub mod packet;
+pub mod transport_reset;
 pub mod unix;
 
 pub use device::Vsock;
