@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod container;
 pub mod error;
+pub mod identity;
 pub mod init;
 pub mod logging;
 pub mod network;

@@ -110,42 +110,64 @@ pub fn init(
 /// starts, so the first attempt normally succeeds).
 const CONNECT_FOR: Duration = Duration::from_secs(2);
 
-/// Opens the log stream to the host (vsock CID 2, port 1026) before anything else runs, then
-/// forwards queued lines over it from a task. The shim takes exactly this one connection and
-/// stops listening (no container can reach a host service on the port afterwards), so a
-/// stream that breaks is not reopened: lines then go to the console only.
-pub async fn connect_host_log(mut rx: mpsc::Receiver<Vec<u8>>, dropped: Arc<AtomicU64>) {
+/// Asks the log forwarder to open its stream to the host again: once, in a VM restored from a
+/// template, whose stream died with the snapshot (the shim listens for it again before it
+/// asks, and before any container exists).
+pub fn reopen_host_log() {
+    REOPEN.notify_one();
+}
+
+static REOPEN: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+async fn open_host_log() -> Option<tokio_vsock::VsockStream> {
     use tokio_vsock::{VsockAddr, VsockStream};
     let addr = VsockAddr::new(
         husk_protocol::hybrid::VSOCK_HOST_CID,
         husk_protocol::ports::LOG_PORT,
     );
     let deadline = tokio::time::Instant::now() + CONNECT_FOR;
-    let mut stream = loop {
+    loop {
         match VsockStream::connect(addr).await {
-            Ok(s) => break s,
+            Ok(s) => return Some(s),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 eprintln!(
                     "husk-agent: no log stream to the host ({e}); logging to the console only"
                 );
-                return;
+                return None;
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-    };
+    }
+}
+
+/// Opens the log stream to the host (vsock CID 2, port 1026) before anything else runs, then
+/// forwards queued lines over it from a task. The shim takes exactly this one connection and
+/// stops listening (no container can reach a host service on the port afterwards), so a
+/// stream that breaks is opened again only when [`reopen_host_log`] asks; meanwhile lines go
+/// to the console only.
+pub async fn connect_host_log(mut rx: mpsc::Receiver<Vec<u8>>, dropped: Arc<AtomicU64>) {
+    let mut stream = open_host_log().await;
     tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            let lost = dropped.swap(0, Ordering::Relaxed);
-            if lost > 0 {
-                let note = format!("husk-agent: {lost} log lines dropped (queue full)\n");
-                let _ = AsyncWriteExt::write_all(&mut stream, note.as_bytes()).await;
+        loop {
+            if let Some(mut s) = stream.take() {
+                loop {
+                    let Some(line) = rx.recv().await else { return };
+                    let lost = dropped.swap(0, Ordering::Relaxed);
+                    if lost > 0 {
+                        let note = format!("husk-agent: {lost} log lines dropped (queue full)\n");
+                        let _ = AsyncWriteExt::write_all(&mut s, note.as_bytes()).await;
+                    }
+                    if AsyncWriteExt::write_all(&mut s, &line).await.is_err() {
+                        eprintln!(
+                            "husk-agent: the log stream to the host broke; logging to the \
+                             console only"
+                        );
+                        break;
+                    }
+                }
             }
-            if AsyncWriteExt::write_all(&mut stream, &line).await.is_err() {
-                eprintln!(
-                    "husk-agent: the log stream to the host broke; logging to the console only"
-                );
-                return;
-            }
+            REOPEN.notified().await;
+            stream = open_host_log().await;
         }
     });
 }

@@ -46,6 +46,8 @@ pub struct Sandbox {
     pub ready_ms: AtomicU64,
     /// Signalled by Shutdown.
     pub shutdown: Notify,
+    /// Whether this guest is a template's, and whether it was restored.
+    pub identity: crate::identity::Identity,
 }
 
 impl Sandbox {
@@ -62,6 +64,9 @@ impl Sandbox {
             anchors: tokio::sync::Mutex::default(),
             ready_ms: AtomicU64::new(0),
             shutdown: Notify::new(),
+            identity: crate::identity::Identity::from_cmdline(
+                &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            ),
         }))
     }
 

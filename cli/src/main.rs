@@ -82,6 +82,25 @@ enum Command {
         #[arg(long)]
         containerd_address: Option<PathBuf>,
     },
+    /// VM templates: `build [--vcpus N] [--memory-mib M]`, `ls`, `rm NAME... | --all` (run by
+    /// containerd-shim-husk-v2, found next to this binary or on PATH, which boots the
+    /// template's VM).
+    #[command(disable_help_flag = true)]
+    Template {
+        /// The subcommand and its options, handed to `containerd-shim-husk-v2 template`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `containerd-shim-husk-v2`: next to this binary, else on PATH.
+fn shim_binary() -> PathBuf {
+    let next = husk_protocol::config::shim_bindir().join("containerd-shim-husk-v2");
+    if next.is_file() {
+        next
+    } else {
+        PathBuf::from("containerd-shim-husk-v2")
+    }
 }
 
 fn print(report: &Report, nothing: &str) {
@@ -112,6 +131,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Template { args } => {
+            let shim = shim_binary();
+            let status = std::process::Command::new(&shim)
+                .arg("template")
+                .args(&args)
+                .status()
+                .map_err(|e| anyhow::anyhow!("running {}: {e}", shim.display()))?;
+            Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ))
+        }
         Command::Install {
             root,
             prefix,

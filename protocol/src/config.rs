@@ -100,6 +100,11 @@ pub struct HuskConfig {
     /// Give each VM a virtio-balloon with free page reporting, so memory its guest frees goes
     /// back to the host.
     pub free_page_reporting: bool,
+    /// Restore pods from VM templates where one fits, and make one in the background when a
+    /// pod of a new shape boots (the shim's `template` module).
+    pub templates: bool,
+    /// Where templates live (`<template_dir>/<key>`).
+    pub template_dir: PathBuf,
     /// Size limit in MiB of what a pod's containers can write to their root file systems
     /// together (`writable`): their overlay upper directories live on a file system of this
     /// size instead of in containerd's snapshots. 0: no husk limit (as under runc).
@@ -127,6 +132,8 @@ impl Default for HuskConfig {
             state_dir: PathBuf::from("/run/husk"),
             pin_vcpus: false,
             free_page_reporting: true,
+            templates: true,
+            template_dir: PathBuf::from("/var/lib/husk/templates"),
             writable_limit_mib: 0,
             writable_dir: PathBuf::from("/var/lib/husk/writable"),
             log_level: "info".into(),

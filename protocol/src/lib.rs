@@ -5,6 +5,7 @@
 //! - [`vmm`]: `husk-vmm`'s exit codes and control-socket requests;
 //! - [`ports`], [`stdio`], [`ids`]: vsock ports, the stdio stream hello, container/exec ids;
 //! - [`forward`]: CRI port forwarding's request to the agent;
+//! - `template` (feature `node`): VM templates on a node, shared by the shim and `husk`;
 //! - `agent` (feature `agent-api`): the agent API, protobuf + ttrpc, generated from
 //!   `protos/husk/agent/v1/agent.proto`;
 
@@ -21,6 +22,8 @@ pub mod hybrid;
 pub mod ids;
 pub mod ports;
 pub mod stdio;
+#[cfg(feature = "node")]
+pub mod template;
 pub mod vm_config;
 pub mod vmm;
 

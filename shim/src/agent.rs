@@ -161,6 +161,8 @@ impl Agent {
     }
 
     calls! {
+        /// Restored: the pod's entropy, clock and log stream in a VM restored from a template.
+        restored(api::RestoredRequest) -> api::RestoredResponse;
         /// SetupSandbox.
         setup_sandbox(api::SetupSandboxRequest) -> api::Empty;
         /// CreateContainer.

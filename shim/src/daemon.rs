@@ -115,6 +115,7 @@ pub async fn serve(flags: &Flags) -> Result<(), DaemonError> {
     tracing::info!("shim exiting");
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(socket);
+    crate::vm::template::build::wait_background(crate::vm::template::build::BACKGROUND_LIMIT).await;
     Ok(())
 }
 

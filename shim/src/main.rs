@@ -18,6 +18,7 @@ containerd-shim-husk-v2: containerd runtime v2 shim that runs each pod in its ow
 Usage: containerd-shim-husk-v2 [-namespace NS] [-address ADDR] [-publish-binary BIN] [-id ID]
                                [-bundle DIR] [-socket ADDR] [-debug] [start|delete]
        containerd-shim-husk-v2 -info    (runtime options on stdin, RuntimeInfo on stdout)
+       containerd-shim-husk-v2 template (build|ls|rm) ...   (VM templates; `template` alone: usage)
        containerd-shim-husk-v2 -v | --version | -h | --help
 
 containerd runs this binary for runtime_type io.containerd.husk.v2 (`start`, `delete`, and the
@@ -39,6 +40,10 @@ fn main() -> ExitCode {
     {
         println!("containerd-shim-husk-v2 {}", husk_protocol::VERSION);
         return ExitCode::SUCCESS;
+    }
+    if args.first().map(String::as_str) == Some("template") {
+        let code = husk_shim::vm::template::cli::main(&args[1..]);
+        return ExitCode::from(code as u8);
     }
     let flags = match containerd_shim::parse(&args) {
         Ok(f) => f,

@@ -9,6 +9,14 @@
 //!   shim + VMM at most 20 MiB).
 //! - `guest_rss_mib`: guest RAM actually resident (reported separately; it is the VM's memory,
 //!   which a runc container has no counterpart for).
+//! - With a template ([`template`]): `run_true_template_ms`, the same run on a VM
+//!   restored from a template, interleaved with the cold husk run and runc's;
+//!   `vm_ready_template_ms`, husk-vmm started to the agent answering, restored against cold
+//!   (the shim's own measurement, from its log); `pod_host_template_mib`, the average PSS of
+//!   shim and husk-vmm (guest RAM included) of ten idle restored pods, against runc's shim, and
+//!   `pod_host_mib` the same of one cold pod.
+
+pub mod template;
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +34,7 @@ fn record(metric: &str, unit: &str, husk: Option<f64>, runc: Option<f64>, runs: 
     Record::versus_runc("ctr", metric, unit, husk, runc, runs)
 }
 
-fn run_true(c: &Containerd, runtime: &str, id: &str) -> anyhow::Result<f64> {
+pub fn run_true(c: &Containerd, runtime: &str, id: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
     let out = c.ctr(
         &[
@@ -62,7 +70,7 @@ pub fn pss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no Pss line in smaps_rollup")
 }
 
-fn shim_pid(c: &Containerd, binary: &str, id: &str) -> anyhow::Result<u32> {
+pub fn shim_pid(c: &Containerd, binary: &str, id: &str) -> anyhow::Result<u32> {
     let sock = c.socket().display().to_string();
     processes_with(&format!("-id {id} "))
         .into_iter()
@@ -126,24 +134,74 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     c.import_busybox()?;
     run_true(&c, RUNC, "bench-runc-warm")?;
     run_true(&c, HUSK, "bench-husk-warm")?;
-    let (mut h, mut r) = (Vec::new(), Vec::new());
+    template::make(&c, &settings)?;
+    let with_template = template::on(&settings);
+    let (mut h, mut r, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut h_ready, mut t_ready) = (Vec::new(), Vec::new());
     for i in 0..runs {
         r.push(run_true(&c, RUNC, &format!("bench-runc-{i}"))?);
-        h.push(run_true(&c, HUSK, &format!("bench-husk-{i}"))?);
+        let (ms, ready) = template::run_husk(&c, &settings, &format!("bench-husk-{i}"))?;
+        h.push(ms);
+        h_ready.extend(ready);
+        let (ms, ready) = template::run_husk(&c, &with_template, &format!("bench-husk-tpl-{i}"))?;
+        t.push(ms);
+        t_ready.extend(ready);
         eprintln!(
-            "husk-bench: ctr run {}: husk {:.0} ms, runc {:.0} ms",
+            "husk-bench: ctr run {}: husk {:.0} ms, husk from a template {:.0} ms, runc {:.0} ms",
             i + 1,
             h[i],
+            t[i],
             r[i]
         );
     }
+    c.write_husk_config(&settings)?;
     let (shim, vmm, guest) = memory(&c, HUSK, "bench-mem-husk", settings.memory_mib)?;
     let (runc_shim, _, _) = memory(&c, RUNC, "bench-mem-runc", 0)?;
     eprintln!(
         "husk-bench: memory: husk shim {shim} KiB + husk-vmm {vmm} KiB (guest RAM resident {guest} KiB); runc shim {runc_shim} KiB"
     );
+    let template_pss = template::idle_pss_kib(&c, &settings, 10)?;
+    eprintln!(
+        "husk-bench: memory: an idle pod restored from a template: {template_pss:.0} KiB \
+         (shim + husk-vmm PSS, average of 10); a cold one: {} KiB",
+        shim + vmm + guest
+    );
     let mib = |k: u64| k as f64 / 1024.0;
+    let ready_vs_cold = Record {
+        bench: "ctr".into(),
+        metric: "vm_ready_template_ms".into(),
+        unit: "ms".into(),
+        husk: bench::median(&t_ready),
+        anchor: "husk cold boot".into(),
+        anchor_value: bench::median(&h_ready),
+        ratio: None,
+        runs: t_ready.len(),
+        host: bench::host_label().into(),
+    }
+    .with_ratio();
     Ok(vec![
+        record(
+            "run_true_template_ms",
+            "ms",
+            bench::median(&t),
+            bench::median(&r),
+            runs,
+        ),
+        ready_vs_cold,
+        record(
+            "pod_host_template_mib",
+            "MiB",
+            Some(template_pss / 1024.0),
+            Some(mib(runc_shim)),
+            10,
+        ),
+        record(
+            "pod_host_mib",
+            "MiB",
+            Some(mib(shim + vmm + guest)),
+            Some(mib(runc_shim)),
+            1,
+        ),
         record(
             "run_true_ms",
             "ms",

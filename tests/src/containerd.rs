@@ -34,7 +34,7 @@ use anyhow::{bail, Context};
 
 pub use binaries::Release;
 pub use bounded::{run_bounded, CtrOutput};
-pub use husk::{writable_dir, HuskArtifacts, HuskSettings};
+pub use husk::{template_dir, writable_dir, HuskArtifacts, HuskSettings};
 pub use leftovers::{loop_devices_below, mounts_below, processes_with, shim_socket};
 
 use crate::oci_image;

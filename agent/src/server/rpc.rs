@@ -37,12 +37,6 @@ fn empty() -> api::Empty {
     api::Empty::default()
 }
 
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 #[async_trait]
 impl Agent for AgentService {
     async fn check(
@@ -56,9 +50,24 @@ impl Agent for AgentService {
             kernel_release: nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            boot_id: boot_id(),
+            boot_id: self.sb.identity.boot_id(),
             uptime_ms: uptime_ms(),
             ready_ms: self.sb.ready_ms.load(Ordering::Relaxed),
+            ..Default::default()
+        })
+    }
+
+    async fn restored(
+        &self,
+        _: &TtrpcContext,
+        req: api::RestoredRequest,
+    ) -> ttrpc::Result<api::RestoredResponse> {
+        let r = self.sb.identity.restored(&req.entropy, req.realtime_ns);
+        let boot_id = reply("Restored", "", "", r)?;
+        crate::logging::reopen_host_log();
+        tracing::info!(boot_id = boot_id.as_str(), "restored from a template");
+        Ok(api::RestoredResponse {
+            boot_id,
             ..Default::default()
         })
     }

@@ -25,6 +25,16 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// The child's exit code when it cannot join its cgroup.
 pub const CGROUP_JOIN_FAILED: i32 = 126;
 
+/// Whether a launched process outlives the thread that launched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// It lives on (a pod's husk-vmm survives its shim; containerd's `delete` cleans up).
+    Own,
+    /// The kernel SIGKILLs it when the launching thread ends (`PR_SET_PDEATHSIG`): a VM the
+    /// shim runs for itself, such as a template's, never outlives its work.
+    EndsWithLauncher,
+}
+
 /// A process started by [`launch`].
 #[derive(Debug)]
 pub struct Launched {
@@ -62,12 +72,13 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Runs `program` with `args` (stdin `/dev/null`, stdout and stderr piped back, a process
 /// group of its own), in a new PID namespace when `new_pid_namespace` (which needs
-/// `CAP_SYS_ADMIN`), in the cgroup `join` opened.
+/// `CAP_SYS_ADMIN`), in the cgroup `join` opened, living as long as `lifetime` says.
 pub fn launch(
     program: &Path,
     args: &[&OsStr],
     new_pid_namespace: bool,
     join: Option<&Join>,
+    lifetime: Lifetime,
 ) -> io::Result<Launched> {
     let path = cstring(program.as_os_str())?;
     let argv_owned: Vec<CString> = std::iter::once(program.as_os_str())
@@ -128,6 +139,7 @@ pub fn launch(
                 &envp,
                 [devnull.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
                 &procs,
+                lifetime,
             )
         }
     }
@@ -168,7 +180,14 @@ unsafe fn exec_child(
     envp: &[*const libc::c_char],
     stdio: [RawFd; 3],
     cgroup_procs: &[RawFd],
+    lifetime: Lifetime,
 ) -> ! {
+    if lifetime == Lifetime::EndsWithLauncher {
+        // Set first thing; a launching thread that ended before this instant goes unnoticed,
+        // so the launcher must outlive the child's start (it waits for the child anyway).
+        // SAFETY: prctl is a plain system call, async-signal-safe; it changes only this child.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    }
     for (target, fd) in stdio.iter().enumerate() {
         // SAFETY: dup2 is async-signal-safe; both are descriptors of this process.
         if unsafe { libc::dup2(*fd, target as RawFd) } < 0 {
@@ -269,6 +288,7 @@ mod tests {
             &[OsStr::new("-c"), OsStr::new(script)],
             pid_ns,
             None,
+            Lifetime::Own,
         )
     }
 
@@ -280,8 +300,36 @@ mod tests {
         assert_eq!(output(l.stderr), "err\n");
         let l = sh("kill -9 $$", false).unwrap();
         assert_eq!(wait(&l), Ended::Signal(libc::SIGKILL));
-        let e = launch(Path::new("/nonexistent/vmm"), &[], false, None).unwrap();
+        let e = launch(
+            Path::new("/nonexistent/vmm"),
+            &[],
+            false,
+            None,
+            Lifetime::Own,
+        )
+        .unwrap();
         assert_eq!(wait(&e), Ended::Code(127), "a failed exec ends in 127");
+    }
+
+    #[test]
+    fn a_process_tied_to_its_launcher_dies_with_the_launching_thread() {
+        let l = std::thread::spawn(|| {
+            let l = launch(
+                Path::new("/bin/sleep"),
+                &[OsStr::new("60")],
+                false,
+                None,
+                Lifetime::EndsWithLauncher,
+            )
+            .unwrap();
+            // The child sets its death signal right after the clone; a launcher that ended
+            // before that would not be noticed (a template's builder thread lives for minutes).
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            l
+        })
+        .join()
+        .unwrap();
+        assert_eq!(wait(&l), Ended::Signal(libc::SIGKILL));
     }
 
     #[test]
@@ -317,6 +365,7 @@ mod tests {
             &[OsStr::new("-c"), OsStr::new("cat /proc/self/cgroup")],
             false,
             Some(&join),
+            Lifetime::Own,
         )
         .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -5,6 +5,7 @@
 //! husk-vmm; unit tests plug in a fake that serves an in-process agent.
 
 pub mod config;
+pub mod control;
 pub mod diagnose;
 pub mod launch;
 pub mod liveness;
@@ -12,6 +13,7 @@ pub mod pinning;
 pub mod pod_cgroup;
 pub mod size;
 pub mod spawn;
+pub mod template;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -244,11 +246,11 @@ const AGENT_LOG_LINES_PER_SEC: u32 = 200;
 /// one connection is taken: the one the agent opens at its start, before any container can
 /// run. Then the socket is removed, so that a later connection to the port from the guest
 /// (a container's, or anything else) finds nobody listening and is reset by husk-vmm.
-fn listen_agent_log(path: &Path) -> std::io::Result<()> {
+pub(crate) fn listen_agent_log(path: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
     let path = path.to_path_buf();
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let accepted = listener.accept().await;
         drop(listener);
         let _ = std::fs::remove_file(&path);
@@ -266,8 +268,7 @@ fn listen_agent_log(path: &Path) -> std::io::Result<()> {
                 tracing::debug!("agent: {line}");
             }
         }
-    });
-    Ok(())
+    }))
 }
 
 fn tail_text(t: &SharedTail) -> String {
@@ -286,7 +287,14 @@ impl VmmBooter {
     async fn prepare(
         &self,
         req: &BootRequest,
-    ) -> Result<(PathBuf, Option<crate::cgroup::PodCgroup>), BootError> {
+    ) -> Result<
+        (
+            crate::config::Artifacts,
+            Option<crate::cgroup::PodCgroup>,
+            VmSize,
+        ),
+        BootError,
+    > {
         let a = req.config.artifacts(&self.bindir);
         require(
             "husk-vmm",
@@ -322,17 +330,17 @@ impl VmmBooter {
         // From here on a failure leaves the cgroup to the sandbox's failure path, which
         // removes what `<state>/cgroup` records with the rest of the state.
         let (cgroup, size) = pod_cgroup::place(req)?;
-        self.write_config(req, &a, size)?;
-        Ok((a.vmm, cgroup))
+        Ok((a, cgroup, size))
     }
 
-    /// Writes `vm.json` and listens on the agent's log port.
+    /// Writes `vm.json` (restoring `restore` when given) and listens on the agent's log port.
     fn write_config(
         &self,
         req: &BootRequest,
         a: &crate::config::Artifacts,
         size: VmSize,
-    ) -> Result<(), BootError> {
+        restore: Option<&Path>,
+    ) -> Result<tokio::task::JoinHandle<()>, BootError> {
         let affinity = if req.config.pin_vcpus {
             let allowed = pinning::allowed_cpus()
                 .map_err(|e| host("reading the shim's CPU affinity")(e.into()))?;
@@ -350,6 +358,8 @@ impl VmmBooter {
             affinity,
             req.config.free_page_reporting,
         );
+        let mut vm = vm;
+        vm.restore = restore.map(Path::to_path_buf);
         vm.validate()?;
         std::fs::write(req.paths.vm_config(), vm.to_json())
             .map_err(host(format!("writing {}", req.paths.vm_config().display())))?;
@@ -363,22 +373,76 @@ impl VmmBooter {
 #[async_trait]
 impl Booter for VmmBooter {
     async fn boot(&self, req: &BootRequest) -> Result<Vm, BootError> {
-        let started = Instant::now();
-        let (vmm, cgroup) = self.prepare(req).await?;
+        let (a, cgroup, size) = self.prepare(req).await?;
         // PID 1 of a PID namespace of its own (the first part of its jail), in the pod's
         // cgroup. The cgroup itself goes with the state directory (`cgroup::remove_recorded`).
         let join = cgroup.as_ref().map(|c| c.join()).transpose()?;
-        let process = spawn::spawn(&vmm, &req.paths.vm_config(), true, join.as_ref())
-            .map_err(host(format!("starting {}", vmm.display())))?;
-        drop(join);
+        let shape = template::restore::shape_for(req, &a, size);
+        let planned = shape
+            .as_ref()
+            .and_then(|s| template::plan(&req.config.template_dir, s));
+        if let Some(dir) = planned {
+            let restored = async {
+                let limit = template::restore::limit(req.config.boot_timeout());
+                let vm = self
+                    .start(req, &a, size, Some(&dir), join.as_ref(), limit)
+                    .await?;
+                template::restore::make_own(vm).await
+            };
+            match restored.await {
+                Ok(vm) => return Ok(vm),
+                Err(e) => template::restore::failed(&dir, &e),
+            }
+        }
+        let vm = self
+            .start(
+                req,
+                &a,
+                size,
+                None,
+                join.as_ref(),
+                req.config.boot_timeout(),
+            )
+            .await?;
+        if let Some(shape) = shape {
+            template::restore::after_cold_boot(&self.bindir, &req.config, size, shape);
+        }
+        Ok(vm)
+    }
+}
+
+impl VmmBooter {
+    /// Writes `vm.json`, starts husk-vmm and waits (at most `limit`) for its agent; on failure
+    /// husk-vmm is gone.
+    async fn start(
+        &self,
+        req: &BootRequest,
+        a: &crate::config::Artifacts,
+        size: VmSize,
+        restore: Option<&Path>,
+        join: Option<&crate::cgroup::Join>,
+        limit: Duration,
+    ) -> Result<Vm, BootError> {
+        let started = Instant::now();
+        let log = self.write_config(req, a, size, restore)?;
+        let vmm = &a.vmm;
+        let process = spawn::spawn(
+            vmm,
+            &req.paths.vm_config(),
+            true,
+            join,
+            launch::Lifetime::Own,
+        )
+        .map_err(host(format!("starting {}", vmm.display())))?;
         let _ = std::fs::write(req.paths.vmm_pid(), process.pid.to_string());
         tracing::info!(
             pid = process.pid,
-            vcpus = req.size.vcpus,
-            memory_mib = req.size.memory_mib,
+            vcpus = size.vcpus,
+            memory_mib = size.memory_mib,
+            restore = restore.map(|d| d.display().to_string()),
             "husk-vmm started"
         );
-        let deadline = started + req.config.boot_timeout();
+        let deadline = started + limit;
         let vsock = req.paths.vsock();
         let outcome = tokio::select! {
             r = agent::wait_ready(&vsock, deadline) => Ok(r),
@@ -453,6 +517,7 @@ impl Booter for VmmBooter {
                 }
             }
         };
+        log.abort();
         Err(failure)
     }
 }

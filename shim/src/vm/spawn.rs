@@ -22,7 +22,7 @@ use tokio::io::AsyncRead;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
-use super::launch::{launch, reap, Ended};
+use super::launch::{launch, reap, Ended, Lifetime};
 use crate::cgroup::Join;
 
 /// Console lines kept for error messages.
@@ -171,12 +171,14 @@ pub fn spawn(
     config: &Path,
     pid_namespace: bool,
     join: Option<&Join>,
+    lifetime: Lifetime,
 ) -> std::io::Result<VmmProcess> {
     let launched = launch(
         vmm,
         &[OsStr::new("--config"), config.as_os_str()],
         pid_namespace,
         join,
+        lifetime,
     )?;
     let pid = launched.pid;
     let console = SharedTail::default();
@@ -288,7 +290,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let p = spawn(&script, Path::new("/x/vm.json"), false, None).unwrap();
+        let p = spawn(&script, Path::new("/x/vm.json"), false, None, Lifetime::Own).unwrap();
         let end = p.wait(Duration::from_secs(10)).await.unwrap();
         assert_eq!(end.exit, VmmExit::Error);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -307,7 +309,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let p = spawn(&script, Path::new("/x"), false, None).unwrap();
+        let p = spawn(&script, Path::new("/x"), false, None, Lifetime::Own).unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let end = p.terminate(Duration::from_millis(300)).await.unwrap();
         assert_eq!(end.exit, VmmExit::Signal(9));

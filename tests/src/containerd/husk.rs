@@ -90,6 +90,10 @@ pub struct HuskSettings {
     pub liveness_timeout_secs: u64,
     /// `writable_limit_mib` (0: off, the default).
     pub writable_limit_mib: u64,
+    /// `templates`: off unless a test turns it on. The product default is on, but a
+    /// template's background build is a second VM beside the test's, which the suites'
+    /// leak checks (no husk-vmm, no state left) would see; the `templates` suite tests it.
+    pub templates: bool,
 }
 
 /// The `writable_dir` of a test's husk config: beside its state directory.
@@ -110,6 +114,7 @@ impl HuskSettings {
             pin_vcpus: crate::e2e::pin_vcpus(),
             liveness_timeout_secs: 180,
             writable_limit_mib: 0,
+            templates: false,
         }
     }
 
@@ -120,7 +125,8 @@ impl HuskSettings {
             "# written by husk-tests (src/containerd/husk.rs)\nvmm = {:?}\nkernel = {:?}\ninitramfs = {:?}\n\
              state_dir = {:?}\nboot_timeout_secs = {}\nextra_cmdline = {:?}\nvcpus = {}\n\
              memory_mib = {}\nshutdown_timeout_secs = 20\npin_vcpus = {}\n\
-             liveness_timeout_secs = {}\nwritable_limit_mib = {}\nwritable_dir = {:?}\n",
+             liveness_timeout_secs = {}\nwritable_limit_mib = {}\nwritable_dir = {:?}\n\
+             templates = {}\ntemplate_dir = {:?}\n",
             a.vmm.display().to_string(),
             a.kernel.display().to_string(),
             a.initramfs.display().to_string(),
@@ -133,8 +139,15 @@ impl HuskSettings {
             self.liveness_timeout_secs,
             self.writable_limit_mib,
             writable_dir(state_dir).display().to_string(),
+            self.templates,
+            template_dir(state_dir).display().to_string(),
         )
     }
+}
+
+/// The `template_dir` of a test's husk config: beside its state directory.
+pub fn template_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.with_file_name("templates")
 }
 
 #[cfg(test)]
