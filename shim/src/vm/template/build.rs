@@ -103,6 +103,9 @@ pub async fn build(
     let started = Instant::now();
     let root = &config.template_dir;
     std::fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
+    // Guest RAM lies there: root's alone.
+    std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(io(format!("setting the mode of {}", root.display())))?;
     let key = shape.key();
     if let Lookup::Ready(dir) = lookup(root, shape) {
         return Ok(Built {
