@@ -27,17 +27,31 @@ pub fn make(c: &Containerd, settings: &HuskSettings) -> anyhow::Result<()> {
     c.write_husk_config(&on(settings))?;
     let from = c.log_len();
     run_true(c, HUSK, "bench-template-make")?;
+    // The shim's log may end before its background build does: look at the directory.
+    let dir = crate::containerd::template_dir(&c.husk_state);
     let deadline = Instant::now() + BUILD;
     loop {
-        let log = c.log_since(from);
-        if log.contains("template made") {
+        let made = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    !e.file_name().to_string_lossy().starts_with('.')
+                        && e.path().join("template.json").exists()
+                })
+            })
+            .unwrap_or(false);
+        if made {
             return Ok(());
         }
+        let log = c.log_since(from);
         if let Some(line) = log.lines().find(|l| l.contains("making the template")) {
             bail!("the template was not made: {line}");
         }
         if Instant::now() > deadline {
-            bail!("no template within {BUILD:?}:\n{}", c.log_tail(40));
+            bail!(
+                "no template in {} within {BUILD:?}:\n{}",
+                dir.display(),
+                c.log_tail(40)
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
