@@ -79,13 +79,8 @@ pub fn shim_pid(c: &Containerd, binary: &str, id: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("no {binary} process for {id}"))
 }
 
-/// Memory of one running container: (shim PSS KiB, VMM PSS outside guest RAM KiB, guest RSS KiB).
-fn memory(
-    c: &Containerd,
-    runtime: &str,
-    id: &str,
-    guest_mib: u32,
-) -> anyhow::Result<(u64, u64, u64)> {
+/// Starts `ctr run -d <busybox> <id> sleep 3600` under `runtime`.
+pub fn run_idle(c: &Containerd, runtime: &str, id: &str) -> anyhow::Result<()> {
     let out = c.ctr(
         &[
             "run",
@@ -103,25 +98,50 @@ fn memory(
     if out.code != 0 {
         bail!("ctr run -d --runtime {runtime} {id}: {out}");
     }
+    Ok(())
+}
+
+/// The husk-vmm of husk container `id` (the one running its sandbox's `vm.json`).
+pub fn vmm_pid(c: &Containerd, id: &str) -> anyhow::Result<u32> {
+    let vm_json = format!("{}/{id}/vm.json", c.husk_state.display());
+    processes_with(&vm_json)
+        .first()
+        .map(|(p, _)| *p)
+        .with_context(|| format!("no husk-vmm running {vm_json}"))
+}
+
+/// Kills and removes the containers `ids` started by [`run_idle`].
+pub fn remove_idle(c: &Containerd, ids: &[String]) {
+    for id in ids {
+        c.ctr(&["task", "kill", "-s", "SIGKILL", id], None, RUN_TIMEOUT);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for id in ids {
+        c.ctr(&["task", "rm", "-f", id], None, RUN_TIMEOUT);
+        c.ctr(&["container", "rm", id], None, RUN_TIMEOUT);
+    }
+}
+
+/// Memory of one running container: (shim PSS KiB, VMM PSS outside guest RAM KiB, guest RSS KiB).
+fn memory(
+    c: &Containerd,
+    runtime: &str,
+    id: &str,
+    guest_mib: u32,
+) -> anyhow::Result<(u64, u64, u64)> {
+    run_idle(c, runtime, id)?;
     std::thread::sleep(Duration::from_secs(3));
     let result = (|| {
         if runtime == HUSK {
             let shim = pss_kib(shim_pid(c, "containerd-shim-husk-v2", id)?)?;
-            let vm_json = format!("{}/{id}/vm.json", c.husk_state.display());
-            let vmm = processes_with(&vm_json)
-                .first()
-                .map(|(p, _)| *p)
-                .with_context(|| format!("no husk-vmm running {vm_json}"))?;
-            let (overhead, guest) = bench::vmm_memory_kib(vmm, u64::from(guest_mib) * 1024)?;
+            let (overhead, guest) =
+                bench::vmm_memory_kib(vmm_pid(c, id)?, u64::from(guest_mib) * 1024)?;
             Ok((shim, overhead, guest))
         } else {
             Ok((pss_kib(shim_pid(c, "containerd-shim-runc-v2", id)?)?, 0, 0))
         }
     })();
-    c.ctr(&["task", "kill", "-s", "SIGKILL", id], None, RUN_TIMEOUT);
-    std::thread::sleep(Duration::from_secs(1));
-    c.ctr(&["task", "rm", "-f", id], None, RUN_TIMEOUT);
-    c.ctr(&["container", "rm", id], None, RUN_TIMEOUT);
+    remove_idle(c, &[id.to_string()]);
     result
 }
 

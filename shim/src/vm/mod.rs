@@ -349,7 +349,7 @@ impl VmmBooter {
         } else {
             Vec::new()
         };
-        let vm = config::vm_config(
+        let mut vm = config::vm_config(
             a,
             size,
             &req.config.extra_cmdline,
@@ -358,7 +358,6 @@ impl VmmBooter {
             affinity,
             req.config.free_page_reporting,
         );
-        let mut vm = vm;
         vm.restore = restore.map(Path::to_path_buf);
         vm.validate()?;
         std::fs::write(req.paths.vm_config(), vm.to_json())

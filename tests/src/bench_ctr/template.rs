@@ -4,15 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
-use super::{pss_kib, run_true, shim_pid};
-use crate::containerd::{processes_with, Containerd, HuskSettings, HUSK};
-use crate::oci_image::BUSYBOX_REF;
+use super::{pss_kib, remove_idle, run_idle, run_true, shim_pid, vmm_pid};
+use crate::containerd::{Containerd, HuskSettings, HUSK};
 
 /// How long the first template may take to be made in the background.
 const BUILD: Duration = Duration::from_secs(300);
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `settings` with templates on.
 pub fn on(settings: &HuskSettings) -> HuskSettings {
@@ -98,45 +96,18 @@ pub fn idle_pss_kib(c: &Containerd, settings: &HuskSettings, count: usize) -> an
     let mut started = Vec::new();
     let result = (|| {
         for id in &ids {
-            let out = c.ctr(
-                &[
-                    "run",
-                    "-d",
-                    "--runtime",
-                    HUSK,
-                    BUSYBOX_REF,
-                    id,
-                    "sleep",
-                    "3600",
-                ],
-                None,
-                RUN_TIMEOUT,
-            );
-            if out.code != 0 {
-                bail!("ctr run -d {id}: {out}");
-            }
+            run_idle(c, HUSK, id)?;
             started.push(id.clone());
         }
         std::thread::sleep(Duration::from_secs(5));
         let mut total = 0u64;
         for id in &ids {
-            let vm_json = format!("{}/{id}/vm.json", c.husk_state.display());
-            let vmm = processes_with(&vm_json)
-                .first()
-                .map(|(p, _)| *p)
-                .with_context(|| format!("no husk-vmm running {vm_json}"))?;
-            total += pss_kib(shim_pid(c, "containerd-shim-husk-v2", id)?)? + pss_kib(vmm)?;
+            total +=
+                pss_kib(shim_pid(c, "containerd-shim-husk-v2", id)?)? + pss_kib(vmm_pid(c, id)?)?;
         }
         Ok(total as f64 / count as f64)
     })();
-    for id in &started {
-        c.ctr(&["task", "kill", "-s", "SIGKILL", id], None, RUN_TIMEOUT);
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    for id in &started {
-        c.ctr(&["task", "rm", "-f", id], None, RUN_TIMEOUT);
-        c.ctr(&["container", "rm", id], None, RUN_TIMEOUT);
-    }
+    remove_idle(c, &started);
     result
 }
 
