@@ -24,6 +24,13 @@ pub const MEMORY_FILE: &str = "memory";
 /// The kernel command-line word that tells the agent its guest will be a template.
 pub const TEMPLATE_CMDLINE: &str = "husk.template";
 
+/// The MAC of a template's `n`th NIC: locally administered and unicast, `02:68:75:73:6b:nn`
+/// ("husk"). Every pod restored from a template gives each NIC its own MAC before the link
+/// comes up (SetupSandbox's `Interface.current_mac`), so this one never reaches a network.
+pub fn nic_mac(n: u8) -> String {
+    format!("02:68:75:73:6b:{n:02x}")
+}
+
 /// One input file of a template, identified without reading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileId {

@@ -40,6 +40,7 @@ pub mod service;
 pub mod share;
 pub mod spec;
 pub mod start;
+pub mod tap;
 pub mod task;
 pub mod unmount;
 pub mod vm;

@@ -158,6 +158,24 @@ impl Containerd {
         Ok(())
     }
 
+    /// Makes the VM template of a pod with `nics` NICs at the husk config's size, ahead of
+    /// time: `<shim> template build --nics <nics> --config <husk_config>` (the shim's own
+    /// command, as `husk template build` runs it). Returns what it printed.
+    pub fn build_template(&self, shim: &Path, nics: u8) -> anyhow::Result<String> {
+        let out = Command::new(shim)
+            .args(["template", "build", "--nics", &nics.to_string(), "--config"])
+            .arg(&self.husk_config)
+            .output()
+            .with_context(|| format!("running {}", shim.display()))?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(out.status.success(), "template build: {said}");
+        Ok(said.trim().to_string())
+    }
+
     /// containerd's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -141,27 +141,41 @@ fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-/// husk-vmm processes still running.
-fn vmms() -> Vec<String> {
+/// husk shims and VMMs still running, as `pid program`, found by their executables' names
+/// (`comm` is cut at 15 bytes, which drops the shim's "husk").
+fn husk_processes() -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) {
-            if comm.trim() == "husk-vmm" {
-                out.push(e.file_name().to_string_lossy().into_owned());
-            }
-        }
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+        let exe = exe.to_string_lossy();
+        let name = if comm.trim() == "husk-vmm" {
+            "husk-vmm"
+        } else if exe.contains("containerd-shim-husk-v2") {
+            "containerd-shim-husk-v2"
+        } else {
+            continue;
+        };
+        out.push(format!("{} {name}", e.file_name().to_string_lossy()));
     }
     out
 }
 
 /// Nothing of a template build is left: no builder VM, no lock or half-written template, no
-/// builder sandbox under the state directory.
+/// builder sandbox under the state directory. A pod's shim outlives its pod until its
+/// background build ends (the build is done, or failed and cleaned up), so this first waits
+/// for every husk shim and VMM to exit: checking while a build is still starting (its lock
+/// taken, its VM not yet spawned) would race it.
 fn nothing_left_of_builds(c: &Containerd) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !vmms().is_empty() && Instant::now() < deadline {
+    let deadline = Instant::now() + BUILD;
+    while !husk_processes().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(vmms(), Vec::<String>::new(), "husk-vmm processes left");
+    assert_eq!(
+        husk_processes(),
+        Vec::<String>::new(),
+        "husk shims or VMMs left after {BUILD:?}"
+    );
     let stray: Vec<String> = entries(&templates_of(c))
         .into_iter()
         .filter(|n| n.starts_with('.'))

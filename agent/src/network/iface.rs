@@ -2,7 +2,9 @@
 //!
 //! The request is checked completely first ([`plan`]: MACs, CIDRs, names, gateways), so bad
 //! input is refused before anything changes. Then [`apply`], for each interface: find the
-//! link by MAC (NOT_FOUND naming the MAC if none), take it down and rename it if asked, set
+//! link by MAC (its `current_mac` when the shim gives one: a NIC restored from a template,
+//! which then takes the pod's MAC while down; NOT_FOUND naming the MAC if none), take it
+//! down and rename it if asked, set
 //! the MTU, add the addresses (IPv6 ones without DAD: see [`address_message`]), bring it up; then add the routes in request order (the shim
 //! sends link-scope routes first, so gateways are reachable). Routes are added with
 //! `NLM_F_REPLACE`, so a route the kernel already made for an address is not an error.
@@ -27,6 +29,9 @@ use crate::error::{AgentError, Result};
 pub struct IfacePlan {
     /// The NIC's hardware address.
     pub mac: [u8; 6],
+    /// The address it has now, when that is another (a restored template's NIC): found by
+    /// this, it is given `mac`.
+    pub current: Option<[u8; 6]>,
     /// The name to give it (None: keep the kernel's).
     pub name: Option<String>,
     /// The MTU (None: leave it).
@@ -75,6 +80,17 @@ pub fn plan(req: &api::SetupSandboxRequest) -> Result<(Vec<IfacePlan>, Vec<Route
         let mac = parse_mac(&i.mac).ok_or_else(|| {
             AgentError::InvalidArgument(format!("interface MAC address {:?}", i.mac))
         })?;
+        let current = if i.current_mac.is_empty() {
+            None
+        } else {
+            let current = parse_mac(&i.current_mac).ok_or_else(|| {
+                AgentError::InvalidArgument(format!(
+                    "interface current MAC address {:?}",
+                    i.current_mac
+                ))
+            })?;
+            (current != mac).then_some(current)
+        };
         if !i.name.is_empty() {
             check_name(&i.name)?;
         }
@@ -86,6 +102,7 @@ pub fn plan(req: &api::SetupSandboxRequest) -> Result<(Vec<IfacePlan>, Vec<Route
         }
         ifaces.push(IfacePlan {
             mac,
+            current,
             name: (!i.name.is_empty()).then(|| i.name.clone()),
             mtu: (i.mtu != 0).then_some(i.mtu),
             addresses: i
@@ -249,12 +266,29 @@ pub fn apply(nl: &mut dyn Netlink, ifaces: &[IfacePlan], routes: &[RoutePlan]) -
     let mut by_name: HashMap<String, u32> = found.iter().map(|(_, i, n)| (n.clone(), *i)).collect();
     for i in ifaces {
         let mac = format_mac(&i.mac);
-        let (_, index, current) = found
-            .iter()
-            .find(|(m, _, _)| *m == i.mac)
-            .ok_or_else(|| AgentError::NotFound(format!("no network interface with MAC {mac}")))?;
+        let now = i.current.unwrap_or(i.mac);
+        let (_, index, current) = found.iter().find(|(m, _, _)| *m == now).ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "no network interface with MAC {}",
+                format_mac(&now)
+            ))
+        })?;
         let name = i.name.clone().unwrap_or_else(|| current.clone());
         tracing::info!(mac = %mac, index, name = %name, mtu = ?i.mtu, "configuring interface");
+        if i.current.is_some() {
+            // Down first: a NIC takes a new address only while down (and nothing may have
+            // used the old one: the link comes up below, with the pod's).
+            set_link(
+                nl,
+                *index,
+                Some(false),
+                vec![LinkAttribute::Address(i.mac.to_vec())],
+            )
+            .map_err(AgentError::io(format!(
+                "giving {current} ({}) the MAC {mac}",
+                format_mac(&now)
+            )))?;
+        }
         if name != *current {
             set_link(
                 nl,

@@ -143,6 +143,51 @@ fn the_nic_is_renamed_configured_brought_up_and_routed() {
 }
 
 #[test]
+fn a_restored_nic_is_found_by_its_current_mac_and_takes_the_pods_while_down() {
+    let mut req = request("02:00:00:00:00:01", &["10.99.0.2/24"], &[]);
+    req.interfaces[0].current_mac = "02:68:75:73:6b:00".into();
+    let (i, r) = plan(&req).unwrap();
+    assert_eq!(i[0].current, Some([2, 0x68, 0x75, 0x73, 0x6b, 0]));
+    let mut nl = Fake {
+        links: vec![
+            (1, "lo", [0; 6]),
+            (7, "eth0", [2, 0x68, 0x75, 0x73, 0x6b, 0]),
+        ],
+        ..Fake::default()
+    };
+    apply(&mut nl, &i, &r).unwrap();
+    let RouteNetlinkMessage::SetLink(first) = &nl.sent[0] else {
+        panic!("first {:?}", nl.sent[0]);
+    };
+    assert_eq!(first.header.index, 7);
+    assert!(first.header.change_mask.contains(LinkFlags::Up));
+    assert!(first.header.flags.is_empty(), "the MAC changes while down");
+    assert!(first
+        .attributes
+        .contains(&LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1])));
+    let RouteNetlinkMessage::SetLink(last) = nl.sent.last().unwrap() else {
+        panic!("last {:?}", nl.sent.last());
+    };
+    assert!(last.header.flags.contains(LinkFlags::Up), "up last");
+
+    // A current MAC equal to the pod's changes nothing; a bad one is refused by name; a
+    // current MAC no NIC has is NOT_FOUND naming it.
+    req.interfaces[0].current_mac = "02:00:00:00:00:01".into();
+    assert_eq!(plan(&req).unwrap().0[0].current, None);
+    req.interfaces[0].current_mac = "02:68".into();
+    let e = plan(&req).unwrap_err();
+    assert!(
+        e.to_string().contains("current MAC address \"02:68\""),
+        "{e}"
+    );
+    req.interfaces[0].current_mac = "02:68:75:73:6b:05".into();
+    let (i, r) = plan(&req).unwrap();
+    let e = apply(&mut nl, &i, &r).unwrap_err();
+    assert!(matches!(e, AgentError::NotFound(_)));
+    assert!(e.to_string().contains("02:68:75:73:6b:05"), "{e}");
+}
+
+#[test]
 fn a_route_without_gateway_is_link_scope() {
     let r = RoutePlan {
         destination: Some(("fd00::".parse().unwrap(), 64)),

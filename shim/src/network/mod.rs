@@ -18,7 +18,6 @@ pub mod discover;
 pub mod forward;
 pub mod netns;
 pub mod record;
-pub mod tap;
 pub mod tc;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +30,7 @@ use husk_rtnl::{format_mac, Netlink, Rtnl};
 
 use crate::error::ShimError;
 use crate::paths::SandboxPaths;
+use crate::tap;
 use discover::Nic;
 use record::NetRecord;
 

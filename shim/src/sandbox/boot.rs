@@ -202,6 +202,12 @@ async fn setup_sandbox(vm: Vm, hostname: Option<String>, net: PodNetwork) -> Res
     share.target = paths::GUEST_SHARED.to_string();
     req.mounts.push(share);
     req.interfaces = net.interfaces;
+    if vm.from_template {
+        // The NICs have the template's MACs, in the order the pod's were given to husk-vmm.
+        for (n, i) in req.interfaces.iter_mut().enumerate() {
+            i.current_mac = husk_protocol::template::nic_mac(u8::try_from(n).unwrap_or(u8::MAX));
+        }
+    }
     req.routes = net.routes;
     if let Err(e) = vm.agent.setup_sandbox(&req).await {
         // A VM that died under the call is the cause, not the connection's early EOF.

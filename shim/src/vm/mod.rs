@@ -145,6 +145,9 @@ pub struct Vm {
     pub info: CheckResponse,
     /// `Some` once the VM ended.
     pub gone: watch::Receiver<Option<VmGone>>,
+    /// Restored from a template: its NICs have the template's MACs
+    /// (`husk_protocol::template::nic_mac`) until SetupSandbox gives them the pod's.
+    pub from_template: bool,
     process: Option<VmmProcess>,
     gone_tx: Option<watch::Sender<Option<VmGone>>>,
 }
@@ -162,6 +165,7 @@ impl Vm {
             agent,
             info,
             gone,
+            from_template: false,
             process: None,
             gone_tx: None,
         }
@@ -484,6 +488,7 @@ impl VmmBooter {
                     agent,
                     info,
                     gone,
+                    from_template: false,
                     process: Some(process),
                     gone_tx: Some(gone_tx),
                 });

@@ -1,7 +1,8 @@
 //! Kubernetes pods on husk: containerd's CRI plugin driven as kubelet drives it
 //! (src/cri/), with `runtime_handler = "husk"`, and the same scenario under `runc` for parity.
 //!
-//! The scenario ([`scenario`]): RunPodSandbox (with a network sysctl), two long-running busybox
+//! The scenario ([`scenario`]; under husk the pod is restored from a VM template made ahead of
+//! time, and its NIC takes the pod's MAC): RunPodSandbox (with a network sysctl), two long-running busybox
 //! containers (under husk: one VM, one boot id, not the test host's), the pod's sysctl in both,
 //! ExecSync, CRI log files, hostPath volumes ([`volumes`]: read-write, updated on the host,
 //! read-only, rslave and rshared with a mount the host makes afterwards), CRI's /etc/hosts,

@@ -3,7 +3,8 @@
 //! directory next to the templates, then renamed into place with its `template.json`.
 //!
 //! The builder VM is a sandbox of its own (`<state_dir>/template-<key>`: sockets, an empty
-//! share, `vm.json`), outside any pod's cgroup, and it dies with the thread that built it
+//! share, `vm.json`, the network namespace of its taps: [`super::nics`]), outside any pod's
+//! cgroup, and it dies with the thread that built it
 //! ([`Lifetime::EndsWithLauncher`]): a shim that exits mid-build leaves no VM behind, and its
 //! temporary directory, sandbox directory and lock are cleaned by the next build of the key.
 
@@ -131,7 +132,7 @@ pub async fn build(
     // A builder that died left these; under the lock they are nobody's.
     leftovers.remove();
     std::fs::create_dir(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-    let memory_bytes = snapshot_vm(bindir, config, size, &paths, &tmp).await?;
+    let memory_bytes = snapshot_vm(bindir, config, size, shape.nics, &paths, &tmp).await?;
     let meta = TemplateMeta {
         shape: shape.clone(),
         created_unix: SystemTime::now()
@@ -158,12 +159,13 @@ pub async fn build(
     })
 }
 
-/// Boots the builder VM in `paths`, snapshots it into `into` and stops it; returns the bytes
-/// of RAM written.
+/// Boots the builder VM (with `nics` NICs) in `paths`, snapshots it into `into` and stops it;
+/// returns the bytes of RAM written.
 async fn snapshot_vm(
     bindir: &Path,
     config: &HuskConfig,
     size: VmSize,
+    nics: u8,
     paths: &SandboxPaths,
     into: &Path,
 ) -> Result<u64, BuildError> {
@@ -176,6 +178,7 @@ async fn snapshot_vm(
     let sockets = paths.sockets();
     std::fs::create_dir(&sockets).map_err(io(format!("creating {}", sockets.display())))?;
     crate::share::create(paths)?;
+    let net = super::nics::create(root, nics).map_err(io("making the template VM's NICs"))?;
     let a = config.artifacts(bindir);
     let cmdline = format!("{} {TEMPLATE_CMDLINE}", config.extra_cmdline);
     let mut vm = crate::vm::config::vm_config(
@@ -183,7 +186,7 @@ async fn snapshot_vm(
         size,
         cmdline.trim(),
         paths,
-        Vec::new(),
+        net,
         Vec::new(),
         config.free_page_reporting,
     );

@@ -11,19 +11,24 @@ use crate::vm::size::VmSize;
 
 /// The subcommands' usage.
 pub const USAGE: &str = "\
-Usage: containerd-shim-husk-v2 template build [--vcpus N] [--memory-mib M] [--config FILE]
+Usage: containerd-shim-husk-v2 template build [--vcpus N] [--memory-mib M] [--nics K] [--config FILE]
        containerd-shim-husk-v2 template ls [--config FILE]
        containerd-shim-husk-v2 template rm (NAME... | --all) [--config FILE]
 
-build makes the template of the VM a pod without network interfaces gets at the given size
-(default: the husk config's vcpus and memory_mib); ls lists what is in template_dir; rm
-removes templates (and leftovers of builds cut short).";
+build makes the template of the VM a pod with K network interfaces (default 1, as a CRI pod
+has; ctr pods have 0) gets at the given size (default: the husk config's vcpus and
+memory_mib); ls lists what is in template_dir; rm removes templates (and leftovers of builds
+cut short).";
+
+/// Most NICs a template is made with by hand (a pod has one per CNI interface).
+const MAX_NICS: u8 = 8;
 
 #[derive(Debug)]
 struct Args {
     config: Option<PathBuf>,
     vcpus: Option<u8>,
     memory_mib: Option<u32>,
+    nics: u8,
     all: bool,
     names: Vec<String>,
 }
@@ -33,6 +38,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         config: None,
         vcpus: None,
         memory_mib: None,
+        nics: 1,
         all: false,
         names: Vec::new(),
     };
@@ -58,6 +64,14 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     v.parse()
                         .map_err(|_| format!("--memory-mib {v:?}: not a size"))?,
                 );
+            }
+            "--nics" => {
+                let v = value("--nics")?;
+                a.nics = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_NICS)
+                    .ok_or_else(|| format!("--nics {v:?}: not a count of 0 to {MAX_NICS}"))?;
             }
             "--all" => a.all = true,
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
@@ -116,7 +130,7 @@ fn run_build(args: &Args) -> Result<(), String> {
         &a,
         size,
         &config.extra_cmdline,
-        0,
+        usize::from(args.nics),
         config.free_page_reporting,
     )
     .map_err(|e| e.to_string())?;
@@ -153,16 +167,17 @@ fn run_ls(args: &Args) -> Result<(), String> {
     let root = &config.template_dir;
     let entries = list(root).map_err(|e| format!("{}: {e}", root.display()))?;
     println!(
-        "{:<18} {:>5} {:>8} {:>10}  KERNEL",
-        "NAME", "VCPUS", "MEMORY", "DATA"
+        "{:<18} {:>5} {:>8} {:>4} {:>10}  KERNEL",
+        "NAME", "VCPUS", "MEMORY", "NICS", "DATA"
     );
     for e in entries {
         match e.meta {
             Ok(m) => println!(
-                "{:<18} {:>5} {:>5}MiB {:>7}MiB  {}",
+                "{:<18} {:>5} {:>5}MiB {:>4} {:>7}MiB  {}",
                 e.name,
                 m.shape.vcpus,
                 m.shape.memory_mib,
+                m.shape.nics,
                 m.memory_bytes >> 20,
                 m.shape.kernel.path.display()
             ),
@@ -215,6 +230,11 @@ mod tests {
             .unwrap_err()
             .contains("needs a value"));
         assert!(parse(&args(&["--force"])).unwrap_err().contains("--force"));
+        assert_eq!(parse(&args(&[])).unwrap().nics, 1, "a CRI pod's one NIC");
+        assert_eq!(parse(&args(&["--nics", "0"])).unwrap().nics, 0);
+        assert!(parse(&args(&["--nics", "9"]))
+            .unwrap_err()
+            .contains("0 to 8"));
     }
 
     #[test]

@@ -13,13 +13,16 @@
 //! How pods map onto templates: the shape is everything that decides what the guest is
 //! (husk-vmm, kernel and image files, vCPUs, memory after fitting the pod's limit, the extra
 //! command line, the devices), so each distinct pod size gets its own template on first use.
-//! Pods with network interfaces boot: a template holds no NICs yet. A template that is
+//! The number of NICs is part of the shape: a template's NICs have the template's MACs
+//! ([`nics`]) until SetupSandbox gives each the pod's, its taps are the pod's own after the
+//! restore (husk-vmm opens the ones the pod's `vm.json` names). A template that is
 //! missing, stale, corrupt or refused by husk-vmm means a cold boot with a warning, never a
 //! failed pod; one that cannot be used is removed so the next pod makes a fresh one.
 
 pub mod build;
 pub mod cli;
 mod lock;
+pub mod nics;
 pub mod restore;
 
 use std::path::Path;

@@ -15,24 +15,18 @@ use crate::vm::{BootError, BootRequest, Vm};
 /// Random bytes a restored guest gets from the host.
 pub const ENTROPY_BYTES: usize = 64;
 
-/// The template shape of the pod's VM, if templates may serve it: they are on in the husk
-/// config and the pod has no network interfaces (templates hold none yet).
+/// The template shape of the pod's VM, if templates may serve it (they are on in the husk
+/// config). A template has as many NICs as the pod; their MACs are the template's until
+/// SetupSandbox gives each the pod's.
 pub fn shape_for(req: &BootRequest, a: &Artifacts, size: VmSize) -> Option<TemplateShape> {
     if !req.config.templates {
-        return None;
-    }
-    if !req.net.is_empty() {
-        tracing::debug!(
-            nics = req.net.len(),
-            "templates hold no NICs: the pod boots"
-        );
         return None;
     }
     match super::shape(
         a,
         size,
         &req.config.extra_cmdline,
-        0,
+        req.net.len(),
         req.config.free_page_reporting,
     ) {
         Ok(s) => Some(s),
@@ -90,6 +84,7 @@ pub async fn make_own(mut vm: Vm) -> Result<Vm, BootError> {
                 "restored from a template"
             );
             vm.info.boot_id = resp.boot_id;
+            vm.from_template = true;
             Ok(vm)
         }
         Err(e) => {

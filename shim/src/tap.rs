@@ -1,6 +1,7 @@
 //! Persistent taps for husk-vmm: created with the flags its virtio-net device attaches with
 //! (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), made persistent, and the descriptor closed, so the
-//! VMM opens the same device by name later.
+//! VMM opens the same device by name later. Used for pods' NICs (`network`) and for template
+//! builders' (`vm::template::nics`).
 
 use std::os::fd::AsRawFd;
 
