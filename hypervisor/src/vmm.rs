@@ -318,6 +318,12 @@ impl Machine {
                     );
                 }
             }
+            let from = self
+                .config
+                .restore
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"));
+            eprintln!("{} {}", husk_protocol::vmm::RESTORED, from.display());
             return Ok(fds);
         }
         let entry = self.entry.ok_or_else(|| VmmError::Setup {

@@ -9,6 +9,12 @@ pub const VCPUS_RUNNING: &str = "husk-vmm: vCPUs running";
 /// far the guest's boot got.
 pub const DRIVER_READY: &str = "husk-vmm: guest driver ready:";
 
+/// The stderr line husk-vmm prints when it restored a snapshot instead of loading a kernel,
+/// before its vCPUs run (followed by the snapshot's directory). A restored guest's drivers set
+/// up its devices before the snapshot, so no [`DRIVER_READY`] line follows: a restored guest
+/// that never answers did not die in early kernel setup.
+pub const RESTORED: &str = "husk-vmm: restored a snapshot:";
+
 /// How the shim describes a boot that stopped before the guest kernel set up any of its virtio
 /// devices (no [`DRIVER_READY`] line): a guest that died or hung in early kernel setup. The
 /// end-to-end harness recognises the nested test host's known early-boot loss by this text

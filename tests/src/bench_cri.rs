@@ -11,6 +11,14 @@
 //! - `pod_host_mib`: host memory of one idle pod (pause + a `sleep` container): husk's shim PSS,
 //!   plus husk-vmm's PSS outside guest RAM, plus guest RAM the guest touched; against runc's
 //!   shim PSS plus the PSS of the pod's two processes.
+//! - With a VM template made ahead of time ([`template`], issue 17): `pod_ready_template_ms`,
+//!   the same pod start on a VM restored from it, interleaved with the other sides, against
+//!   runc; `vm_ready_template_ms`, husk-vmm started to the agent answering, restored against
+//!   the cold boots of the same run (the shim's own measurement, from its log);
+//!   `pod_host_template_mib`, the average PSS of shim and husk-vmm (guest RAM included) of
+//!   ten idle restored pods, against runc's per-pod figure.
+//! - `balloon_return_pct` ([`balloon`]): the share of 200 MiB a pod's guest touched and freed
+//!   that is back on the host within 10 s (free page reporting).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,8 +31,37 @@ use crate::containerd::cri_config::SANDBOX_API_HANDLER;
 use crate::containerd::{processes_with, Containerd, HuskArtifacts, HuskSettings};
 use crate::cri::{self, container_config, pod_config, running, wait_container, Cri};
 
+mod balloon;
+mod template;
+
 /// Fewest measured runs per side.
 pub const MIN_RUNS: usize = 10;
+/// Idle pods restored from one template whose memory is averaged.
+const IDLE_TEMPLATE_PODS: usize = 10;
+
+/// The sides of the interleaved pod start runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Runc,
+    Husk,
+    Template,
+    SandboxApi,
+}
+
+impl Side {
+    /// In the order of the round's report.
+    const ALL: [Side; 4] = [Side::Runc, Side::Husk, Side::Template, Side::SandboxApi];
+
+    /// The CRI runtime handler (a template side's pods run under `husk`), or the label.
+    fn label(self) -> &'static str {
+        match self {
+            Side::Runc => "runc",
+            Side::Husk => "husk",
+            Side::Template => "husk-template",
+            Side::SandboxApi => SANDBOX_API_HANDLER,
+        }
+    }
+}
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn record(metric: &str, unit: &str, husk: Option<f64>, runc: Option<f64>, runs: usize) -> Record {
@@ -195,24 +232,44 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             failures.note(&name, &e)?;
         }
     }
-    let (mut h, mut r, mut s) = (Vec::new(), Vec::new(), Vec::new());
+    let sides = template::Sides::prepare(&c, &settings)?;
+    let (mut h, mut r, mut s, mut t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // husk-vmm started → agent answering of each restored pod (the shim's log).
+    let mut t_vm_ready = Vec::new();
+    // The log of the cold husk runs alone, for the boot figures below: a restored VM logs
+    // the same "ready" line.
+    let mut cold_log = String::new();
     // Without the sandbox API its side is done from the start.
     let s_runs = if sandbox_api { runs } else { 0 };
     let mut attempt = 0;
-    while h.len() < runs || r.len() < runs || s.len() < s_runs {
+    while h.len() < runs || r.len() < runs || s.len() < s_runs || t.len() < runs {
         attempt += 1;
         // One side's run this round: its time, "failed", or "done" when it has its runs.
-        let mut one = |handler: &str, times: &mut Vec<Phases>| -> anyhow::Result<String> {
-            let wanted = if handler == SANDBOX_API_HANDLER {
-                s_runs
-            } else {
-                runs
+        let mut one = |side: Side| -> anyhow::Result<String> {
+            let (times, wanted) = match side {
+                Side::Runc => (&mut r, runs),
+                Side::Husk => (&mut h, runs),
+                Side::Template => (&mut t, runs),
+                Side::SandboxApi => (&mut s, s_runs),
             };
             if times.len() >= wanted {
                 return Ok("done".into());
             }
-            let name = format!("{handler}-{attempt}");
-            Ok(match pod_ready(&cri, &logs, handler, &name) {
+            let name = format!("{}-{attempt}", side.label());
+            let from = c.log_len();
+            let got = match side {
+                Side::Template => {
+                    template::pod_ready(&c, &cri, &logs, &sides, &name).map(|(p, vm)| {
+                        t_vm_ready.extend(vm);
+                        p
+                    })
+                }
+                _ => pod_ready(&cri, &logs, side.label(), &name),
+            };
+            if side == Side::Husk {
+                cold_log.push_str(&c.log_since(from));
+            }
+            Ok(match got {
                 Ok(phases) => {
                     times.push(phases);
                     format!("{:.0} ms", phases.total())
@@ -226,17 +283,22 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         // The order turns every round: a pod started right after a VM's teardown (still
         // freeing guest memory in the nested test host) starts slower, and no side may always
         // be the one that follows it.
-        let (mut runc, mut husk, mut api) = (String::new(), String::new(), String::new());
-        for k in 0..3 {
-            match (attempt + k) % 3 {
-                0 => runc = one("runc", &mut r)?,
-                1 => husk = one("husk", &mut h)?,
-                _ => api = one(SANDBOX_API_HANDLER, &mut s)?,
-            }
+        let mut said = [String::new(), String::new(), String::new(), String::new()];
+        for k in 0..Side::ALL.len() {
+            let i = (attempt + k) % Side::ALL.len();
+            said[i] = one(Side::ALL[i])?;
         }
-        eprintln!("husk-bench: cri round {attempt}: husk {husk}, runc {runc}, husk-sandbox {api}");
+        eprintln!(
+            "husk-bench: cri round {attempt}: runc {}, husk {}, husk from a template {}, husk-sandbox {}",
+            said[0], said[1], said[2], said[3]
+        );
     }
-    for (handler, times) in [("husk", &h), ("runc", &r), (SANDBOX_API_HANDLER, &s)] {
+    for (handler, times) in [
+        ("husk", &h),
+        ("husk from a template", &t),
+        ("runc", &r),
+        (SANDBOX_API_HANDLER, &s),
+    ] {
         let med = |f: fn(&Phases) -> f64| {
             bench::median(&times.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
         };
@@ -246,7 +308,7 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             med(|p| p.container)
         );
     }
-    let log = c.log_tail(usize::MAX);
+    let log = cold_log;
     let boots = logged_numbers(&log, "the guest agent is ready", " ms=");
     let setups = logged_numbers(&log, "vCPUs running; setup ", "setup ");
     let guest_ready = logged_numbers(&log, "the guest agent is ready", "guest_ready_ms=");
@@ -297,6 +359,16 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     eprintln!(
         "husk-bench: idle pod: husk shim + husk-vmm {husk_host} KiB + guest RAM touched {guest} KiB; runc shim + processes {runc_host} KiB"
     );
+    let template_kib = template::idle_pss_kib(&c, &cri, &logs, &sides, IDLE_TEMPLATE_PODS)?;
+    let (returned_pct, [before, peak, after]) = balloon::measure(&c, &cri, &logs)?;
+    eprintln!(
+        "husk-bench: balloon: husk-vmm RSS {before} KiB, {peak} KiB with {} MiB touched, {after} KiB {:?} after it was freed: {returned_pct:.0}% back",
+        balloon::TOUCH_MIB,
+        balloon::WITHIN
+    );
+    eprintln!(
+        "husk-bench: {IDLE_TEMPLATE_PODS} idle pods restored from a template: shim + husk-vmm PSS {template_kib:.0} KiB each"
+    );
     let mib = |k: u64| k as f64 / 1024.0;
     let mut records = vec![
         record(
@@ -313,6 +385,42 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             Some(mib(runc_host)),
             1,
         ),
+        record(
+            "pod_ready_template_ms",
+            "ms",
+            bench::median(&totals(&t)),
+            bench::median(&totals(&r)),
+            runs,
+        ),
+        // Anchored on the cold boots of the same run (not runc: it has no VM).
+        Record {
+            anchor: "husk cold boot".into(),
+            ..record(
+                "vm_ready_template_ms",
+                "ms",
+                bench::median(&t_vm_ready),
+                bench::median(&boots),
+                t_vm_ready.len(),
+            )
+        },
+        record(
+            "pod_host_template_mib",
+            "MiB",
+            Some(template_kib / 1024.0),
+            Some(mib(runc_host)),
+            IDLE_TEMPLATE_PODS,
+        ),
+        // husk alone: a share of what the guest freed, against all of it.
+        Record {
+            anchor: "all freed".into(),
+            ..record(
+                "balloon_return_pct",
+                "%",
+                Some(returned_pct),
+                Some(100.0),
+                1,
+            )
+        },
     ];
     if sandbox_api {
         records.push(record(

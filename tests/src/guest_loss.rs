@@ -127,9 +127,12 @@ fn loss_within(error: &str, faults_before: usize, wait: Duration) -> Option<&'st
 /// of a triple fault, which the rule pairs with the test host's KVM record of the known fetch
 /// fault. Then the console so far.
 pub fn missing(what: &str, console: &str, devices: bool) -> String {
-    use husk_protocol::vmm::DRIVER_READY;
+    use husk_protocol::vmm::{DRIVER_READY, RESTORED};
     let mut why = String::new();
-    if devices && !console.contains(DRIVER_READY) {
+    // A restored guest's drivers were set up before its snapshot: no DRIVER_READY line.
+    if console.contains(RESTORED) {
+        why.push_str(": the restored guest never got there");
+    } else if devices && !console.contains(DRIVER_READY) {
         why.push_str(&format!(
             ": {EARLY_BOOT} (husk-vmm printed no {DRIVER_READY:?} line)"
         ));
@@ -180,6 +183,10 @@ mod tests {
         assert!(!m.contains(EARLY_BOOT) && m.contains("triple fault"), "{m}");
         let m = first(missing("init marker", "Linux version 6.1\n", false));
         assert_eq!(m, "no init marker:");
+        // A restored guest has no DRIVER_READY lines and did not die in early boot.
+        let restored = format!("{} /tmp/snap\n", husk_protocol::vmm::RESTORED);
+        let m = first(missing("a tick", &restored, true));
+        assert!(!m.contains(EARLY_BOOT) && m.contains("restored"), "{m}");
     }
 
     #[test]

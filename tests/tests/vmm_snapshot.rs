@@ -4,7 +4,7 @@
 //!   after the snapshot, and a VM restored from it continues the count where the snapshot
 //!   left it, with its vsock device working on the restored VM's own socket.
 //! - A restored VM's RAM is the snapshot's, byte for byte (restored paused and snapshotted
-//!   again); it then runs on.
+//!   again).
 //! - A truncated, corrupt or foreign snapshot, one for another machine size, and a short
 //!   memory file are each refused with an error that names the problem, leaving nothing.
 
@@ -254,7 +254,6 @@ fn restored_memory_is_the_snapshots_and_bad_snapshots_are_refused_by_name() {
     vm.wait_for("husk-test-init: tick 2 ", BOOT_TIMEOUT)
         .unwrap_or_else(|| panic!("{}", vm.missing("tick 2")));
     pause(&mut vm, &ctl);
-    let last = last_tick(&vm.console).expect("a tick before the pause");
     snapshot(&vm, &ctl);
     stop(vm);
     let memory = std::fs::metadata(snap_a.join("memory")).unwrap();
@@ -274,23 +273,26 @@ fn restored_memory_is_the_snapshots_and_bad_snapshots_are_refused_by_name() {
         start_paused: true,
         ..Default::default()
     };
-    let mut vm = RunningVm::spawn(husk_vmm_with(&env.vmm, &guest, &b, &opts).unwrap()).unwrap();
+    let vm = RunningVm::spawn(husk_vmm_with(&env.vmm, &guest, &b, &opts).unwrap()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !ctl_b.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(control(&ctl_b, "ping\n").unwrap(), "ok paused");
     snapshot(&vm, &ctl_b);
+    // Progress on stderr: the nested test host wedged around here in runs of 2026-12-05.
+    eprintln!("vmm_snapshot: comparing the two memory files");
     let diff = differences(&snap_a.join("memory"), &snap_b.join("memory"));
+    eprintln!("vmm_snapshot: compared; stopping the restored VM");
     assert!(
         diff.is_empty(),
         "restored RAM differs from the snapshot's at (offset, was, is): {diff:x?}"
     );
-    assert_eq!(control(&ctl_b, "resume\n").unwrap(), "ok running");
-    let first = vm
-        .wait_for("husk-test-init: tick ", Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("{}", vm.missing("a tick after the restore")));
-    assert_eq!(tick_of(&first), Some(last + 1), "{first}");
+    // Not resumed: the snapshot read every page of the restored RAM, so each write the guest
+    // made now would break a copy-on-write of a file page, a churn of the nested test host's
+    // nested page tables under which its emulated SVM lost this guest twice in one CI run
+    // (the fetch-fault loop, then the test host's own death). A restored VM resuming, and a
+    // VM running on after a snapshot, are the other test's.
     stop(vm);
 
     // Refusals, each naming its cause.

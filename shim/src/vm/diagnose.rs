@@ -41,9 +41,23 @@ pub fn diagnose(console: &Tail, stderr: &Tail, wait: &NotReady) -> String {
         }
         return format!("the guest kernel panicked ({line})");
     }
-    // How far the guest's boot got: its drivers set up husk-vmm's devices at device init.
+    // How far the guest's boot got: its drivers set up husk-vmm's devices at device init. A
+    // restored guest had them set up before its snapshot.
     let ready = husk_protocol::vmm::DRIVER_READY;
     let vcpus_ran = stderr.reached(husk_protocol::vmm::VCPUS_RUNNING);
+    if stderr.reached(husk_protocol::vmm::RESTORED) {
+        if let Some(line) = stderr.find("guest shut down") {
+            return format!("the restored guest reset itself before its agent answered ({line})");
+        }
+        if let Some(line) = errors.first() {
+            return format!("husk-vmm failed ({line})");
+        }
+        return format!(
+            "the restored guest's agent did not answer (vCPUs {}); console: {}",
+            if vcpus_ran { "ran" } else { "never ran" },
+            console.lines().last().unwrap_or("(nothing)")
+        );
+    }
     if let Some(line) = stderr.find("guest shut down") {
         if vcpus_ran && !stderr.reached(ready) {
             return format!(
@@ -144,6 +158,17 @@ mod tests {
         }
         let why = diagnose(&tail(&[]), &stderr, &waited(true, false));
         assert!(!why.contains(EARLY_BOOT), "{why}");
+    }
+
+    #[test]
+    fn a_restored_guest_that_never_answers_did_not_die_in_early_boot() {
+        let stderr = vmm(&[
+            "husk-vmm: restored a snapshot: /var/lib/husk/templates/0123456789abcdef",
+            "husk-vmm: vCPUs running; setup 107 ms (vm 71 ms, devices 7 ms, jail 16 ms, vcpus 11 ms)",
+        ]);
+        let why = diagnose(&tail(&[]), &stderr, &waited(true, false));
+        assert!(!why.contains(EARLY_BOOT), "{why}");
+        assert!(why.contains("restored guest"), "{why}");
     }
 
     #[test]

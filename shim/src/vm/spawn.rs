@@ -32,7 +32,8 @@ const CONSOLE_LINES_PER_SEC: u32 = 50;
 
 /// husk-vmm's milestone lines, kept by a [`Tail`] whatever follows them (at most
 /// [`MILESTONES_KEPT`]): how far a VM got must not be pushed out by later lines.
-const MILESTONES: [&str; 2] = [
+const MILESTONES: [&str; 3] = [
+    husk_protocol::vmm::RESTORED,
     husk_protocol::vmm::VCPUS_RUNNING,
     husk_protocol::vmm::DRIVER_READY,
 ];
