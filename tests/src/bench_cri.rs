@@ -235,10 +235,10 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     let sides = template::Sides::prepare(&c, &settings)?;
     let (mut h, mut r, mut s, mut t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // husk-vmm started → agent answering of each restored pod (the shim's log).
-    let mut t_vm_ready = Vec::new();
     // The log of the cold husk runs alone, for the boot figures below: a restored VM logs
     // the same "ready" line.
     let mut cold_log = String::new();
+    let mut template_log = String::new();
     // Without the sandbox API its side is done from the start.
     let s_runs = if sandbox_api { runs } else { 0 };
     let mut attempt = 0;
@@ -258,16 +258,13 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             let name = format!("{}-{attempt}", side.label());
             let from = c.log_len();
             let got = match side {
-                Side::Template => {
-                    template::pod_ready(&c, &cri, &logs, &sides, &name).map(|(p, vm)| {
-                        t_vm_ready.extend(vm);
-                        p
-                    })
-                }
+                Side::Template => template::pod_ready(&c, &cri, &logs, &sides, &name),
                 _ => pod_ready(&cri, &logs, side.label(), &name),
             };
-            if side == Side::Husk {
-                cold_log.push_str(&c.log_since(from));
+            match side {
+                Side::Husk => cold_log.push_str(&c.log_since(from)),
+                Side::Template => template_log.push_str(&c.log_since(from)),
+                _ => {}
             }
             Ok(match got {
                 Ok(phases) => {
@@ -347,6 +344,19 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         "husk-bench: husk-vmm setup phases, medians in ms: {}",
         phases.join(", ")
     );
+    let t_vm_ready = logged_numbers(&template_log, "the guest agent is ready", " ms=");
+    // The shim's account of RunPodSandbox's VM part and of each container's creation in the
+    // guest, cold against restored.
+    for (side, log) in [("cold", &log), ("restored", &template_log)] {
+        let field = |f: &str| med(&logged_numbers(log, "the sandbox VM is ready", f));
+        eprintln!(
+            "husk-bench: {side} pods, medians in ms: the pod network {:.0}, the VM {:.0}, SetupSandbox {:.0}; a container created in the guest {:.0}",
+            field("network_ms="),
+            field("vm_ms="),
+            field("setup_ms="),
+            med(&logged_numbers(log, "created", " ms=")),
+        );
+    }
     let totals = |v: &[Phases]| v.iter().map(Phases::total).collect::<Vec<_>>();
     let mut idle = |handler: &str, guest_mib: u32| loop {
         match idle_pod_kib(&c, &cri, &logs, handler, guest_mib) {
@@ -359,7 +369,12 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
     eprintln!(
         "husk-bench: idle pod: husk shim + husk-vmm {husk_host} KiB + guest RAM touched {guest} KiB; runc shim + processes {runc_host} KiB"
     );
-    let template_kib = template::idle_pss_kib(&c, &cri, &logs, &sides, IDLE_TEMPLATE_PODS)?;
+    let template_kib = loop {
+        match template::idle_pss_kib(&c, &cri, &logs, &sides, IDLE_TEMPLATE_PODS) {
+            Ok(kib) => break kib,
+            Err(e) => failures.note("idle restored pods", &e)?,
+        }
+    };
     let (returned_pct, [before, peak, after]) = balloon::measure(&c, &cri, &logs)?;
     eprintln!(
         "husk-bench: balloon: husk-vmm RSS {before} KiB, {peak} KiB with {} MiB touched, {after} KiB {:?} after it was freed: {returned_pct:.0}% back",

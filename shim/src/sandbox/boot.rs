@@ -62,7 +62,10 @@ impl Sandbox {
             inner.config = Some(config.clone());
         }
         let booted = async {
+            // Where a pod's start goes, phase by phase (`make bench BENCH=cri` reads it).
+            let started = std::time::Instant::now();
             let pod_net = network::setup(netns.as_deref(), &paths).await?;
+            let network_ms = started.elapsed().as_millis() as u64;
             let req = BootRequest {
                 paths: paths.clone(),
                 config: config.clone(),
@@ -72,7 +75,17 @@ impl Sandbox {
                 net: pod_net.net.clone(),
             };
             let vm = self.booter.boot(&req).await?;
-            setup_sandbox(vm, hostname, pod_net).await
+            let vm_ms = started.elapsed().as_millis() as u64 - network_ms;
+            let vm = setup_sandbox(vm, hostname, pod_net).await?;
+            tracing::info!(
+                pid = vm.pid,
+                restored = vm.from_template,
+                network_ms,
+                vm_ms,
+                setup_ms = started.elapsed().as_millis() as u64 - network_ms - vm_ms,
+                "the sandbox VM is ready"
+            );
+            Ok(vm)
         }
         .await;
         match booted {

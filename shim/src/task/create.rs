@@ -83,6 +83,7 @@ async fn create_in_vm(
     stdio: StdioSpec,
 ) -> Result<CreateTaskResponse> {
     let cid = req.id.as_str();
+    let started = std::time::Instant::now();
     paths.record_in_bundle(bundle);
     prepare_filesystems(req, spec, bundle, paths)?;
     let mut creq = api::CreateContainerRequest::new();
@@ -117,7 +118,11 @@ async fn create_in_vm(
     };
     let init = Process::new(cid, "", stdio.clone(), io);
     sb.insert_container(Arc::new(Container::new(cid, bundle.to_path_buf(), init)))?;
-    tracing::info!(container = cid, "created");
+    tracing::info!(
+        container = cid,
+        ms = started.elapsed().as_millis() as u64,
+        "created"
+    );
 
     let mut e = TaskCreate::new();
     e.container_id = cid.to_string();

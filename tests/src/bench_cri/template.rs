@@ -13,7 +13,6 @@ use anyhow::{bail, Context};
 
 use super::{ready, shim_pid, Phases};
 use crate::bench_ctr::pss_kib;
-use crate::bench_ctr::template::vm_ready_ms;
 use crate::containerd::{processes_with, Containerd, HuskSettings};
 use crate::cri::Cri;
 
@@ -54,24 +53,22 @@ impl Sides {
     }
 }
 
-/// One restored pod's start: its phases and husk-vmm started → agent answering (the shim's
-/// log); the pod is removed after.
+/// One restored pod's start (it must have restored the template); the pod is removed after.
 pub fn pod_ready(
     c: &Containerd,
     cri: &Cri,
     logs: &Path,
     sides: &Sides,
     name: &str,
-) -> anyhow::Result<(Phases, Option<f64>)> {
+) -> anyhow::Result<Phases> {
     sides.with(c, true, || {
         let from = c.log_len();
         let (phases, pod, _) = ready(cri, logs, "husk", name)?;
         cri.stop_and_remove_pod(&pod)?;
-        let log = c.log_since(from);
-        if !log.contains("restored from a template") {
+        if !c.log_since(from).contains("restored from a template") {
             bail!("{name} did not restore the template:\n{}", c.log_tail(40));
         }
-        Ok((phases, vm_ready_ms(&log)))
+        Ok(phases)
     })
 }
 
@@ -101,7 +98,12 @@ pub fn idle_pss_kib(
             let vmm = processes_with(&vm_json)
                 .first()
                 .map(|(p, _)| *p)
-                .with_context(|| format!("no husk-vmm running {vm_json}"))?;
+                .with_context(|| {
+                    format!(
+                        "no husk-vmm running {vm_json}; the log of pod {pod}:\n{}",
+                        lines_of(c, pod)
+                    )
+                })?;
             total += pss_kib(shim_pid(c, "containerd-shim-husk-v2", pod)?)? + pss_kib(vmm)?;
         }
         Ok(total as f64 / count as f64)
@@ -112,4 +114,14 @@ pub fn idle_pss_kib(
         }
     }
     result
+}
+
+/// containerd's log lines (the shims' among them) that name `pod`, the last 40.
+fn lines_of(c: &Containerd, pod: &str) -> String {
+    let log = c.log_tail(usize::MAX);
+    let mut lines: Vec<&str> = log.lines().filter(|l| l.contains(pod)).collect();
+    if lines.is_empty() {
+        lines = log.lines().collect();
+    }
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }

@@ -99,8 +99,10 @@ fn kvm_amd_params() -> String {
 }
 
 fn qemu_command(spec: &RunSpec, assets: &Assets, rundir: &Path, rw: &[PathBuf]) -> Command {
+    // loglevel=5: warnings reach the console, among them the stack of a soft lockup (printed at
+    // the default level, 4), so a wedged test host's report says where its CPU was stuck.
     let mut cmdline = format!(
-        "console=ttyS0 quiet loglevel=3 panic=-1 husk.rundir={}",
+        "console=ttyS0 quiet loglevel=5 panic=-1 husk.rundir={}",
         rundir.display()
     );
     // Extra kernel parameters for the test host, for experiments (e.g. `nohz=off`).
