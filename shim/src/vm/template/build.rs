@@ -3,8 +3,8 @@
 //! directory next to the templates, then renamed into place with its `template.json`.
 //!
 //! The builder VM is a sandbox of its own (`<state_dir>/template-<key>`: sockets, an empty
-//! share, `vm.json`, the network namespace of its taps: [`super::nics`]), outside any pod's
-//! cgroup, and it dies with the thread that built it
+//! share, `vm.json`; its taps are in a network namespace that ends with the build,
+//! [`super::nics`]), outside any pod's cgroup, and it dies with the thread that built it
 //! ([`Lifetime::EndsWithLauncher`]): a shim that exits mid-build leaves no VM behind, and its
 //! temporary directory, sandbox directory and lock are cleaned by the next build of the key.
 
@@ -178,7 +178,8 @@ async fn snapshot_vm(
     let sockets = paths.sockets();
     std::fs::create_dir(&sockets).map_err(io(format!("creating {}", sockets.display())))?;
     crate::share::create(paths)?;
-    let net = super::nics::create(root, nics).map_err(io("making the template VM's NICs"))?;
+    // Held until the builder VM is gone: its NICs' namespace.
+    let (_netns, net) = super::nics::create(nics).map_err(io("making the template VM's NICs"))?;
     let a = config.artifacts(bindir);
     let cmdline = format!("{} {TEMPLATE_CMDLINE}", config.extra_cmdline);
     let mut vm = crate::vm::config::vm_config(

@@ -1,75 +1,108 @@
 //! The builder VM's NICs. A template has as many virtio-net devices as the pods it serves, so
 //! its builder needs taps to attach them to, though its guest never sends a packet: they are
-//! made in a network namespace of their own, which no pod and no host interface shares,
-//! bind-mounted at `<builder sandbox>/netns` for husk-vmm to open them in. Once that mount is
-//! gone (the sandbox's removal unmounts it) and husk-vmm has exited, the namespace ends and
-//! its taps with it: nothing of them can outlive the build.
+//! made in a network namespace of their own, which no pod and no host interface shares. A
+//! thread of the builder's makes the namespace and stays in it ([`Netns`]); husk-vmm joins it
+//! through that thread (`/proc/<shim>/task/<thread>/ns/net`) to open the taps. The namespace
+//! lives while the thread does and husk-vmm holds the taps open, so when the build ends, or
+//! the shim dies in the middle of it (its builder VM dies with it), the namespace goes and its
+//! taps with it. Nothing is mounted for it, so nothing of it can be left behind.
 //!
 //! Each NIC has the template's MAC (`husk_protocol::template::nic_mac`) and no MTU, so the
 //! device does not offer `VIRTIO_NET_F_MTU`: the guest's NIC then takes any pod's MTU later.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use husk_protocol::template::nic_mac;
 use husk_protocol::NetConfig;
 
 use crate::tap;
 
-/// The namespace's mount point in the builder's sandbox.
-pub fn netns_path(sandbox: &Path) -> PathBuf {
-    sandbox.join("netns")
+/// A network namespace of the builder's own, held by a thread until this is dropped.
+#[derive(Debug)]
+pub struct Netns {
+    path: PathBuf,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
-/// `nics` NICs for the builder VM whose sandbox is `sandbox`, their taps made in a new
-/// network namespace mounted at [`netns_path`]. None without NICs.
-pub fn create(sandbox: &Path, nics: u8) -> std::io::Result<Vec<NetConfig>> {
-    if nics == 0 {
-        return Ok(Vec::new());
+impl Netns {
+    /// Where husk-vmm finds the namespace: the holding thread's `ns/net`.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    let mount = netns_path(sandbox);
-    std::fs::File::create(&mount)?;
-    let target = mount.clone();
-    // A thread of its own: unshare(CLONE_NEWNET) moves only the calling thread, which ends
-    // after making the taps and mounting its namespace.
-    std::thread::Builder::new()
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // The thread returns once its channel closes.
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `nics` NICs for a builder VM, their taps made in a new network namespace; the namespace
+/// lives until the returned [`Netns`] is dropped (and husk-vmm closed the taps). No namespace
+/// without NICs.
+pub fn create(nics: u8) -> std::io::Result<(Option<Netns>, Vec<NetConfig>)> {
+    if nics == 0 {
+        return Ok((None, Vec::new()));
+    }
+    let (made_tx, made_rx) = mpsc::channel();
+    let (stop, stopped) = mpsc::channel::<()>();
+    // A thread of its own: unshare(CLONE_NEWNET) moves only the calling thread.
+    let thread = std::thread::Builder::new()
         .name("husk-tpl-netns".into())
-        .spawn(move || in_new_netns(&target, nics))?
-        .join()
-        .map_err(|_| std::io::Error::other("the template netns thread panicked"))??;
-    Ok((0..nics)
+        .spawn(move || {
+            let made = in_new_netns(nics);
+            let holds = made.is_ok();
+            let _ = made_tx.send(made);
+            if holds {
+                // Until the Netns is dropped (the sender with it).
+                let _ = stopped.recv();
+            }
+        })?;
+    let tid = match made_rx.recv() {
+        Ok(made) => made,
+        Err(_) => Err(std::io::Error::other("the template netns thread panicked")),
+    };
+    let tid = match tid {
+        Ok(tid) => tid,
+        Err(e) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+    };
+    let netns = Netns {
+        path: PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())),
+        stop: Some(stop),
+        thread: Some(thread),
+    };
+    let net = (0..nics)
         .map(|n| NetConfig {
             tap: tap::tap_name(usize::from(n)),
             mac: nic_mac(n),
             mtu: None,
-            netns: Some(mount.clone()),
+            netns: Some(netns.path.clone()),
         })
-        .collect())
+        .collect();
+    Ok((Some(netns), net))
 }
 
-fn in_new_netns(mount: &Path, nics: u8) -> std::io::Result<()> {
-    // SAFETY: unshare(2) with a constant flag; it changes only this thread's namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+/// Moves the calling thread into a new network namespace and makes the taps there; returns
+/// the thread's id.
+fn in_new_netns(nics: u8) -> std::io::Result<nix::unistd::Pid> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| std::io::Error::other(format!("a new network namespace: {e}")))?;
     for n in 0..nics {
         let name = tap::tap_name(usize::from(n));
         tap::create(&name)
             .map_err(|e| std::io::Error::new(e.kind(), format!("creating tap {name}: {e}")))?;
     }
-    let ns = std::fs::File::open("/proc/thread-self/ns/net")?;
-    let source = format!("/proc/self/fd/{}", ns.as_raw_fd());
-    nix::mount::mount(
-        Some(source.as_str()),
-        mount,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| {
-        let what = format!("mounting a network namespace on {}: {e}", mount.display());
-        std::io::Error::new(std::io::Error::from(e).kind(), what)
-    })
+    Ok(nix::unistd::gettid())
 }
 
 #[cfg(test)]
@@ -78,8 +111,61 @@ mod tests {
 
     #[test]
     fn no_nics_make_no_namespace() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(create(dir.path(), 0).unwrap().is_empty());
-        assert!(!netns_path(dir.path()).exists());
+        let (ns, net) = create(0).unwrap();
+        assert!(ns.is_none() && net.is_empty());
+    }
+
+    /// Root only (creating namespaces and taps): the taps are in a namespace that is not the
+    /// caller's, and it is gone once its guard is dropped.
+    #[test]
+    fn the_taps_live_in_a_namespace_of_their_own_that_ends_with_its_guard() {
+        if !nix::unistd::geteuid().is_root() || !Path::new("/dev/net/tun").exists() {
+            eprintln!("*** SKIPPED: needs root and /dev/net/tun (make e2e builds templates) ***");
+            return;
+        }
+        let (ns, net) = create(2).unwrap();
+        let ns = ns.unwrap();
+        assert_eq!(
+            net.iter().map(|n| n.tap.as_str()).collect::<Vec<_>>(),
+            ["husktap0", "husktap1"]
+        );
+        assert!(net.iter().all(|n| n.netns.as_deref() == Some(ns.path())));
+        assert_eq!(net[1].mac, "02:68:75:73:6b:01");
+        let ours = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        let theirs = std::fs::read_link(ns.path()).unwrap();
+        assert_ne!(ours, theirs, "a namespace of its own");
+        // Its links, seen from inside: lo and the two taps.
+        let path = ns.path().to_path_buf();
+        let links = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut names: Vec<String> = std::fs::read_dir("/proc/thread-self/net/dev_snmp6")
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if names.is_empty() {
+                // Without IPv6: /proc/net/dev names every link.
+                let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+                names = dev
+                    .lines()
+                    .skip(2)
+                    .filter_map(|l| Some(l.split(':').next()?.trim().to_string()))
+                    .collect();
+            }
+            names.sort();
+            names
+        })
+        .join()
+        .unwrap();
+        assert_eq!(links, ["husktap0", "husktap1", "lo"]);
+        let path = ns.path().to_path_buf();
+        drop(ns);
+        assert!(
+            std::fs::read_link(&path).is_err(),
+            "the holding thread is gone"
+        );
     }
 }
