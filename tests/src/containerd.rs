@@ -339,6 +339,15 @@ impl Containerd {
         }
     }
 
+    /// Runs `steps`; if they panic, panics again with the first panic's message and, on its
+    /// first line, [`Containerd::guest_loss`]: a step that failed because its pod's VM died of
+    /// the nested test host's known fault (an assertion on what the dead VM's container did)
+    /// then carries the signature scripts/e2e-failure.py looks for. The first panic is not
+    /// printed on its own (the rule reads every panic's first line), only inside the second.
+    pub fn naming_guest_loss<T>(&self, steps: impl FnOnce() -> T) -> T {
+        crate::guest_loss::naming(|| self.guest_loss(), steps)
+    }
+
     /// The last `n` lines of containerd's log (which includes the shims' logs).
     pub fn log_tail(&self, n: usize) -> String {
         let text =

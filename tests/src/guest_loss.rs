@@ -81,6 +81,54 @@ fn is_fetch_fault(line: &str) -> bool {
     fetch_fault || interrupt
 }
 
+/// Runs `steps`; if they panic, panics again with the first panic's message, `loss()` (the
+/// words for a guest lost to the environment, or nothing) added to its first line, where
+/// scripts/e2e-failure.py reads it. The first panic is not printed on its own, only inside
+/// the second (the rule reads every panic's first line). Only the calling thread's panics are
+/// held back; the e2e tests run one at a time (`--test-threads=1`).
+pub fn naming<T>(loss: impl FnOnce() -> &'static str, steps: impl FnOnce() -> T) -> T {
+    use std::sync::{Arc, Mutex};
+    let first = Arc::new(Mutex::new(None::<String>));
+    let previous = Arc::new(std::panic::take_hook());
+    let (record, others) = (first.clone(), previous.clone());
+    let mine = std::thread::current().id();
+    std::panic::set_hook(Box::new(move |info| {
+        // Other threads' panics (a step's helper thread is joined, and its panic comes back
+        // here) are printed as before.
+        if std::thread::current().id() != mine {
+            return others(info);
+        }
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        if let Ok(mut f) = record.lock() {
+            f.get_or_insert(format!("{message}\n(first panic at {location})"));
+        }
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(steps));
+    drop(std::panic::take_hook());
+    match Arc::try_unwrap(previous) {
+        Ok(hook) => std::panic::set_hook(hook),
+        Err(shared) => std::panic::set_hook(Box::new(move |info| shared(info))),
+    }
+    match outcome {
+        Ok(v) => v,
+        Err(_) => {
+            let first = first
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default();
+            let (line, rest) = first.split_once('\n').unwrap_or((&first, ""));
+            panic!("{line}{}\n{rest}", loss())
+        }
+    }
+}
+
 /// How many fetch-fault shutdowns the test host's KVM has seen so far (0 outside the test host).
 pub fn fetch_faults_seen() -> usize {
     let Some(path) = std::env::var_os("HUSK_TESTHOST_KVM_SHUTDOWNS") else {
@@ -187,6 +235,32 @@ mod tests {
         let restored = format!("{} /tmp/snap\n", husk_protocol::vmm::RESTORED);
         let m = first(missing("a tick", &restored, true));
         assert!(!m.contains(EARLY_BOOT) && m.contains("restored"), "{m}");
+    }
+
+    #[test]
+    fn a_failed_step_names_the_loss_on_its_first_line() {
+        let caught = std::panic::catch_unwind(|| {
+            naming(
+                || ", on a guest lost to a triple fault",
+                || assert_eq!(1 + 1, 3, "the hog's status"),
+            )
+        })
+        .unwrap_err();
+        let msg = caught.downcast_ref::<String>().unwrap();
+        let first = msg.lines().next().unwrap();
+        assert!(
+            first.contains("the hog's status")
+                && first.ends_with("on a guest lost to a triple fault"),
+            "{msg}"
+        );
+        assert!(msg.contains("first panic at"), "{msg}");
+        // Nothing lost, nothing added; a step that passes returns its value.
+        let caught = std::panic::catch_unwind(|| naming(|| "", || panic!("plain"))).unwrap_err();
+        assert_eq!(
+            caught.downcast_ref::<String>().unwrap().lines().next(),
+            Some("plain")
+        );
+        assert_eq!(naming(|| "", || 7), 7);
     }
 
     #[test]

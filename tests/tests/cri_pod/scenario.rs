@@ -55,7 +55,7 @@ pub fn sh(cri: &Cri, id: &str, script: &str) -> String {
 /// (issue 17: the product's default, `templates = true`), made ahead of time with
 /// `containerd-shim-husk-v2 template build --nics 1`: every step runs on a restored guest, and
 /// its NIC has the pod's MAC, not the template's. (Cold boots run the CRI pods of the other
-/// suites: the ten pods here, sandbox_api, cri_security, pod_net, churn.)
+/// suites: the ten pods here, sandbox_api, cri_security, pod_net.)
 pub fn run(handler: &str) {
     let husk = (handler == HUSK).then(|| {
         let mut s = husk_settings();
@@ -63,103 +63,107 @@ pub fn run(handler: &str) {
         s
     });
     let (c, cri) = start(husk.as_ref());
-    if let Some(settings) = &husk {
-        let said = c
-            .build_template(&settings.artifacts.shim, 1)
-            .unwrap_or_else(|e| panic!("{e:#}"));
-        eprintln!("cri_pod[husk]: {said}");
-    }
-    let netns_before = cri::netns_names();
-    let log_from = c.log_len();
-    let base = c.base().to_path_buf();
-    let logs = base.join("pods/web");
-    std::fs::create_dir_all(&logs).unwrap();
-    let volumes = Volumes::new(&base);
+    // A step that fails because the pod's VM died of the nested test host's known fault
+    // says so on its first line, for the e2e rule.
+    c.naming_guest_loss(|| {
+        if let Some(settings) = &husk {
+            let said = c
+                .build_template(&settings.artifacts.shim, 1)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            eprintln!("cri_pod[husk]: {said}");
+        }
+        let netns_before = cri::netns_names();
+        let log_from = c.log_len();
+        let base = c.base().to_path_buf();
+        let logs = base.join("pods/web");
+        std::fs::create_dir_all(&logs).unwrap();
+        let volumes = Volumes::new(&base);
 
-    let mut cfg = pod_config("web", &logs);
-    // A pod network sysctl (kubelet passes the pod's safe sysctls in the sandbox config).
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .sysctls
-        .insert("net.ipv4.ip_local_port_range".into(), "20000 40000".into());
-    let id = cri
-        .run_pod(&cfg, handler)
-        .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", c.log_tail(60)));
-    eprintln!("cri_pod[{handler}]: pod {id}");
-    if handler == HUSK {
-        let log = c.log_since(log_from);
-        assert!(
-            log.contains("restored from a template"),
-            "the pod restored the template:\n{}",
-            c.log_tail(60)
+        let mut cfg = pod_config("web", &logs);
+        // A pod network sysctl (kubelet passes the pod's safe sysctls in the sandbox config).
+        cfg.linux
+            .as_mut()
+            .unwrap()
+            .sysctls
+            .insert("net.ipv4.ip_local_port_range".into(), "20000 40000".into());
+        let id = cri
+            .run_pod(&cfg, handler)
+            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", c.log_tail(60)));
+        eprintln!("cri_pod[{handler}]: pod {id}");
+        if handler == HUSK {
+            let log = c.log_since(log_from);
+            assert!(
+                log.contains("restored from a template"),
+                "the pod restored the template:\n{}",
+                c.log_tail(60)
+            );
+        }
+        let netns = cri::netns_names()
+            .into_iter()
+            .find(|n| !netns_before.contains(n))
+            .expect("CRI made the pod's network namespace");
+        let pod = Pod {
+            c: &c,
+            cri: &cri,
+            handler,
+            id,
+            cfg,
+        };
+
+        let mut a_cfg = container_config(
+            "a",
+            &[
+                "sh",
+                "-c",
+                "echo started-a; echo err-a >&2; exec sleep 3600",
+            ],
         );
-    }
-    let netns = cri::netns_names()
-        .into_iter()
-        .find(|n| !netns_before.contains(n))
-        .expect("CRI made the pod's network namespace");
-    let pod = Pod {
-        c: &c,
-        cri: &cri,
-        handler,
-        id,
-        cfg,
-    };
+        a_cfg.mounts = volumes.mounts();
+        let a = pod.start(&a_cfg, "a");
+        let b = pod.start(&container_config("b", &["sleep", "3600"]), "b");
+        for id in [&a, &b] {
+            wait_container(&cri, id, T, running).unwrap();
+        }
+        one_kernel(&pod, &a, &b);
+        own_mac(&pod, &a, &netns);
+        exec_and_logs(&pod, &a, &logs.join("a.log"));
+        volumes.check(&pod, &a);
+        // Mount propagation: hostPath volumes with HostToContainer (rslave) and Bidirectional
+        // (rshared) propagation start, and a mount the host makes below the volume afterwards
+        // appears in the container.
+        let (prop, prop_mounts) = propagation(&pod, &base.join("vol/prop"));
+        cri_files(&pod, &a);
+        resources(&pod, &a, &b);
+        let hog = out_of_memory(&pod);
+        let (web, net_failure) = server(&pod);
+        crate::portforward::check(&pod);
+        let mesh = crate::netfilter::check(&pod);
+        missing_executable(&pod, &b);
 
-    let mut a_cfg = container_config(
-        "a",
-        &[
-            "sh",
-            "-c",
-            "echo started-a; echo err-a >&2; exec sleep 3600",
-        ],
-    );
-    a_cfg.mounts = volumes.mounts();
-    let a = pod.start(&a_cfg, "a");
-    let b = pod.start(&container_config("b", &["sleep", "3600"]), "b");
-    for id in [&a, &b] {
-        wait_container(&cri, id, T, running).unwrap();
-    }
-    one_kernel(&pod, &a, &b);
-    own_mac(&pod, &a, &netns);
-    exec_and_logs(&pod, &a, &logs.join("a.log"));
-    volumes.check(&pod, &a);
-    // Mount propagation: hostPath volumes with HostToContainer (rslave) and Bidirectional
-    // (rshared) propagation start, and a mount the host makes below the volume afterwards
-    // appears in the container.
-    let (prop, prop_mounts) = propagation(&pod, &base.join("vol/prop"));
-    cri_files(&pod, &a);
-    resources(&pod, &a, &b);
-    let hog = out_of_memory(&pod);
-    let (web, net_failure) = server(&pod);
-    crate::portforward::check(&pod);
-    let mesh = crate::netfilter::check(&pod);
-    missing_executable(&pod, &b);
-
-    // Stop and remove: nothing of the pod is left.
-    cri.stop_and_remove_pod(&pod.id)
-        .unwrap_or_else(|e| panic!("stop/remove pod: {e}\n{}", c.log_tail(60)));
-    let ids = [
-        pod.id.as_str(),
-        a.as_str(),
-        b.as_str(),
-        hog.as_str(),
-        web.as_str(),
-        prop.as_str(),
-        mesh.as_str(),
-    ];
-    drop(prop_mounts);
-    c.assert_clean(&ids);
-    assert!(
-        !shim_socket(&c.socket(), cri::NAMESPACE, &pod.id).exists(),
-        "the pod's shim socket is left"
-    );
-    cri::wait_nothing_left(&c, &netns_before).unwrap();
-    if let Some(f) = net_failure {
-        c.save_log(&format!("cri_pod_{handler}"));
-        panic!("[{handler}] the pod's server did not answer over the CNI bridge: {f}");
-    }
+        // Stop and remove: nothing of the pod is left.
+        cri.stop_and_remove_pod(&pod.id)
+            .unwrap_or_else(|e| panic!("stop/remove pod: {e}\n{}", c.log_tail(60)));
+        let ids = [
+            pod.id.as_str(),
+            a.as_str(),
+            b.as_str(),
+            hog.as_str(),
+            web.as_str(),
+            prop.as_str(),
+            mesh.as_str(),
+        ];
+        drop(prop_mounts);
+        c.assert_clean(&ids);
+        assert!(
+            !shim_socket(&c.socket(), cri::NAMESPACE, &pod.id).exists(),
+            "the pod's shim socket is left"
+        );
+        cri::wait_nothing_left(&c, &netns_before).unwrap();
+        if let Some(f) = net_failure {
+            c.save_log(&format!("cri_pod_{handler}"));
+            panic!("[{handler}] the pod's server did not answer over the CNI bridge: {f}");
+        }
+    });
 }
 
 /// Both containers run in one kernel: under husk one VM (one husk-vmm, one boot id that is
