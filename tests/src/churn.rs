@@ -145,20 +145,14 @@ fn one_pod_like_kubelet(
 
 /// Runs `churn` under `handler` (`husk` or `runc`) on a containerd of its own.
 pub fn run(churn: Churn, handler: &str) -> Report {
-    let husk = (handler == "husk").then(|| {
+    // husk as a node runs it by default: pods restore a VM template, made here ahead of time.
+    let (c, cri) = if handler == "husk" {
         let mut settings = husk_settings();
         settings.memory_mib = 128;
-        // As a node runs husk by default: pods restore a VM template, made here ahead of time.
-        settings.templates = true;
-        settings
-    });
-    let (c, cri) = cri::start(husk.as_ref());
-    if let Some(settings) = &husk {
-        let said = c
-            .build_template(&settings.artifacts.shim, 1)
-            .unwrap_or_else(|e| panic!("churn[{handler}]: {e:#}"));
-        eprintln!("churn[{handler}]: {said}");
-    }
+        cri::start_restoring(&settings, "churn[husk]")
+    } else {
+        cri::start(None)
+    };
     let netns_before = cri::netns_names();
     let containerd = c.pid().expect("containerd runs");
     // One pod first, so that containerd's lazily opened descriptors (CNI, the CRI plugin's

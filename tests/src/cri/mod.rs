@@ -70,6 +70,20 @@ pub fn start(husk: Option<&HuskSettings>) -> (Containerd, Cri) {
     (c, client)
 }
 
+/// [`start`] with husk as a node runs it by default, VM templates on, and the template of a
+/// CRI pod of `settings`' size (one NIC) made ahead of time, so every pod restores it;
+/// `who` prefixes what the build printed.
+pub fn start_restoring(settings: &HuskSettings, who: &str) -> (Containerd, Cri) {
+    let mut settings = settings.clone();
+    settings.templates = true;
+    let (c, cri) = start(Some(&settings));
+    let said = c
+        .build_template(&settings.artifacts.shim, 1)
+        .unwrap_or_else(|e| panic!("{who}: {e:#}"));
+    eprintln!("{who}: {said}");
+    (c, cri)
+}
+
 /// A pod config as kubelet sends it: metadata, hostname, log directory, DNS, optional
 /// annotations (kubelet copies the pod's) and sandbox resources.
 pub fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {

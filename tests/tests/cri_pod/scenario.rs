@@ -57,21 +57,14 @@ pub fn sh(cri: &Cri, id: &str, script: &str) -> String {
 /// its NIC has the pod's MAC, not the template's. (Cold boots run the CRI pods of the other
 /// suites: the ten pods here, sandbox_api, cri_security, pod_net.)
 pub fn run(handler: &str) {
-    let husk = (handler == HUSK).then(|| {
-        let mut s = husk_settings();
-        s.templates = true;
-        s
-    });
-    let (c, cri) = start(husk.as_ref());
+    let (c, cri) = if handler == HUSK {
+        cri::start_restoring(&husk_settings(), "cri_pod[husk]")
+    } else {
+        start(None)
+    };
     // A step that fails because the pod's VM died of the nested test host's known fault
     // says so on its first line, for the e2e rule.
     c.naming_guest_loss(|| {
-        if let Some(settings) = &husk {
-            let said = c
-                .build_template(&settings.artifacts.shim, 1)
-                .unwrap_or_else(|e| panic!("{e:#}"));
-            eprintln!("cri_pod[husk]: {said}");
-        }
         let netns_before = cri::netns_names();
         let log_from = c.log_len();
         let base = c.base().to_path_buf();
