@@ -70,9 +70,9 @@ pub enum VmmError {
     /// Taking or restoring a snapshot.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
-    /// The thread reading the kernel and initramfs into guest RAM panicked.
-    #[error("the thread loading the kernel and initramfs panicked")]
-    LoaderPanicked,
+    /// A setup helper thread (the image loader, the filter compiler) panicked.
+    #[error("the thread {0} panicked")]
+    HelperPanicked(&'static str),
     /// Any other step of setting up or running the VM, with its cause.
     #[error("{step}: {source}")]
     Setup {
@@ -162,8 +162,7 @@ impl Machine {
             .transpose()?;
         let (vm, images, restoring) = match config.restore.as_deref() {
             Some(dir) => {
-                let (vm, snapshot) = Self::map_snapshot(dir, &config, &layout)?;
-                timeline.mark("vm");
+                let (vm, snapshot) = Self::map_snapshot(dir, &config, &layout, &mut timeline)?;
                 (vm, None, Some(snapshot))
             }
             None => {
@@ -245,20 +244,39 @@ impl Machine {
     }
 
     /// Reads the snapshot in `dir`, checks it against `config` and this host, and creates the
-    /// VM over its memory file.
+    /// VM over its memory file. The threads' seccomp filters compile meanwhile on a helper
+    /// thread (the cold path hides them behind the image loader); the scope joins it on every
+    /// path, so the main thread is alone again before the jail.
     fn map_snapshot(
         dir: &std::path::Path,
         config: &VmConfig,
         layout: &[(u64, u64)],
+        timeline: &mut Timeline,
     ) -> Result<(Vm, VmSnapshot), VmmError> {
-        let loaded = Loaded::open(dir)?;
-        let memory =
-            crate::memory::from_file(&loaded.layout(), &loaded.memory).map_err(VmError::from)?;
-        let vm = Vm::create(memory)?;
-        let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
-        loaded.check(config, layout, &host)?;
-        crate::seccomp::precompile()?;
-        Ok((vm, loaded.snapshot))
+        std::thread::scope(|scope| {
+            let filters = std::thread::Builder::new()
+                .name("husk-filters".into())
+                .spawn_scoped(scope, crate::seccomp::precompile)
+                .map_err(setup("starting the filter compiler"))?;
+            let restored = (|| {
+                let loaded = Loaded::open(dir)?;
+                timeline.mark("snapshot");
+                let memory = crate::memory::from_file(&loaded.layout(), &loaded.memory)
+                    .map_err(VmError::from)?;
+                timeline.mark("memory");
+                let vm = Vm::create(memory)?;
+                let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
+                loaded.check(config, layout, &host)?;
+                Ok::<_, VmmError>((vm, loaded.snapshot))
+            })();
+            let compiled = filters
+                .join()
+                .map_err(|_| VmmError::HelperPanicked("compiling the seccomp filters"))?;
+            let (vm, snapshot) = restored?;
+            compiled?;
+            timeline.mark("vm");
+            Ok((vm, snapshot))
+        })
     }
 
     /// Creates the VM and reads the kernel and initramfs into its RAM.
@@ -282,7 +300,9 @@ impl Machine {
             // The loader takes longer than the VM: compile the threads' filters meanwhile.
             let filters = crate::seccomp::precompile();
             timeline.mark("vm");
-            let images = loader.join().map_err(|_| VmmError::LoaderPanicked)?;
+            let images = loader
+                .join()
+                .map_err(|_| VmmError::HelperPanicked("loading the kernel and initramfs"))?;
             filters?;
             timeline.mark("images");
             Ok::<_, VmmError>((vm?, images?))

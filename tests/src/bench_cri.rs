@@ -344,17 +344,32 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         "husk-bench: husk-vmm setup phases, medians in ms: {}",
         phases.join(", ")
     );
+    let restore_phases: Vec<String> = ["snapshot", "memory", "vm", "devices", "jail", "vcpus"]
+        .iter()
+        .map(|phase| {
+            let v = logged_numbers(&template_log, "vCPUs running; setup ", &format!("{phase} "));
+            format!("{phase} {:.0}", med(&v))
+        })
+        .collect();
+    eprintln!(
+        "husk-bench: husk-vmm restore phases, medians in ms: {}",
+        restore_phases.join(", ")
+    );
     let t_vm_ready = logged_numbers(&template_log, "the guest agent is ready", " ms=");
     // The shim's account of RunPodSandbox's VM part and of each container's creation in the
     // guest, cold against restored.
     for (side, log) in [("cold", &log), ("restored", &template_log)] {
         let field = |f: &str| med(&logged_numbers(log, "the sandbox VM is ready", f));
         eprintln!(
-            "husk-bench: {side} pods, medians in ms: the pod network {:.0}, the VM {:.0}, SetupSandbox {:.0}; a container created in the guest {:.0}",
+            "husk-bench: {side} pods, medians in ms: the pod network {:.0}, the VM {:.0}, SetupSandbox {:.0}; a container created in the guest {:.0} \
+             (the share's mounts {:.0}, the agent's CreateContainer {:.0}, of which its runner {:.0})",
             field("network_ms="),
             field("vm_ms="),
             field("setup_ms="),
             med(&logged_numbers(log, "created", " ms=")),
+            med(&logged_numbers(log, "created", "mounts_ms=")),
+            med(&logged_numbers(log, "created", "guest_ms=")),
+            med(&logged_numbers(log, "container created", "runner_ms=")),
         );
     }
     let totals = |v: &[Phases]| v.iter().map(Phases::total).collect::<Vec<_>>();

@@ -98,7 +98,9 @@ async fn run_create(
         no_pivot: rt.config.no_pivot,
     };
     let since = rt.reaper.epoch();
+    let runner_started = std::time::Instant::now();
     let outcome = run_runner(rt, request, fds).await?;
+    let runner_ms = runner_started.elapsed().as_millis() as u64;
     let process = Process::new(id, "", stdio, cgroup::dir(id));
     process.set_pid(outcome.pid);
     let io = match (io, outcome.master) {
@@ -125,7 +127,12 @@ async fn run_create(
     process.supervise(rt.reaper.watch(outcome.pid, since), move |_| {
         oom.check(&cid)
     });
-    tracing::info!(container_id = id, pid = outcome.pid, "container created");
+    tracing::info!(
+        container_id = id,
+        pid = outcome.pid,
+        runner_ms,
+        "container created"
+    );
     Ok(process)
 }
 
@@ -135,11 +142,10 @@ pub async fn run_runner(
     request: Request,
     fds: Vec<OwnedFd>,
 ) -> Result<runner::spawn::Outcome> {
-    let exe = rt.config.exe.clone();
-    let reaper = rt.reaper.clone();
+    let runners = Arc::clone(&rt.runners);
     tokio::task::spawn_blocking(move || {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        runner::spawn::run(&exe, &reaper, &request, &borrowed)
+        runners.run(&request, &borrowed)
     })
     .await
     .map_err(AgentError::task("runner task"))?

@@ -38,6 +38,10 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    if data.is_empty() && fds.is_empty() {
+        // The agent dropped this runner unused (a spare, runner::spare): nothing to do.
+        return 0;
+    }
     let (reply, master) = match serde_json::from_slice::<Request>(&data) {
         Ok(req) => handle(req, fds),
         Err(e) => (

@@ -10,6 +10,7 @@
 
 pub mod child;
 pub mod seccomp;
+pub mod spare;
 pub mod spawn;
 pub mod wire;
 

@@ -22,13 +22,24 @@ pub struct Outcome {
     pub master: Option<OwnedFd>,
 }
 
-/// Runs `request` in a fresh runner (`exe __husk-runner`) with `fds` passed to it.
-pub fn run(
-    exe: &Path,
-    reaper: &Reaper,
-    request: &Request,
-    fds: &[BorrowedFd<'_>],
-) -> Result<Outcome> {
+/// A runner started and waiting for its one request.
+#[derive(Debug)]
+pub struct Started {
+    pid: i32,
+    sock: OwnedFd,
+}
+
+impl Started {
+    /// The runner's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+/// Starts a runner (`exe __husk-runner`): it waits for a request on its socket. The reaper
+/// collects it; its exit status only matters for the log. A runner whose socket is dropped
+/// unused exits at once, quietly.
+pub fn start(exe: &Path, reaper: &Reaper) -> Result<Started> {
     let (ours, theirs) = wire::pair().map_err(AgentError::io("runner socketpair"))?;
     let since = reaper.epoch();
     let child = Command::new(exe)
@@ -41,7 +52,6 @@ pub fn run(
             "starting the runner {}",
             exe.display()
         )))?;
-    // The reaper collects the runner; its status only matters for the log.
     let pid = child.id() as i32;
     let exit = reaper.watch(pid, since);
     drop(child);
@@ -52,6 +62,12 @@ pub fn run(
             }
         }
     });
+    Ok(Started { pid, sock: ours })
+}
+
+/// Hands `request` and `fds` to the started runner `runner` and reads its reply.
+pub fn call(runner: Started, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<Outcome> {
+    let Started { pid, sock: ours } = runner;
     let body =
         serde_json::to_vec(request).map_err(AgentError::json("encoding the runner request"))?;
     wire::send(ours.as_fd(), &body, fds).map_err(AgentError::io("sending the runner request"))?;

@@ -136,5 +136,5 @@ pub async fn shutdown(sb: &Sandbox) {
     sb.teardown_vm().await;
     sb.end_pod(0);
     tracing::info!("sandbox shut down");
-    sb.exit_shim();
+    sb.exit_shim_after_reply();
 }

@@ -86,6 +86,7 @@ async fn create_in_vm(
     let started = std::time::Instant::now();
     paths.record_in_bundle(bundle);
     prepare_filesystems(req, spec, bundle, paths)?;
+    let mounted = started.elapsed();
     let mut creq = api::CreateContainerRequest::new();
     creq.container_id = cid.to_string();
     creq.spec_json = spec.to_json();
@@ -105,6 +106,7 @@ async fn create_in_vm(
         }
         return Err(e);
     }
+    let in_guest = started.elapsed();
     let io = match ProcessIo::attach(&vm.agent, cid, "", &stdio, &sb.namespace).await {
         Ok(io) => io,
         Err(e) => {
@@ -118,9 +120,12 @@ async fn create_in_vm(
     };
     let init = Process::new(cid, "", stdio.clone(), io);
     sb.insert_container(Arc::new(Container::new(cid, bundle.to_path_buf(), init)))?;
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
     tracing::info!(
         container = cid,
-        ms = started.elapsed().as_millis() as u64,
+        ms = ms(started.elapsed()),
+        mounts_ms = ms(mounted),
+        guest_ms = ms(in_guest - mounted),
         "created"
     );
 
