@@ -329,11 +329,15 @@ impl Containerd {
     }
 
     /// For a failure's first line: ", on a guest lost to a triple fault" when a shim logged
-    /// that its VM ended on one (the rule in scripts/e2e-failure.py pairs it with the test
+    /// that its VM ended on one, ", on a lost guest (the guest stopped answering)" when a shim's guest
+    /// failed a health check (the rule in scripts/e2e-failure.py pairs either with the test
     /// host's record of the known fetch fault), else nothing.
     pub fn guest_loss(&self) -> &'static str {
-        if crate::guest_loss::vm_ended_on_triple_fault(&self.log_since(0)) {
+        let log = self.log_since(0);
+        if crate::guest_loss::vm_ended_on_triple_fault(&log) {
             ", on a guest lost to a triple fault"
+        } else if crate::guest_loss::guest_went_silent(&log) {
+            crate::guest_loss::STOPPED_ANSWERING
         } else {
             ""
         }

@@ -34,6 +34,26 @@ const TRIPLE_FAULT: &str = "triple fault";
 /// carries husk-vmm's account of the end (a triple fault names itself).
 pub const VM_ENDED: &str = "the sandbox VM ended unexpectedly";
 
+/// The shim's words for a guest whose agent does not answer its health check
+/// (shim/src/vm/liveness.rs), which is what a guest stuck in the test host's fetch-fault loop
+/// looks like from a pod until the liveness timeout kills it.
+const HEALTH_CHECK_FAILED: [&str; 2] = [
+    "the guest agent's health check failed",
+    "the guest agent's health check timed out",
+];
+
+/// What a failed step's first line gets when its guest stopped answering: the words
+/// scripts/e2e-failure.py (STOPPED_ANSWERING) accepts as the fetch-fault loss when the test
+/// host also recorded a guest stuck in the loop.
+pub const STOPPED_ANSWERING: &str = ", on a lost guest (the guest stopped answering)";
+
+/// Whether a shim logged, in `shim_log`, that its guest's agent failed a health check.
+pub fn guest_went_silent(shim_log: &str) -> bool {
+    shim_log
+        .lines()
+        .any(|l| HEALTH_CHECK_FAILED.iter().any(|w| l.contains(w)))
+}
+
 /// Whether `text` (an error, an observation) names a triple fault.
 pub fn names_triple_fault(text: &str) -> bool {
     text.contains(TRIPLE_FAULT)
@@ -197,6 +217,21 @@ pub fn missing(what: &str, console: &str, devices: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_guest_is_read_from_the_shims_health_checks() {
+        assert!(guest_went_silent(
+            "2026Z  WARN the guest agent's health check failed pid=373 error=agent check\n"
+        ));
+        assert!(guest_went_silent(
+            "2026Z  WARN the guest agent's health check timed out pid=373\n"
+        ));
+        assert!(!guest_went_silent(
+            "2026Z  INFO the guest agent is ready pid=373\n"
+        ));
+        // The words scripts/e2e-failure.py's STOPPED_ANSWERING looks for.
+        assert!(STOPPED_ANSWERING.contains("the guest stopped answering"));
+    }
 
     #[test]
     fn a_vm_end_on_a_triple_fault_is_read_from_the_shims_line() {

@@ -229,46 +229,50 @@ fn pods_restored_from_one_template_are_each_their_own() {
 fn a_corrupt_template_or_no_room_for_one_means_a_cold_boot_and_nothing_left() {
     husk_tests::e2e::require();
     let c = Containerd::start(Some(&settings())).unwrap();
-    c.import_busybox().unwrap();
-    let dir = templates_of(&c);
+    // A step that fails because the pod's VM was lost to the nested host's known fault says so
+    // on its first line (guest_loss::naming), so the e2e rule can tell it from a product failure.
+    c.naming_guest_loss(|| {
+        c.import_busybox().unwrap();
+        let dir = templates_of(&c);
 
-    // A template whose state file was damaged after it was made.
-    identity(&c, "tpl-make");
-    let made = wait_template(&dir, None);
-    nothing_left_of_builds(&c);
-    let state = made.join("state");
-    let mut bytes = std::fs::read(&state).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x5a;
-    std::fs::write(&state, &bytes).unwrap();
-    let from = c.log_len();
-    identity(&c, "tpl-corrupt");
-    let log = wait_log(&c, from, &["restoring the template failed"], T);
-    assert!(
-        log.contains("corrupt snapshot"),
-        "husk-vmm named the cause:\n{log}"
-    );
-    // The broken one went and the pod's shape got a fresh template.
-    wait_template(&dir, Some(&bytes));
-    nothing_left_of_builds(&c);
-    assert_eq!(entries(&dir).len(), 1, "{:?}", entries(&dir));
-
-    // No room: the template directory is a 4 MiB file system.
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
-    let _small = SmallFs::mount(&dir);
-    for id in ["tpl-full", "tpl-full-again"] {
-        let from = c.log_len();
-        identity(&c, id);
-        // The build fails writing the memory file; its builder VM goes.
+        // A template whose state file was damaged after it was made.
+        identity(&c, "tpl-make");
+        let made = wait_template(&dir, None);
         nothing_left_of_builds(&c);
-        assert!(entries(&dir).is_empty(), "{id}: {:?}", entries(&dir));
-        let log = c.log_since(from);
+        let state = made.join("state");
+        let mut bytes = std::fs::read(&state).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        std::fs::write(&state, &bytes).unwrap();
+        let from = c.log_len();
+        identity(&c, "tpl-corrupt");
+        let log = wait_log(&c, from, &["restoring the template failed"], T);
         assert!(
-            !log.contains("making the template") || log.contains("No space left on device"),
-            "{id}: the build failed for another reason:\n{log}"
+            log.contains("corrupt snapshot"),
+            "husk-vmm named the cause:\n{log}"
         );
-    }
+        // The broken one went and the pod's shape got a fresh template.
+        wait_template(&dir, Some(&bytes));
+        nothing_left_of_builds(&c);
+        assert_eq!(entries(&dir).len(), 1, "{:?}", entries(&dir));
+
+        // No room: the template directory is a 4 MiB file system.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let _small = SmallFs::mount(&dir);
+        for id in ["tpl-full", "tpl-full-again"] {
+            let from = c.log_len();
+            identity(&c, id);
+            // The build fails writing the memory file; its builder VM goes.
+            nothing_left_of_builds(&c);
+            assert!(entries(&dir).is_empty(), "{id}: {:?}", entries(&dir));
+            let log = c.log_since(from);
+            assert!(
+                !log.contains("making the template") || log.contains("No space left on device"),
+                "{id}: the build failed for another reason:\n{log}"
+            );
+        }
+    });
 }
 
 /// A 4 MiB tmpfs over a directory, unmounted on drop.
