@@ -325,35 +325,38 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         med(&guest_ready),
         med(&guest_uptime),
     );
-    // husk-vmm's own account of its setup, phase by phase (its `vCPUs running; setup` line).
-    let phases: Vec<String> = [
-        "vm",
-        "images",
-        "devices",
-        "boot structures",
-        "jail",
-        "vcpus",
-    ]
-    .iter()
-    .map(|phase| {
-        let v = logged_numbers(&log, "vCPUs running; setup ", &format!("{phase} "));
-        format!("{phase} {:.0}", med(&v))
-    })
-    .collect();
+    // husk-vmm's own account of its setup, phase by phase (its `vCPUs running; setup` line),
+    // booting and restoring.
+    let phase_medians = |log: &str, names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|phase| {
+                let v = logged_numbers(log, "vCPUs running; setup ", &format!("{phase} "));
+                format!("{phase} {:.0}", med(&v))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     eprintln!(
         "husk-bench: husk-vmm setup phases, medians in ms: {}",
-        phases.join(", ")
+        phase_medians(
+            &log,
+            &[
+                "vm",
+                "images",
+                "devices",
+                "boot structures",
+                "jail",
+                "vcpus"
+            ]
+        )
     );
-    let restore_phases: Vec<String> = ["snapshot", "memory", "vm", "devices", "jail", "vcpus"]
-        .iter()
-        .map(|phase| {
-            let v = logged_numbers(&template_log, "vCPUs running; setup ", &format!("{phase} "));
-            format!("{phase} {:.0}", med(&v))
-        })
-        .collect();
     eprintln!(
         "husk-bench: husk-vmm restore phases, medians in ms: {}",
-        restore_phases.join(", ")
+        phase_medians(
+            &template_log,
+            &["snapshot", "memory", "vm", "devices", "jail", "vcpus"]
+        )
     );
     let t_vm_ready = logged_numbers(&template_log, "the guest agent is ready", " ms=");
     // The shim's account of RunPodSandbox's VM part and of each container's creation in the
