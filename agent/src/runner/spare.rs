@@ -71,17 +71,26 @@ impl Runners {
     }
 
     /// Runs `request` with `fds` on the spare, or on a runner started now when none is
-    /// waiting, then starts the next spare in the background. Blocking: call it from
-    /// `spawn_blocking`.
+    /// waiting or the spare died waiting (the guest's OOM killer may take it: the request
+    /// never reached it, so it goes to a fresh runner), then starts the next spare in the
+    /// background. Blocking: call it from `spawn_blocking`.
     pub fn run(self: &Arc<Self>, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<Outcome> {
         let spare = self.slot().take();
-        let runner = match spare {
-            Some(runner) => runner,
-            None => spawn::start(&self.exe, &self.reaper)?,
+        let outcome = match spare.map(|runner| spawn::send(runner, request, fds)) {
+            Some(Ok(sent)) => sent.reply(),
+            Some(Err((dead, e))) => {
+                tracing::warn!(pid = dead.pid(), error = %e, "the spare runner is gone");
+                self.fresh(request, fds)
+            }
+            None => self.fresh(request, fds),
         };
-        let outcome = spawn::call(runner, request, fds);
         self.prime();
         outcome
+    }
+
+    /// Runs `request` on a runner started now.
+    fn fresh(&self, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<Outcome> {
+        spawn::call(spawn::start(&self.exe, &self.reaper)?, request, fds)
     }
 }
 
@@ -99,8 +108,10 @@ mod tests {
         std::fs::write(
             &exe,
             "#!/bin/sh\n\
-             n=$(dd bs=65536 count=1 status=none | wc -c)\n\
-             [ \"$n\" -gt 0 ] || exit 0\n\
+             f=\"$0.$$\"\n\
+             dd bs=65536 count=1 status=none of=\"$f\"\n\
+             [ -s \"$f\" ] || { rm -f \"$f\"; exit 0; }\n\
+             rm -f \"$f\"\n\
              printf '{\"Ok\":{\"pid\":%d}}' $$ >&0\n",
         )
         .unwrap();
@@ -146,6 +157,44 @@ mod tests {
         runners.prime();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(runners.slot().as_ref().map(|r| r.pid()), Some(next_pid));
+        drop(runners.slot().take());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_goes_to_a_fresh_runner_when_the_spare_died() {
+        let dir = tempfile::tempdir().unwrap();
+        let runners = Arc::new(Runners::new(fake_runner(dir.path()), Reaper::new()));
+        runners.prime();
+        wait_for_spare(&runners).await;
+        let dead = runners.slot().as_ref().map(|r| r.pid()).unwrap();
+        // The stand-in is a shell whose dd also holds the socket (a real runner is one
+        // process): once dd is waiting, kill it first.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::process::Command::new("pgrep")
+            .args(["-P", &dead.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
+            assert!(Instant::now() < deadline, "the stand-in's dd never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-P", &dead.to_string()])
+            .status();
+        // SAFETY: kill(2) on the stand-in runner this test started.
+        unsafe { libc::kill(dead, libc::SIGKILL) };
+        let mut status = 0;
+        // SAFETY: waitpid(2) on that child, so its socket end is closed for sure.
+        unsafe { libc::waitpid(dead, &mut status, 0) };
+        let r = Arc::clone(&runners);
+        let out = tokio::task::spawn_blocking(move || r.run(&request(), &[]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(out.pid, dead, "the request ran on a fresh runner");
+        wait_for_spare(&runners).await;
         drop(runners.slot().take());
     }
 

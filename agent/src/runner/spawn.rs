@@ -67,10 +67,41 @@ pub fn start(exe: &Path, reaper: &Reaper) -> Result<Started> {
 
 /// Hands `request` and `fds` to the started runner `runner` and reads its reply.
 pub fn call(runner: Started, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<Outcome> {
-    let Started { pid, sock: ours } = runner;
-    let body =
-        serde_json::to_vec(request).map_err(AgentError::json("encoding the runner request"))?;
-    wire::send(ours.as_fd(), &body, fds).map_err(AgentError::io("sending the runner request"))?;
+    send(runner, request, fds)
+        .map_err(|(_, e)| AgentError::io("sending the runner request")(e))?
+        .reply()
+}
+
+/// A runner that has its request.
+#[derive(Debug)]
+pub struct Sent(Started);
+
+/// Hands `request` and `fds` to `runner`. On failure the request was not delivered (a runner
+/// that died waiting, say), and the runner comes back with the error.
+pub fn send(
+    runner: Started,
+    request: &Request,
+    fds: &[BorrowedFd<'_>],
+) -> std::result::Result<Sent, (Started, std::io::Error)> {
+    let body = match serde_json::to_vec(request) {
+        Ok(b) => b,
+        Err(e) => return Err((runner, std::io::Error::other(e))),
+    };
+    match wire::send(runner.sock.as_fd(), &body, fds) {
+        Ok(()) => Ok(Sent(runner)),
+        Err(e) => Err((runner, e)),
+    }
+}
+
+impl Sent {
+    /// Reads the runner's reply.
+    pub fn reply(self) -> Result<Outcome> {
+        let Started { pid, sock: ours } = self.0;
+        reply(pid, ours)
+    }
+}
+
+fn reply(pid: i32, ours: OwnedFd) -> Result<Outcome> {
     set_timeout(&ours, RUNNER_TIMEOUT)?;
     let (data, mut attached) = wire::recv(ours.as_fd()).map_err(|e| {
         // SAFETY: kill(2) on the runner we spawned; at worst it already exited and the reaper

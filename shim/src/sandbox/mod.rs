@@ -226,18 +226,20 @@ impl Sandbox {
     /// Ends the shim: its socket goes away at once (so a new `start` for the same id cannot
     /// reach this exiting process), then the server stops.
     pub fn exit_shim(&self) {
+        self.remove_socket();
+        self.exit.signal();
+    }
+
+    fn remove_socket(&self) {
         if let Some(s) = &self.socket {
             let _ = std::fs::remove_file(s);
         }
-        self.exit.signal();
     }
 
     /// [`Sandbox::exit_shim`] from inside a handler whose reply must reach containerd: the
     /// socket goes at once, the server stops [`REPLY_GRACE`] later.
     pub fn exit_shim_after_reply(&self) {
-        if let Some(s) = &self.socket {
-            let _ = std::fs::remove_file(s);
-        }
+        self.remove_socket();
         tokio::spawn(signal_after(Arc::clone(&self.exit), REPLY_GRACE));
     }
 }
