@@ -17,7 +17,6 @@ pub mod identity;
 pub mod init;
 pub mod logging;
 pub mod network;
-pub mod pod_anchor;
 pub mod reaper;
 pub mod runner;
 pub mod sandbox;

@@ -15,10 +15,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use husk_agent::config::Config;
+use husk_agent::container::anchor;
 use husk_agent::reaper::Reaper;
 use husk_agent::sandbox::{uptime_ms, Sandbox};
 use husk_agent::server::{self, Listen};
-use husk_agent::{init, logging, network, pod_anchor, runner};
+use husk_agent::{init, logging, network, runner};
 
 /// PID 1 inside a husk micro-VM: serves the agent API over vsock and runs OCI containers.
 #[derive(Debug, Parser)]
@@ -42,8 +43,8 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(runner::RUNNER_ARG) {
         return ExitCode::from(runner::child::main() as u8);
     }
-    if std::env::args().nth(1).as_deref() == Some(pod_anchor::ANCHOR_ARG) {
-        return ExitCode::from(pod_anchor::main() as u8);
+    if std::env::args().nth(1).as_deref() == Some(anchor::ANCHOR_ARG) {
+        return ExitCode::from(anchor::main() as u8);
     }
     if init::is_pid1() {
         guest_main()

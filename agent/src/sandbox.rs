@@ -40,7 +40,7 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     creating: Mutex<HashSet<String>>,
     /// Pod namespace anchors by sandbox id, for pods without a sandbox container
-    /// ([`crate::pod_anchor`]).
+    /// ([`crate::container::anchor`]).
     anchors: tokio::sync::Mutex<HashMap<String, i32>>,
     /// Uptime (ms) when the agent began serving.
     pub ready_ms: AtomicU64,
@@ -109,11 +109,14 @@ impl Sandbox {
             return Ok(Some((sandbox, *pid)));
         }
         let exe = self.rt.config.exe.clone();
-        let spawned = tokio::task::spawn_blocking(move || crate::pod_anchor::spawn(&exe));
-        let pid = tokio::time::timeout(Duration::from_secs(60), spawned)
-            .await
-            .map_err(|_| AgentError::Runner("the pod anchor did not start in 60 s".into()))?
-            .map_err(|e| AgentError::Runner(format!("the pod anchor task: {e}")))??;
+        let namespaces = nix::sched::CloneFlags::CLONE_NEWIPC
+            | nix::sched::CloneFlags::CLONE_NEWUTS
+            | nix::sched::CloneFlags::CLONE_NEWPID;
+        let pid = tokio::task::spawn_blocking(move || {
+            crate::container::anchor::spawn(&exe, namespaces, None)
+        })
+        .await
+        .map_err(|e| AgentError::Runner(format!("the pod anchor task: {e}")))??;
         tracing::info!(
             sandbox = sandbox.as_str(),
             pid,
@@ -386,13 +389,8 @@ impl Sandbox {
 }
 
 fn apply_resources(id: &str, r: &LinuxResources) -> Result<()> {
-    use libcgroups::common::{create_cgroup_manager, CgroupConfig, CgroupManager, ControllerOpt};
-    let manager = create_cgroup_manager(CgroupConfig {
-        cgroup_path: cgroup::spec_path(id).into(),
-        systemd_cgroup: false,
-        container_name: id.into(),
-    })
-    .map_err(AgentError::runtime("cgroup manager"))?;
+    use libcgroups::common::{CgroupManager, ControllerOpt};
+    let manager = cgroup::manager(cgroup::spec_path(id).into(), id)?;
     manager
         .apply(&ControllerOpt {
             resources: r,

@@ -17,6 +17,8 @@ mod bad_input;
 mod cgroups;
 #[path = "agent_host/lifecycle.rs"]
 mod lifecycle;
+#[path = "agent_host/sandbox.rs"]
+mod sandbox;
 #[path = "agent_host/spec.rs"]
 mod spec;
 #[path = "agent_host/streams.rs"]
@@ -86,4 +88,16 @@ async fn the_spec_is_enforced_as_runc_does() {
 #[ignore = "needs root and cgroup v2: run with `make e2e` (inside the test host)"]
 async fn update_container_applies_resources() {
     cgroups::update_container_applies_resources().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root and cgroup v2: run with `make e2e` (inside the test host)"]
+async fn the_sandbox_container_is_an_anchor_with_its_spec_in_force() {
+    sandbox::the_sandbox_container_is_an_anchor_with_its_spec_in_force().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root and cgroup v2: run with `make e2e` (inside the test host)"]
+async fn a_sandbox_spec_the_kernel_refuses_fails_by_name_and_leaves_nothing() {
+    sandbox::a_sandbox_spec_the_kernel_refuses_fails_by_name_and_leaves_nothing().await
 }

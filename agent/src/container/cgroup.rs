@@ -1,6 +1,7 @@
 //! The container cgroups (`/sys/fs/cgroup/husk/<id>`): what the agent reads and writes itself,
 //! without forking (stats, freeze, pids, kill, OOM count, removal). libcontainer creates them
-//! and applies the spec's limits; `UpdateContainer` goes through libcgroups.
+//! and applies the spec's limits (a sandbox container's anchor does both through libcgroups,
+//! [`manager`]); `UpdateContainer` goes through libcgroups.
 //!
 //! Parsers are pure functions over file text, unit-tested without a cgroup.
 
@@ -25,6 +26,17 @@ pub fn spec_path(container_id: &str) -> String {
 /// The container's cgroup directory.
 pub fn dir(container_id: &str) -> PathBuf {
     Path::new(CGROUP_ROOT).join(PARENT).join(container_id)
+}
+
+/// libcgroups' manager for the cgroup at `path` (relative to the cgroup root), for a container
+/// named `name` in its errors.
+pub fn manager(path: PathBuf, name: &str) -> Result<libcgroups::common::AnyCgroupManager> {
+    libcgroups::common::create_cgroup_manager(libcgroups::common::CgroupConfig {
+        cgroup_path: path,
+        systemd_cgroup: false,
+        container_name: name.into(),
+    })
+    .map_err(AgentError::runtime("cgroup manager"))
 }
 
 /// `key value` lines (memory.stat, memory.events, cpu.stat) as a map; junk lines are skipped.

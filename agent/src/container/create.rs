@@ -1,5 +1,5 @@
-//! CreateContainer (a runner does `runc create` through libcontainer) and the start of a
-//! container's init (libcontainer's notify socket, in the agent: it does not fork).
+//! CreateContainer (a runner does `runc create` through libcontainer; a pod's sandbox container
+//! is held by a pod anchor instead, [`super::pause`]) and the start of a container's init (libcontainer's notify socket, in the agent: it does not fork).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -11,7 +11,7 @@ use oci_spec::runtime::Spec;
 
 use super::process::{HostIo, Process};
 use super::runtime::Runtime;
-use super::{cgroup, spec, sysctl, Container};
+use super::{cgroup, pause, spec, sysctl, Backing, Container};
 use crate::error::{AgentError, Result};
 use crate::runner::{self, Request};
 use crate::stdio::tty::PtyMaster;
@@ -47,11 +47,32 @@ pub async fn create(
         .and_then(|h| h.poststart().as_ref())
         .is_some_and(|v| !v.is_empty());
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-    sysctl::apply(Path::new(sysctl::PROC_SYS), &pod_net_sysctls)?;
+    sysctl::apply(
+        Path::new(sysctl::PROC_SYS),
+        &pod_net_sysctls,
+        sysctl::Scope::Network,
+    )?;
     let bundle = rt.config.bundles().join(id);
     let state_dir = rt.config.containers_root().join(id);
-    match run_create(rt, id, &spec, stdio, &bundle).await {
-        Ok(init) => {
+    let created = match pause::fits(&spec, &stdio) {
+        Ok(namespaces) => pause::create(rt, id, &spec, stdio, namespaces, &bundle)
+            .await
+            .map(|init| (init, Backing::PodAnchor)),
+        Err(why) => {
+            if spec::is_sandbox_container(&spec) {
+                tracing::info!(
+                    container_id = id,
+                    why,
+                    "the sandbox container goes to a runner"
+                );
+            }
+            run_create(rt, id, &spec, stdio, &bundle)
+                .await
+                .map(|init| (init, Backing::Libcontainer))
+        }
+    };
+    match created {
+        Ok((init, backing)) => {
             let c = Arc::new(Container::new(
                 id,
                 bundle,
@@ -59,6 +80,7 @@ pub async fn create(
                 init,
                 poststart_hooks,
                 seccomp,
+                backing,
             ));
             rt.oom.add(id, c.cgroup.clone());
             Ok(c)
@@ -164,7 +186,9 @@ pub async fn cleanup(id: &str, bundle: &Path, state_dir: &Path) {
 pub async fn start_init(rt: &Runtime, c: &Container) -> Result<i32> {
     c.init.begin_start().await?;
     let pid = c.init.pid().unwrap_or(0);
-    if c.poststart_hooks {
+    if c.backing == Backing::PodAnchor {
+        // The anchor has nothing to exec: it was set up and waiting when it was created.
+    } else if c.poststart_hooks {
         let request = Request::Start {
             container_id: c.id.clone(),
             state_root: rt.config.containers_root(),

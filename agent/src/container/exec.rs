@@ -8,7 +8,7 @@ use husk_protocol::ids;
 use super::create::run_runner;
 use super::process::{HostIo, Process};
 use super::runtime::Runtime;
-use super::{spec, Container};
+use super::{spec, Backing, Container};
 use crate::error::{AgentError, Result};
 use crate::runner::{seccomp, Request};
 use crate::status::Action;
@@ -23,6 +23,13 @@ pub fn register(
     stdio: StdioRequest,
 ) -> Result<()> {
     ids::validate(exec_id)?;
+    if c.backing == Backing::PodAnchor {
+        return Err(AgentError::Precondition(format!(
+            "container {:?} is the pod's sandbox, held by the agent's pod anchor: nothing can \
+             be exec'd into it",
+            c.id
+        )));
+    }
     c.status().check(Action::Exec)?;
     c.check_exec_free(exec_id)?;
     let mut process = spec::parse_process(process_json)?;

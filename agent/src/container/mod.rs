@@ -2,7 +2,8 @@
 //! [`crate::runner`]); everything that does not fork happens here in the agent.
 //!
 //! - [`state`]: the status machine; [`spec`]: parsing and guest rewriting of the OCI spec;
-//! - [`create`] and [`exec`]: the two operations that go through a runner;
+//! - [`create`] and [`exec`]: the two operations that go through a runner; [`pause`]: a pod's
+//!   sandbox container, held by a pod anchor ([`anchor`]) instead;
 //! - [`process`]: a process's stdio and exit; [`cgroup`]: stats, freeze, kill, removal;
 //!   [`oom`]: OOM-kill events; [`sysctl`]: the pod's network sysctls, set by the agent;
 //!   [`propagation`]: the rootfs propagation names libcontainer takes.
@@ -14,10 +15,12 @@
 //! spec lists (libcontainer creates /dev from `linux.devices`). The spec's device cgroup rules
 //! are therefore accepted and not enforced.
 
+pub mod anchor;
 pub mod cgroup;
 pub mod create;
 pub mod exec;
 pub mod oom;
+pub mod pause;
 pub mod process;
 pub mod propagation;
 pub mod runtime;
@@ -40,6 +43,15 @@ struct Inner {
     execs: HashMap<String, Arc<Process>>,
 }
 
+/// What runs a container's init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// libcontainer, through a runner: a full OCI container.
+    Libcontainer,
+    /// A pod anchor: the pod's sandbox container ([`pause`]); nothing can be exec'd into it.
+    PodAnchor,
+}
+
 /// A created container.
 #[derive(Debug)]
 pub struct Container {
@@ -57,6 +69,8 @@ pub struct Container {
     pub poststart_hooks: bool,
     /// The spec's seccomp filter, which every exec gets too ([`crate::runner::seccomp`]).
     pub seccomp: Option<LinuxSeccomp>,
+    /// What runs its init.
+    pub backing: Backing,
     inner: Mutex<Inner>,
 }
 
@@ -69,6 +83,7 @@ impl Container {
         init: Arc<Process>,
         poststart_hooks: bool,
         seccomp: Option<LinuxSeccomp>,
+        backing: Backing,
     ) -> Self {
         Container {
             id: id.into(),
@@ -78,6 +93,7 @@ impl Container {
             init,
             poststart_hooks,
             seccomp,
+            backing,
             inner: Mutex::default(),
         }
     }

@@ -5,7 +5,7 @@
 //!   network is the guest's root network namespace); `ipc`, `uts` and `pid` entries with a path
 //!   join the pod's sandbox container (`io.kubernetes.cri.sandbox-id`) through
 //!   `/proc/<its pid>/ns/<kind>`; a pod without a sandbox container (containerd's sandbox API)
-//!   joins its anchor's instead ([`crate::pod_anchor`]).
+//!   joins its anchor's instead ([`crate::container::anchor`]).
 //! - For a container in the pod's network namespace, the `net.*` sysctls leave the spec; the
 //!   agent sets them in the guest's root namespace ([`super::sysctl`]).
 //! - `linux.rootfsPropagation` takes libcontainer's names ([`super::propagation`]).
@@ -114,6 +114,14 @@ pub fn prepare(
         spec,
         pod_net_sysctls,
     })
+}
+
+/// Whether CRI marked `spec` as a pod's sandbox container.
+pub fn is_sandbox_container(spec: &Spec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(super::pause::CONTAINER_TYPE_ANNOTATION))
+        .is_some_and(|t| t == "sandbox")
 }
 
 /// The sandbox id a spec's annotations name, read without checking the rest of the spec.

@@ -13,6 +13,9 @@
 //! created: into the guest's root namespace, which only this pod uses, as runc writes them into
 //! the pod's own namespace. Keys are checked component by component (no `..`, no separators
 //! other than `.` and `/`), so a key can name nothing outside `/proc/sys/net`.
+//!
+//! A sandbox container's anchor ([`crate::container::anchor::setup`]) writes its spec's other sysctls
+//! with the same checks, from inside its own namespaces, as libcontainer's init would.
 
 use std::path::{Path, PathBuf};
 
@@ -45,15 +48,25 @@ pub fn take_net(linux: &mut Linux) -> Vec<Sysctl> {
     net
 }
 
-/// The file of `key` below `root` (`/proc/sys`). Refuses keys that are not plain `net.` paths.
-fn path_of(root: &Path, key: &str) -> Result<PathBuf> {
+/// Which sysctls a caller may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only `net.*` (the agent, in the guest's root namespaces).
+    Network,
+    /// Any (a sandbox container's anchor, in its own namespaces).
+    Any,
+}
+
+/// The file of `key` below `root` (`/proc/sys`). Refuses keys that are not plain paths, or not
+/// `net.` ones for [`Scope::Network`].
+fn path_of(root: &Path, key: &str, scope: Scope) -> Result<PathBuf> {
     let bad = |why: &str| AgentError::InvalidArgument(format!("linux.sysctl {key:?}: {why}"));
     if key.len() > 256 {
         return Err(bad("longer than 256 bytes"));
     }
     let mut path = root.to_path_buf();
     for (i, part) in key.split(['.', '/']).enumerate() {
-        if i == 0 && part != "net" {
+        if i == 0 && scope == Scope::Network && part != "net" {
             return Err(bad("not a network sysctl"));
         }
         let plain = !part.is_empty()
@@ -73,9 +86,9 @@ fn path_of(root: &Path, key: &str) -> Result<PathBuf> {
 /// Writes each sysctl under `root` (`/proc/sys` in the guest). The first that fails ends it,
 /// with an error naming the key: an unknown one as InvalidArgument, a refused value as the
 /// kernel's error.
-pub fn apply(root: &Path, sysctls: &[Sysctl]) -> Result<()> {
+pub fn apply(root: &Path, sysctls: &[Sysctl], scope: Scope) -> Result<()> {
     for (key, value) in sysctls {
-        let path = path_of(root, key)?;
+        let path = path_of(root, key, scope)?;
         if value.contains('\0') {
             return Err(AgentError::InvalidArgument(format!(
                 "linux.sysctl {key:?}: the value has a NUL byte"
@@ -147,6 +160,7 @@ mod tests {
                 ("net.ipv4.ping_group_range".into(), "0 2147483647".into()),
                 ("net/ipv4/ip_unprivileged_port_start".into(), "0".into()),
             ],
+            Scope::Network,
         )
         .unwrap();
         assert_eq!(
@@ -170,10 +184,23 @@ mod tests {
             ("net/../../etc/passwd", "characters"),
             ("net.ipv4.a b", "characters"),
         ] {
-            let e = apply(d.path(), &[(key.into(), "1".into())]).unwrap_err();
+            let e = apply(d.path(), &[(key.into(), "1".into())], Scope::Network).unwrap_err();
             assert!(matches!(e, AgentError::InvalidArgument(_)), "{key}: {e}");
             let s = e.to_string();
             assert!(s.contains(key) && s.contains(want), "{key}: {s}");
+        }
+        // An anchor may write any sysctl, with the same checks on the key.
+        std::fs::create_dir_all(d.path().join("kernel")).unwrap();
+        std::fs::write(d.path().join("kernel/shmmni"), "4096\n").unwrap();
+        let set = [("kernel.shmmni".to_string(), "1234".to_string())];
+        apply(d.path(), &set, Scope::Any).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("kernel/shmmni")).unwrap(),
+            "1234"
+        );
+        for (key, want) in [("kernel/../../x", "characters"), ("kernel.nope", "no such")] {
+            let e = apply(d.path(), &[(key.into(), "1".into())], Scope::Any).unwrap_err();
+            assert!(e.to_string().contains(want), "{key}: {e}");
         }
     }
 }

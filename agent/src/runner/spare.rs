@@ -1,10 +1,10 @@
 //! One runner started ahead of need, so that a container's creation (or an exec) does not wait
 //! for a runner's exec and start-up.
 //!
-//! The spare is started after a runner has been used, never earlier. So the pod's first
-//! container (a CRI pod's pause container) starts a runner on demand, and the spare for the
-//! next one starts while the guest has nothing else to do: while containerd, on the host,
-//! prepares the next container. Started earlier (at `Restored` or `SetupSandbox`), a spare
+//! The spare is started after a runner has been used, or after a pod's sandbox container was
+//! created by an anchor ([`crate::container::pause`]), never earlier. So the spare for the
+//! pod's next container starts while the guest has nothing else to do: while containerd, on
+//! the host, prepares that container. Started earlier (at `Restored` or `SetupSandbox`), a spare
 //! only took the guest's one vCPU from the pod's own setup (measured: `make bench BENCH=cri`,
 //! SetupSandbox 40 ms longer for 45 ms less runner time). And a template, snapshotted when
 //! the agent is ready, never holds one: no runner's memory, its random state included, is

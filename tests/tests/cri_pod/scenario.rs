@@ -79,6 +79,13 @@ pub fn run(handler: &str) {
             .unwrap()
             .sysctls
             .insert("net.ipv4.ip_local_port_range".into(), "20000 40000".into());
+        // And an IPC one (also a Kubernetes safe sysctl): set in the sandbox container's IPC
+        // namespace (under husk by its anchor), which both containers join.
+        cfg.linux
+            .as_mut()
+            .unwrap()
+            .sysctls
+            .insert("kernel.shm_rmid_forced".into(), "1".into());
         let id = cri
             .run_pod(&cfg, handler)
             .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}\n{}", c.log_tail(60)));
@@ -88,6 +95,12 @@ pub fn run(handler: &str) {
             assert!(
                 log.contains("restored from a template"),
                 "the pod restored the template:\n{}",
+                c.log_tail(60)
+            );
+            // Its sandbox container is the agent's pod anchor, not a runner's /pause.
+            assert!(
+                log.contains("held by an anchor"),
+                "the sandbox container is held by an anchor:\n{}",
                 c.log_tail(60)
             );
         }
@@ -160,7 +173,7 @@ pub fn run(handler: &str) {
 }
 
 /// Both containers run in one kernel: under husk one VM (one husk-vmm, one boot id that is
-/// not the test host's), under runc the host's. The pod's network sysctl holds in both.
+/// not the test host's), under runc the host's. The pod's network and IPC sysctls hold in both.
 fn one_kernel(pod: &Pod, a: &str, b: &str) {
     let (c, cri, handler) = (pod.c, pod.cri, pod.handler);
     let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
@@ -187,6 +200,11 @@ fn one_kernel(pod: &Pod, a: &str, b: &str) {
             sh(cri, id, "cat /proc/sys/net/ipv4/ip_local_port_range"),
             "20000\t40000\n",
             "[{handler}] the pod's sysctl in {id}"
+        );
+        assert_eq!(
+            sh(cri, id, "cat /proc/sys/kernel/shm_rmid_forced"),
+            "1\n",
+            "[{handler}] the pod's IPC sysctl in {id}"
         );
     }
 }
