@@ -365,7 +365,7 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         let field = |f: &str| med(&logged_numbers(log, "the sandbox VM is ready", f));
         eprintln!(
             "husk-bench: {side} pods, medians in ms: the pod network {:.0}, the VM {:.0}, SetupSandbox {:.0}; a container created in the guest {:.0} \
-             (the share's mounts {:.0}, the agent's CreateContainer {:.0}, of which its runner {:.0})",
+             (the share's mounts {:.0}, the agent's CreateContainer {:.0}, of which its runner {:.0}); a sandbox container's anchor {:.0}",
             field("network_ms="),
             field("vm_ms="),
             field("setup_ms="),
@@ -373,6 +373,7 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             med(&logged_numbers(log, "created", "mounts_ms=")),
             med(&logged_numbers(log, "created", "guest_ms=")),
             med(&logged_numbers(log, "container created", "runner_ms=")),
+            med(&logged_numbers(log, "held by an anchor", "anchor_ms=")),
         );
     }
     let totals = |v: &[Phases]| v.iter().map(Phases::total).collect::<Vec<_>>();
