@@ -113,7 +113,7 @@ impl Sandbox {
             | nix::sched::CloneFlags::CLONE_NEWUTS
             | nix::sched::CloneFlags::CLONE_NEWPID;
         let pid = tokio::task::spawn_blocking(move || {
-            crate::container::anchor::spawn(&exe, namespaces, None)
+            crate::container::anchor::spawn(&exe, namespaces, crate::container::anchor::Role::Bare)
         })
         .await
         .map_err(|e| AgentError::Runner(format!("the pod anchor task: {e}")))??;

@@ -5,8 +5,9 @@
 //! The anchor is honest about the spec: it creates exactly the namespaces the spec asks for and
 //! applies every setting visible outside the container's own mount namespace (cgroup and
 //! limits, hostname, sysctls, rlimits, OOM score, user and groups, capabilities,
-//! no_new_privileges, seccomp; [`crate::container::anchor::setup`]). What it does not do is shape that
-//! mount namespace (root, mounts, masked and read-only paths, devices) or exec `/pause`: no
+//! no_new_privileges, seccomp), and its root, which the pod's processes can reach through
+//! `/proc/1/root` ([`crate::container::anchor::setup`]). What it does not do is the rest of
+//! that mount namespace (mounts, masked and read-only paths, devices) or exec `/pause`: no
 //! process ever runs in the sandbox container besides its init, since exec into it is refused
 //! ([`crate::container::exec`]). A spec that asks for anything else ([`fits`] names it) goes
 //! through a runner like any container.
@@ -18,9 +19,9 @@ use std::time::Instant;
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use super::cgroup;
 use super::process::{HostIo, Process};
 use super::runtime::Runtime;
+use super::{anchor, cgroup};
 use crate::error::{AgentError, Result};
 use crate::stdio::pipes::AgentEnds;
 use crate::stdio::StdioRequest;
@@ -83,6 +84,7 @@ pub fn fits(spec: &Spec, stdio: &StdioRequest) -> std::result::Result<CloneFlags
         );
     }
     let mut flags = CloneFlags::empty();
+    let mut own_mount_ns = false;
     for ns in linux.namespaces().iter().flatten() {
         if ns.path().is_some() {
             return Err(format!("it joins a {:?} namespace", ns.typ()));
@@ -93,10 +95,16 @@ pub fn fits(spec: &Spec, stdio: &StdioRequest) -> std::result::Result<CloneFlags
             LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
             // Made by the anchor itself, once in its cgroup (setup.rs).
             LinuxNamespaceType::Cgroup => CloneFlags::empty(),
-            // Its own mount namespace, where nothing runs (see above).
-            LinuxNamespaceType::Mount => CloneFlags::empty(),
+            // Made by the anchor itself around its root (setup.rs).
+            LinuxNamespaceType::Mount => {
+                own_mount_ns = true;
+                CloneFlags::empty()
+            }
             other => return Err(format!("it asks for a new {other:?} namespace")),
         };
+    }
+    if !own_mount_ns {
+        return Err("no mount namespace of its own".into());
     }
     if (spec.hostname().is_some() || spec.domainname().is_some())
         && !flags.contains(CloneFlags::CLONE_NEWUTS)
@@ -125,8 +133,13 @@ pub async fn create(
     let since = rt.reaper.epoch();
     let started = Instant::now();
     let exe = rt.config.exe.clone();
+    let no_pivot = rt.config.no_pivot;
     let pid = tokio::task::spawn_blocking(move || {
-        crate::container::anchor::spawn(&exe, namespaces, Some(&config))
+        let role = anchor::Role::Sandbox {
+            spec: &config,
+            no_pivot,
+        };
+        anchor::spawn(&exe, namespaces, role)
     })
     .await
     .map_err(AgentError::task("pod anchor task"))??;
@@ -229,8 +242,15 @@ mod tests {
                 "joins a Ipc namespace",
             ),
             (
-                |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}]),
+                |v| {
+                    v["linux"]["namespaces"] =
+                        serde_json::json!([{"type": "pid"}, {"type": "mount"}])
+                },
                 "hostname without a UTS namespace",
+            ),
+            (
+                |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "uts"}]),
+                "no mount namespace",
             ),
             (
                 |v| v["linux"]["uidMappings"] = serde_json::json!([]),

@@ -72,12 +72,19 @@ impl Runners {
 
     /// Runs `request` with `fds` on the spare, or on a runner started now when none is
     /// waiting or the spare died waiting (the guest's OOM killer may take it: the request
-    /// never reached it, so it goes to a fresh runner), then starts the next spare in the
-    /// background. Blocking: call it from `spawn_blocking`.
+    /// never reached it, or reached its socket but was never read, so it goes to a fresh
+    /// runner), then starts the next spare in the background. Blocking: call it from `spawn_blocking`.
     pub fn run(self: &Arc<Self>, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<Outcome> {
         let spare = self.slot().take();
         let outcome = match spare.map(|runner| spawn::send(runner, request, fds)) {
-            Some(Ok(sent)) => sent.reply(),
+            Some(Ok(sent)) => match sent.reply() {
+                // It died (killed while waiting) between the send and its read.
+                Err(e) if spawn::never_read(&e) => {
+                    tracing::warn!(error = %e, "the spare runner died before reading its request");
+                    self.fresh(request, fds)
+                }
+                r => r,
+            },
             Some(Err((dead, e))) => {
                 tracing::warn!(pid = dead.pid(), error = %e, "the spare runner is gone");
                 self.fresh(request, fds)

@@ -101,6 +101,13 @@ impl Sent {
     }
 }
 
+/// Whether a failed reply means the runner never read its request: it died with the request
+/// still queued on its socket. The kernel then resets the connection (a runner that read the
+/// request and died gives EOF instead), so the request may go to another runner.
+pub fn never_read(e: &AgentError) -> bool {
+    matches!(e, AgentError::Io { source, .. } if source.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
 fn reply(pid: i32, ours: OwnedFd) -> Result<Outcome> {
     set_timeout(&ours, RUNNER_TIMEOUT)?;
     let (data, mut attached) = wire::recv(ours.as_fd()).map_err(|e| {

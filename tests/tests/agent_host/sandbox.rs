@@ -82,9 +82,31 @@ pub(crate) async fn the_sandbox_container_is_an_anchor_with_its_spec_in_force() 
             .trim(),
         "77"
     );
-    for kind in ["ipc", "uts", "pid"] {
+    for kind in ["ipc", "uts", "pid", "mnt"] {
         assert_ne!(ns(&pid.to_string(), kind), ns("self", kind), "{kind}");
     }
+    // Its root is the container's, read-only and alone in its mount namespace: what the pod's
+    // processes reach through /proc/1/root is the sandbox image, not the agent's file tree.
+    let root = format!("/proc/{pid}/root");
+    assert!(
+        std::path::Path::new(&format!("{root}/bin/busybox")).exists(),
+        "the rootfs"
+    );
+    for outside in [
+        "sys/fs/cgroup/cgroup.controllers",
+        "../sys/fs/cgroup/cgroup.controllers",
+    ] {
+        assert!(
+            !std::path::Path::new(&format!("{root}/{outside}")).exists(),
+            "{outside} is reachable from the anchor's root"
+        );
+    }
+    let mounts = proc_file(pid, "mountinfo");
+    let mounts: Vec<&str> = mounts.lines().collect();
+    assert_eq!(mounts.len(), 1, "one mount, the root: {mounts:?}");
+    let fields: Vec<&str> = mounts[0].split(' ').collect();
+    assert_eq!(fields[4], "/", "mounted at /: {mounts:?}");
+    assert!(fields[5].starts_with("ro,"), "read-only: {mounts:?}");
 
     // A container of the pod joins its namespaces: its hostname, its IPC sysctl, its PID 1.
     let mut app = f.spec(&[
@@ -129,8 +151,9 @@ pub(crate) async fn a_sandbox_spec_the_kernel_refuses_fails_by_name_and_leaves_n
     let Some(f) = fixture().await else { return };
     let mut spec = f.spec(&["/pause"]);
     spec["annotations"] = serde_json::json!({"io.kubernetes.cri.container-type": "sandbox"});
-    spec["linux"]["namespaces"] =
-        serde_json::json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}]);
+    spec["linux"]["namespaces"] = serde_json::json!([
+        {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}
+    ]);
     spec["linux"]["sysctl"] = serde_json::json!({"kernel.no_such_sysctl": "1"});
     let e = f
         .create("sbbad", &spec, stdio(false, false, false, false))

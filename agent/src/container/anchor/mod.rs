@@ -36,25 +36,44 @@ use report::{Outcome, Report, MAX_REPORT};
 pub const ANCHOR_ARG: &str = "__husk-pod-anchor";
 /// Its option naming the sandbox container's prepared spec.
 const SPEC_ARG: &str = "--spec";
+/// Its option for a guest whose root cannot be pivoted away from (see `init.rs`).
+const NO_PIVOT_ARG: &str = "--no-pivot";
+
+/// What an anchor is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Role<'a> {
+    /// A pod without a sandbox container: namespaces only.
+    Bare,
+    /// A pod's sandbox container: its prepared spec, applied by the anchor.
+    Sandbox {
+        /// The spec (config.json).
+        spec: &'a Path,
+        /// Enter its root with MS_MOVE and chroot instead of pivot_root.
+        no_pivot: bool,
+    },
+}
 
 /// How long an anchor may take to report (nested test hosts run at emulation speed).
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Starts an anchor from `exe` in new `namespaces`; with `spec`, the anchor is that sandbox
-/// container's init and applies the spec first. Returns its pid once it is ready. Blocking:
-/// call it from `spawn_blocking`.
-pub fn spawn(exe: &Path, namespaces: CloneFlags, spec: Option<&Path>) -> Result<i32> {
+/// Starts an anchor from `exe` in new `namespaces`, for `role` (a sandbox container's anchor
+/// applies its spec first). Returns its pid once it is ready. Blocking: call it from
+/// `spawn_blocking`.
+pub fn spawn(exe: &Path, namespaces: CloneFlags, role: Role<'_>) -> Result<i32> {
     let mut cmd = Command::new(exe);
     cmd.arg(ANCHOR_ARG)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(if spec.is_some() {
-            Stdio::null()
-        } else {
-            Stdio::inherit()
-        });
-    if let Some(spec) = spec {
-        cmd.arg(SPEC_ARG).arg(spec);
+        .stdout(Stdio::piped());
+    match role {
+        Role::Bare => {
+            cmd.stderr(Stdio::inherit());
+        }
+        Role::Sandbox { spec, no_pivot } => {
+            cmd.stderr(Stdio::null()).arg(SPEC_ARG).arg(spec);
+            if no_pivot {
+                cmd.arg(NO_PIVOT_ARG);
+            }
+        }
     }
     // SAFETY: runs in the forked child before exec; unshare(2) is async-signal-safe and touches
     // no memory of the parent.
@@ -154,14 +173,15 @@ fn readable(f: &std::fs::File, deadline: Instant) -> nix::Result<bool> {
     }
 }
 
-/// `husk-agent __husk-pod-anchor [--spec <config.json>]`: already in the new namespaces (its
-/// children are in the new PID namespace). Never returns in the anchor itself.
+/// `husk-agent __husk-pod-anchor [--spec <config.json> [--no-pivot]]`: already in the new
+/// namespaces (its children are in the new PID namespace). Never returns in the anchor itself.
 pub fn main() -> i32 {
-    let spec_path: Option<PathBuf> = {
+    let (spec_path, no_pivot): (Option<PathBuf>, bool) = {
         let args: Vec<String> = std::env::args().skip(2).collect();
         match args.as_slice() {
-            [] => None,
-            [flag, path] if flag == SPEC_ARG => Some(path.into()),
+            [] => (None, false),
+            [flag, path] if flag == SPEC_ARG => (Some(path.into()), false),
+            [flag, path, np] if flag == SPEC_ARG && np == NO_PIVOT_ARG => (Some(path.into()), true),
             _ => {
                 report_line(&Outcome::Failed(format!("bad arguments {args:?}")));
                 return 2;
@@ -195,7 +215,7 @@ pub fn main() -> i32 {
             println!("pid {child}");
             0
         }
-        Ok(ForkResult::Child) => anchor(spec.as_ref(), &signals),
+        Ok(ForkResult::Child) => anchor(spec.as_ref(), no_pivot, &signals),
         Err(e) => {
             report_line(&Outcome::Failed(format!("fork: {e}")));
             1
@@ -204,7 +224,7 @@ pub fn main() -> i32 {
 }
 
 /// The anchor: sets itself up, reports, lets go of the report pipe, then waits.
-fn anchor(spec: Option<&Spec>, signals: &SigSet) -> i32 {
+fn anchor(spec: Option<&Spec>, no_pivot: bool, signals: &SigSet) -> i32 {
     // The report goes out on a copy of stdout; stdout itself becomes /dev/null before the
     // setup (whose seccomp filter could forbid a later dup2), so the anchor never holds the
     // agent's pipe past its report.
@@ -219,7 +239,7 @@ fn anchor(spec: Option<&Spec>, signals: &SigSet) -> i32 {
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
     }
-    let outcome = match spec.map(setup::apply).transpose() {
+    let outcome = match spec.map(|s| setup::apply(s, no_pivot)).transpose() {
         Ok(_) => Outcome::Ready,
         Err(AgentError::InvalidArgument(why)) => Outcome::Invalid(why),
         Err(e) => Outcome::Failed(e.to_string()),

@@ -1,8 +1,14 @@
 //! A sandbox container's settings, applied by its anchor to itself (in its new namespaces, as
 //! root, before it reports ready), in the order libcontainer's init applies them: cgroup and
-//! limits, hostname, sysctls, rlimits, OOM score, umask, groups and ids, seccomp and
+//! limits, hostname, sysctls, rlimits, OOM score, umask, its root, groups and ids, seccomp and
 //! capabilities. [`crate::container::pause::fits`] has already checked that the spec asks for
 //! nothing else that can be seen from outside the container's own mount namespace.
+//!
+//! The root matters although nothing runs in the container: with a shared PID namespace the
+//! pod's processes see the anchor as PID 1, and `/proc/1/root` is its root. So the anchor
+//! pivots into the spec's `root.path` (read-only if the spec says so) in a mount namespace of
+//! its own and detaches everything else: `/proc/1/root` shows what pause's would (the pause
+//! image, here without even /proc or /dev), never the guest's own file tree.
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +25,9 @@ fn failed(what: &str) -> impl Fn(String) -> AgentError + '_ {
 }
 
 /// Applies `spec` to the calling process, which must be single-threaded (just forked).
-pub fn apply(spec: &Spec) -> Result<()> {
+/// `no_pivot`: enter the root with MS_MOVE and chroot, as the agent's runners do where the
+/// guest's root cannot be pivoted away from.
+pub fn apply(spec: &Spec, no_pivot: bool) -> Result<()> {
     let syscall = libcontainer::syscall::syscall::create_syscall();
     let linux = spec
         .linux()
@@ -89,6 +97,12 @@ pub fn apply(spec: &Spec) -> Result<()> {
         nix::sys::stat::umask(mode);
     }
 
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| AgentError::InvalidArgument("spec has no root".into()))?;
+    enter_root(root.path(), root.readonly() == Some(true), no_pivot)?;
+
     let user = process.user();
     let groups: Vec<Gid> = user
         .additional_gids()
@@ -115,6 +129,42 @@ pub fn apply(spec: &Spec) -> Result<()> {
     }
     if nnp {
         seccomp(linux.seccomp().as_ref())?;
+    }
+    Ok(())
+}
+
+/// Makes `root` this process's root, alone in a mount namespace of its own.
+fn enter_root(root: &Path, readonly: bool, no_pivot: bool) -> Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let step = |what: &'static str| {
+        move |e: nix::errno::Errno| {
+            AgentError::io(format!("entering root.path {}: {what}", root.display()))(e.into())
+        }
+    };
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare(CLONE_NEWNS)"))?;
+    let none = None::<&str>;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(step("making every mount private"))?;
+    mount(
+        Some(root),
+        root,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .map_err(step("binding it onto itself"))?;
+    nix::unistd::chdir(root).map_err(step("chdir"))?;
+    if no_pivot {
+        mount(Some("."), "/", none, MsFlags::MS_MOVE, none).map_err(step("MS_MOVE onto /"))?;
+        nix::unistd::chroot(".").map_err(step("chroot"))?;
+    } else {
+        nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
+        umount2(".", MntFlags::MNT_DETACH).map_err(step("detaching the old root"))?;
+    }
+    nix::unistd::chdir("/").map_err(step("chdir /"))?;
+    if readonly {
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        mount(none, "/", none, flags, none).map_err(step("remounting it read-only"))?;
     }
     Ok(())
 }
