@@ -16,8 +16,8 @@
 pub mod report;
 pub mod setup;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -212,7 +212,7 @@ pub fn main() -> i32 {
     // may run any code after the fork.
     match unsafe { fork() } {
         Ok(ForkResult::Parent { child }) => {
-            println!("pid {child}");
+            send(std::io::stdout().as_fd(), &report::pid_line(child.as_raw()));
             0
         }
         Ok(ForkResult::Child) => anchor(spec.as_ref(), no_pivot, &signals),
@@ -245,8 +245,7 @@ fn anchor(spec: Option<&Spec>, no_pivot: bool, signals: &SigSet) -> i32 {
         Err(e) => Outcome::Failed(e.to_string()),
     };
     let failed = outcome != Outcome::Ready;
-    let mut report = std::fs::File::from(report);
-    let _ = writeln!(report, "{outcome}");
+    send(report.as_fd(), &outcome.line());
     drop(report);
     if failed {
         return 1;
@@ -256,9 +255,18 @@ fn anchor(spec: Option<&Spec>, no_pivot: bool, signals: &SigSet) -> i32 {
 
 /// A report line on stdout (from the parent, before or instead of the fork).
 fn report_line(outcome: &Outcome) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{outcome}");
-    let _ = out.flush();
+    send(std::io::stdout().as_fd(), &outcome.line());
+}
+
+/// Writes `line` in one write(2): the two processes share the pipe, and a pipe keeps a write of
+/// at most PIPE_BUF bytes whole.
+fn send(fd: BorrowedFd<'_>, line: &str) {
+    loop {
+        match nix::unistd::write(fd, line.as_bytes()) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
 }
 
 /// Collects the orphans reparented to the anchor; a sandbox container's anchor exits 0 on

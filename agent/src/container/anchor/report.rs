@@ -1,12 +1,21 @@
 //! What an anchor tells the agent on its stdout, one line each: its parent reports the anchor's
 //! pid (`pid <n>`), the anchor reports the end of its setup (`ready`, `invalid <why>` for a spec
 //! the kernel refused, `error <why>` for anything else). The two lines come from two processes,
-//! in either order.
+//! in either order, on one pipe: each goes out in a single write(2) of at most [`MAX_LINE`]
+//! bytes, which a pipe keeps whole (PIPE_BUF is 4096), so the lines never interleave.
 
 use std::fmt;
 
 /// The longest report the agent reads.
 pub const MAX_REPORT: u64 = 4096;
+
+/// The longest line a process writes, its newline included.
+pub const MAX_LINE: usize = 1024;
+
+/// `pid <n>` as one line.
+pub fn pid_line(pid: i32) -> String {
+    format!("pid {pid}\n")
+}
 
 /// How the anchor's setup ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +37,22 @@ impl fmt::Display for Outcome {
             Outcome::Invalid(why) => write!(f, "invalid {}", one(why)),
             Outcome::Failed(why) => write!(f, "error {}", one(why)),
         }
+    }
+}
+
+impl Outcome {
+    /// The outcome as one line, cut to [`MAX_LINE`] bytes (at a character boundary).
+    pub fn line(&self) -> String {
+        let mut text = self.to_string();
+        if text.len() > MAX_LINE - 1 {
+            let mut end = MAX_LINE - 1;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text.push('\n');
+        text
     }
 }
 
@@ -107,8 +132,33 @@ mod tests {
     }
 
     #[test]
+    fn lines_are_whole_and_short() {
+        let long = Outcome::Failed("é".repeat(2000));
+        let line = long.line();
+        assert!(
+            line.len() <= MAX_LINE && line.ends_with('\n'),
+            "{}",
+            line.len()
+        );
+        assert_eq!(line.matches('\n').count(), 1);
+        let mut r = Report::default();
+        r.line(&line).unwrap();
+        r.line(&pid_line(77)).unwrap();
+        assert!(r.complete());
+        assert_eq!(Outcome::Ready.line(), "ready\n");
+    }
+
+    #[test]
     fn junk_is_refused() {
-        for bad in ["pid 1", "pid x", "pid", "readyx", "ready now", "hello"] {
+        for bad in [
+            "pid 1",
+            "pid x",
+            "pid",
+            "readyx",
+            "readypid 32",
+            "ready now",
+            "hello",
+        ] {
             assert!(Report::default().line(bad).is_err(), "{bad}");
         }
     }
