@@ -99,12 +99,7 @@ async fn run_create(
     stdio: StdioRequest,
     bundle: &Path,
 ) -> Result<Arc<Process>> {
-    std::fs::create_dir_all(bundle)
-        .map_err(AgentError::io(format!("mkdir {}", bundle.display())))?;
-    let json = serde_json::to_vec(spec).map_err(AgentError::json("encoding config.json"))?;
-    let config = bundle.join("config.json");
-    std::fs::write(&config, json)
-        .map_err(AgentError::io(format!("writing {}", config.display())))?;
+    write_bundle(bundle, spec)?;
 
     let (console, fds, io) = if stdio.terminal {
         (Some(rt.console_socket_path()), Vec::new(), None)
@@ -156,6 +151,17 @@ async fn run_create(
         "container created"
     );
     Ok(process)
+}
+
+/// Writes `spec` as `<bundle>/config.json`, creating the bundle; returns the file's path.
+pub fn write_bundle(bundle: &Path, spec: &Spec) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(bundle)
+        .map_err(AgentError::io(format!("mkdir {}", bundle.display())))?;
+    let json = serde_json::to_vec(spec).map_err(AgentError::json("encoding config.json"))?;
+    let config = bundle.join("config.json");
+    std::fs::write(&config, json)
+        .map_err(AgentError::io(format!("writing {}", config.display())))?;
+    Ok(config)
 }
 
 /// Runs a runner request off the async threads.

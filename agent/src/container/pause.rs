@@ -124,12 +124,7 @@ pub async fn create(
     namespaces: CloneFlags,
     bundle: &Path,
 ) -> Result<Arc<Process>> {
-    std::fs::create_dir_all(bundle)
-        .map_err(AgentError::io(format!("mkdir {}", bundle.display())))?;
-    let json = serde_json::to_vec(spec).map_err(AgentError::json("encoding config.json"))?;
-    let config = bundle.join("config.json");
-    std::fs::write(&config, json)
-        .map_err(AgentError::io(format!("writing {}", config.display())))?;
+    let config = super::create::write_bundle(bundle, spec)?;
     let since = rt.reaper.epoch();
     let started = Instant::now();
     let exe = rt.config.exe.clone();
