@@ -1,5 +1,6 @@
 //! CreateContainer (a runner does `runc create` through libcontainer; a pod's sandbox container
-//! is held by a pod anchor instead, [`super::pause`]) and the start of a container's init (libcontainer's notify socket, in the agent: it does not fork).
+//! is held by a pod anchor instead, [`super::pause`]) and the start of a container's init
+//! (libcontainer's notify socket, in the agent: it does not fork).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;

@@ -1,6 +1,7 @@
-//! A pod's sandbox (pause) container, run by a pod anchor ([`crate::container::anchor`]) instead of a
-//! runner: a CRI sandbox container exists only to hold the pod's namespaces, and libcontainer's
-//! create of `/pause` in a fresh runner is the largest single cost of a pod's start in the guest.
+//! A pod's sandbox (pause) container, run by a pod anchor ([`crate::container::anchor`])
+//! instead of a runner: a CRI sandbox container exists only to hold the pod's namespaces, and
+//! libcontainer's create of `/pause` in a fresh runner is the largest single cost of a pod's
+//! start in the guest.
 //!
 //! The anchor is honest about the spec: it creates exactly the namespaces the spec asks for and
 //! applies every setting visible outside the container's own mount namespace (cgroup and

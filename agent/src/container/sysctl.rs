@@ -14,8 +14,8 @@
 //! the pod's own namespace. Keys are checked component by component (no `..`, no separators
 //! other than `.` and `/`), so a key can name nothing outside `/proc/sys/net`.
 //!
-//! A sandbox container's anchor ([`crate::container::anchor::setup`]) writes its spec's other sysctls
-//! with the same checks, from inside its own namespaces, as libcontainer's init would.
+//! A sandbox container's anchor ([`crate::container::anchor::setup`]) writes its spec's other
+//! sysctls with the same checks, from inside its own namespaces, as libcontainer's init would.
 
 use std::path::{Path, PathBuf};
 

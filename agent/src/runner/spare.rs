@@ -73,7 +73,8 @@ impl Runners {
     /// Runs `request` with `fds` on the spare, or on a runner started now when none is
     /// waiting or the spare died waiting (the guest's OOM killer may take it: the request
     /// never reached it, or reached its socket but was never read, so it goes to a fresh
-    /// runner), then starts the next spare in the background. Blocking: call it from `spawn_blocking`.
+    /// runner), then starts the next spare in the background. Blocking: call it from
+    /// `spawn_blocking`.
     pub fn run(self: &Arc<Self>, request: &Request, fds: &[BorrowedFd<'_>]) -> Result<Outcome> {
         let spare = self.slot().take();
         let outcome = match spare.map(|runner| spawn::send(runner, request, fds)) {

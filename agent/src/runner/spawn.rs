@@ -105,7 +105,8 @@ impl Sent {
 /// still queued on its socket. The kernel then resets the connection (a runner that read the
 /// request and died gives EOF instead), so the request may go to another runner.
 pub fn never_read(e: &AgentError) -> bool {
-    matches!(e, AgentError::Io { source, .. } if source.kind() == std::io::ErrorKind::ConnectionReset)
+    let reset = std::io::ErrorKind::ConnectionReset;
+    matches!(e, AgentError::Io { source, .. } if source.kind() == reset)
 }
 
 fn reply(pid: i32, ours: OwnedFd) -> Result<Outcome> {

@@ -89,43 +89,34 @@ pub fn spawn(exe: &Path, namespaces: CloneFlags, role: Role<'_>) -> Result<i32> 
     drop(child);
     let stdout = stdout.ok_or_else(|| AgentError::Runner("the pod anchor has no stdout".into()))?;
     let report = read_report(OwnedFd::from(stdout), REPORT_TIMEOUT);
-    let kill = |pid: Option<i32>| {
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    };
-    match report {
+    let (pid, failure) = match report {
         Ok(Report {
             pid: Some(pid),
             outcome: Some(Outcome::Ready),
-        }) => Ok(pid),
+        }) => return Ok(pid),
         Ok(Report {
             pid,
             outcome: Some(Outcome::Invalid(why)),
-        }) => {
-            kill(pid);
-            Err(AgentError::InvalidArgument(why))
-        }
+        }) => (pid, AgentError::InvalidArgument(why)),
         Ok(Report {
             pid,
             outcome: Some(Outcome::Failed(why)),
-        }) => {
-            kill(pid);
-            Err(AgentError::Runner(format!("the pod anchor: {why}")))
-        }
-        Ok(r) => {
-            kill(r.pid);
-            Err(AgentError::Runner(format!(
+        }) => (pid, AgentError::Runner(format!("the pod anchor: {why}"))),
+        Ok(r) => (
+            r.pid,
+            AgentError::Runner(format!(
                 "the pod anchor ended its report early ({r:?}; see the agent log)"
-            )))
-        }
-        Err((r, why)) => {
-            kill(r.pid);
-            Err(AgentError::Runner(format!(
-                "the pod anchor's report: {why}"
-            )))
-        }
+            )),
+        ),
+        Err((r, why)) => (
+            r.pid,
+            AgentError::Runner(format!("the pod anchor's report: {why}")),
+        ),
+    };
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    Err(failure)
 }
 
 /// Reads report lines until they are complete, at EOF or after `timeout`.
