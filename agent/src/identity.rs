@@ -19,6 +19,12 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 /// `RNDRESEEDCRNG`: `_IO('R', 0x07)`.
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
+/// Whether kernel command line `cmdline` makes this a template's guest (the shim's
+/// `TEMPLATE_CMDLINE`).
+pub fn template_on(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|a| a == "husk.template")
+}
+
 /// Whether this guest is a template's and whether it was restored.
 #[derive(Debug)]
 pub struct Identity {
@@ -30,7 +36,7 @@ impl Identity {
     /// `cmdline` is the kernel command line.
     pub fn from_cmdline(cmdline: &str) -> Self {
         Identity {
-            template: cmdline.split_whitespace().any(|a| a == "husk.template"),
+            template: template_on(cmdline),
             restored: AtomicBool::new(false),
         }
     }

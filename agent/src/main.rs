@@ -19,7 +19,7 @@ use husk_agent::container::anchor;
 use husk_agent::reaper::Reaper;
 use husk_agent::sandbox::{uptime_ms, Sandbox};
 use husk_agent::server::{self, Listen};
-use husk_agent::{init, logging, network, runner};
+use husk_agent::{identity, init, logging, network, runner};
 
 /// PID 1 inside a husk micro-VM: serves the agent API over vsock and runs OCI containers.
 #[derive(Debug, Parser)]
@@ -70,7 +70,8 @@ fn guest_main() -> ExitCode {
     if let Err(e) = init::early_mounts(&mut init::SysMounter) {
         eprintln!("husk-agent: {e}");
     }
-    let (rx, dropped) = logging::init(true, logging::cmdline_level());
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (rx, sinks) = logging::init(true, logging::cmdline_level());
     if let Err(e) = network::link_up("lo") {
         tracing::warn!("{e}");
     }
@@ -81,7 +82,8 @@ fn guest_main() -> ExitCode {
     let result = runtime().map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
             if let Some(rx) = rx {
-                logging::connect_host_log(rx, dropped).await;
+                let breaks = logging::Breaks::for_guest(identity::template_on(&cmdline));
+                logging::connect_host_log(rx, sinks, breaks).await;
             }
             let config = Config {
                 state_dir: GUEST_STATE.into(),

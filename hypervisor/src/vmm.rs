@@ -423,6 +423,7 @@ impl Machine {
             // A library user that chose no mode gets the production one.
             let _ = crate::seccomp::enforce(crate::seccomp::Mode::Kill);
         }
+        self.timeline.mark("jail");
         // Pinned vCPUs: every thread started from here on runs on their CPUs (`affinity`).
         let affinity = &self.config.vcpu_affinity;
         crate::affinity::check(affinity).map_err(setup("vcpu_affinity"))?;
@@ -438,7 +439,7 @@ impl Machine {
                 .restore(&snapshot.devices)
                 .map_err(SnapshotError::from)?;
         }
-        self.timeline.mark("jail");
+        self.timeline.mark("workers");
 
         let control_wake =
             EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the control eventfd"))?;

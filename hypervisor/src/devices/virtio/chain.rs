@@ -341,6 +341,13 @@ pub mod testing {
             self.mem.write_obj(idx, avail.unchecked_add(2)).unwrap();
         }
 
+        /// The used ring's `avail_event`: the driver notifies once its avail idx passes it.
+        pub fn avail_event(&self) -> u16 {
+            let used = self.mock.used_addr();
+            let size = self.mock.desc_table().total_size() / 16;
+            self.mem.read_obj(used.unchecked_add(4 + 8 * size)).unwrap()
+        }
+
         /// The used ring's entries so far: (head, length).
         pub fn used(&self) -> Vec<(u32, u32)> {
             let used = self.mock.used_addr();

@@ -16,9 +16,9 @@ use vmm_sys_util::eventfd::EventFd;
 use husk_protocol::vm_config::VsockConfig;
 
 use super::defs::{EVQ, QUEUE_SIZE, RXQ, TXQ};
-use super::event_loop::VsockEventLoop;
+use super::event_loop::{RxGate, VsockEventLoop};
 use super::handler::VsockQueues;
-use super::unix::muxer::Muxer;
+use super::unix::muxer::{Muxer, PortStart};
 use super::VsockError;
 use crate::devices::virtio::worker::Worker;
 use crate::devices::virtio::{
@@ -130,19 +130,27 @@ impl VirtioDevice for Vsock {
         // reset of a restored VM, posted here before the worker starts.
         const _: () = assert!(RXQ == 0 && TXQ == 1 && EVQ == 2);
         let [rx, tx, mut evq] = a.queues;
-        if std::mem::take(&mut self.resuming) {
-            if let Err(e) = super::transport_reset::post(&a.mem, &mut evq, a.interrupt.as_ref()) {
+        let resuming = std::mem::take(&mut self.resuming);
+        let port_start = if resuming {
+            PortStart::Restored
+        } else {
+            PortStart::Boot
+        };
+        let mut gate = RxGate::Open;
+        if resuming {
+            match super::transport_reset::post(&a.mem, &mut evq, a.interrupt.as_ref()) {
+                Ok(()) => gate = RxGate::AwaitingResetAck,
                 // The driver keeps sockets whose host ends are gone; they fail on their next
                 // packet (RST), so this is worth a warning, not the device.
-                crate::guest_warn!("virtio-vsock: transport reset after restore: {e}");
+                Err(e) => crate::guest_warn!("virtio-vsock: transport reset after restore: {e}"),
             }
         }
         let (mem, evts, interrupt) = (a.mem, a.queue_evts, a.interrupt.clone());
         let log_state = self.log_state.try_clone().map_err(ActivateError::Start)?;
         let make = move || {
-            let muxer = Muxer::new(listener.try_clone()?, socket, cid, &ports)?;
+            let muxer = Muxer::new(listener.try_clone()?, socket, cid, &ports, port_start)?;
             let handler = VsockQueues::new(mem, rx, tx, interrupt, muxer);
-            Ok(VsockEventLoop::new(handler, evts, log_state))
+            Ok(VsockEventLoop::new(handler, evts, log_state, gate))
         };
         Worker::started(&mut self.worker, &self.thread_name, confine)
             .and_then(|w| w.run_for_device(make, a.interrupt))

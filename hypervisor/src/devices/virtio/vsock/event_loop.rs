@@ -21,6 +21,16 @@ const TOKEN_EVQ: u64 = 2;
 const TOKEN_BACKEND: u64 = 3;
 const TOKEN_LOG_STATE: u64 = 4;
 
+/// Whether the receive queue may be filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxGate {
+    /// It may.
+    Open,
+    /// A transport reset was posted and the driver has not handled it yet: what it would
+    /// receive now, it would drop with the reset (`transport_reset`).
+    AwaitingResetAck,
+}
+
 /// The worker's state: the queues (which own the muxer), the queue eventfds and the eventfd
 /// on which the device asks for its state in the log.
 #[derive(Debug)]
@@ -30,12 +40,19 @@ pub struct VsockEventLoop {
     tx_evt: EventFd,
     ev_evt: EventFd,
     log_state: EventFd,
+    gate: RxGate,
 }
 
 impl VsockEventLoop {
     /// Glue for `queues` notified through the three queue eventfds; a write to `log_state`
-    /// makes the worker log the queues' and connections' state.
-    pub fn new(queues: VsockQueues<Muxer>, evts: [EventFd; 3], log_state: EventFd) -> Self {
+    /// makes the worker log the queues' and connections' state. `gate` is closed while a posted
+    /// transport reset waits for the driver.
+    pub fn new(
+        queues: VsockQueues<Muxer>,
+        evts: [EventFd; 3],
+        log_state: EventFd,
+        gate: RxGate,
+    ) -> Self {
         let [rx_evt, tx_evt, ev_evt] = evts;
         VsockEventLoop {
             queues,
@@ -43,6 +60,14 @@ impl VsockEventLoop {
             tx_evt,
             ev_evt,
             log_state,
+            gate,
+        }
+    }
+
+    /// Fills the receive queue, unless the gate is closed (then the packets wait in the muxer).
+    fn fill_rx(&mut self) {
+        if self.gate == RxGate::Open {
+            Self::report(self.queues.process_rx());
         }
     }
 
@@ -75,7 +100,7 @@ impl EpollHandler for VsockEventLoop {
         add_fd(epoll, &self.log_state, TOKEN_LOG_STATE)?;
         // Host connections may have queued while the device was not yet active.
         self.queues.backend().process_events();
-        Self::report(self.queues.process_rx());
+        self.fill_rx();
         Ok(())
     }
 
@@ -83,20 +108,23 @@ impl EpollHandler for VsockEventLoop {
         match token {
             TOKEN_RXQ => {
                 let _ = self.rx_evt.read();
-                Self::report(self.queues.process_rx());
+                self.fill_rx();
             }
             TOKEN_TXQ => {
                 let _ = self.tx_evt.read();
                 Self::report(self.queues.process_tx());
-                Self::report(self.queues.process_rx());
+                self.fill_rx();
             }
             TOKEN_EVQ => {
-                // The device never posts events (no migration); buffers just wait.
+                // The driver gave an event buffer back: after a transport reset, that is the
+                // driver done with it. The device posts no other events; buffers just wait.
                 let _ = self.ev_evt.read();
+                self.gate = RxGate::Open;
+                self.fill_rx();
             }
             TOKEN_BACKEND => {
                 self.queues.backend().process_events();
-                Self::report(self.queues.process_rx());
+                self.fill_rx();
             }
             TOKEN_LOG_STATE => {
                 let _ = self.log_state.read();
@@ -115,7 +143,7 @@ impl EpollHandler for VsockEventLoop {
         let now = Instant::now();
         late_notify::warn_sent_late("vsock", &self.queues.recheck(now));
         self.queues.backend().on_timeout(now);
-        Self::report(self.queues.process_rx());
+        self.fill_rx();
     }
 }
 

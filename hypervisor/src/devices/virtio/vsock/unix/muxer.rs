@@ -38,6 +38,31 @@ use crate::devices::virtio::vsock::VsockBackend;
 const LOCAL_PORT_FIRST: u32 = 1 << 30;
 /// One past the last.
 const LOCAL_PORT_END: u32 = 1 << 31;
+/// Where a restored VM's muxer starts: half way up the range. The guest of a template may
+/// still hold sockets of its template's connections (host ports from [`LOCAL_PORT_FIRST`] up)
+/// after the transport reset: Linux marks them reset but keeps them in its table of connected
+/// sockets until the agent closes them, and answers a new connection request with the same
+/// port pair with a reset. A fresh muxer counting from the same first port would have its
+/// first connection (the shim's Check) refused that way.
+const RESTORED_PORT_FIRST: u32 = LOCAL_PORT_FIRST + (LOCAL_PORT_END - LOCAL_PORT_FIRST) / 2;
+
+/// Where a muxer's host port allocation starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortStart {
+    /// A booted VM's: the start of the range.
+    Boot,
+    /// A restored VM's: clear of the ports its template's guest may still hold.
+    Restored,
+}
+
+impl PortStart {
+    fn first(self) -> u32 {
+        match self {
+            PortStart::Boot => LOCAL_PORT_FIRST,
+            PortStart::Restored => RESTORED_PORT_FIRST,
+        }
+    }
+}
 
 /// A connection's identity: host port and guest port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,12 +111,14 @@ pub struct Muxer {
 }
 
 impl Muxer {
-    /// A muxer serving `listener` (the VM's socket at `socket`) for guest `guest_cid`.
+    /// A muxer serving `listener` (the VM's socket at `socket`) for guest `guest_cid`,
+    /// numbering host-initiated connections from `ports`.
     pub fn new(
         listener: UnixListener,
         socket: PathBuf,
         guest_cid: u64,
         allowed_guest_ports: &[u32],
+        ports: PortStart,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let mut m = Muxer {
@@ -106,7 +133,7 @@ impl Muxer {
             rxq: VecDeque::new(),
             queued: HashSet::new(),
             resets_queued: 0,
-            next_local_port: LOCAL_PORT_FIRST,
+            next_local_port: ports.first(),
         };
         let fd = m.listener.as_raw_fd();
         m.register(fd, FdKind::Listener, EventSet::IN)?;

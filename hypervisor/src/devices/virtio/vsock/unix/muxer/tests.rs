@@ -23,7 +23,7 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.sock");
     let listener = UnixListener::bind(&path).unwrap();
-    let m = Muxer::new(listener, path.clone(), GUEST, &[ALLOWED]).unwrap();
+    let m = Muxer::new(listener, path.clone(), GUEST, &[ALLOWED], PortStart::Boot).unwrap();
     Setup { _dir: dir, path, m }
 }
 
@@ -82,6 +82,29 @@ fn host_connect(s: &mut Setup, port: u32, extra: &[u8]) -> (UnixStream, u32) {
         (op::REQUEST, port, GUEST)
     );
     (h, req.src_port)
+}
+
+#[test]
+fn a_restored_vm_numbers_host_ports_clear_of_its_templates() {
+    let mut s = setup();
+    let (_h, boot) = host_connect(&mut s, 1024, b"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let m = Muxer::new(
+        listener,
+        path.clone(),
+        GUEST,
+        &[ALLOWED],
+        PortStart::Restored,
+    )
+    .unwrap();
+    let mut r = Setup { _dir: dir, path, m };
+    let (_h2, restored) = host_connect(&mut r, 1024, b"");
+    assert_eq!(boot, LOCAL_PORT_FIRST, "a booted VM's first connection");
+    assert_eq!(restored, RESTORED_PORT_FIRST);
+    assert!((LOCAL_PORT_FIRST..LOCAL_PORT_END).contains(&restored));
+    assert!(restored - boot >= 1 << 29, "half the range between them");
 }
 
 #[test]
