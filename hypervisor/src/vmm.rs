@@ -26,7 +26,9 @@ use crate::devices::virtio::balloon::VirtioBalloon;
 use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::net::VirtioNet;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
-use crate::snapshot::{HostFingerprint, Loaded, SnapshotError, SnapshotFiles, VmSnapshot};
+use crate::snapshot::{
+    self, HostFingerprint, MemoryFile, SnapshotError, SnapshotFiles, VmSnapshot,
+};
 use crate::timeline::Timeline;
 use crate::vcpu::{install_kick_handler, StopReason, StopSignal, Vcpus};
 use crate::vm::{Vm, VmError};
@@ -160,17 +162,18 @@ impl Machine {
             .as_deref()
             .map(SnapshotFiles::create)
             .transpose()?;
-        let (vm, images, restoring) = match config.restore.as_deref() {
+        let (vm, images, restoring, host) = match config.restore.as_deref() {
             Some(dir) => {
-                let (vm, snapshot) = Self::map_snapshot(dir, &config, &layout, &mut timeline)?;
-                (vm, None, Some(snapshot))
+                let (vm, snapshot, host) =
+                    Self::map_snapshot(dir, &config, &layout, &mut timeline)?;
+                (vm, None, Some(snapshot), host)
             }
             None => {
                 let (vm, images) = Self::create_and_load(&config, &layout, &mut timeline)?;
-                (vm, Some(images), None)
+                let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
+                (vm, Some(images), None, host)
             }
         };
-        let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
         let msr_index: Arc<[u32]> = match &snapshot_files {
             Some(_) => vm
                 .kvm
@@ -244,38 +247,50 @@ impl Machine {
     }
 
     /// Reads the snapshot in `dir`, checks it against `config` and this host, and creates the
-    /// VM over its memory file. The threads' seccomp filters compile meanwhile on a helper
-    /// thread (the cold path hides them behind the image loader); the scope joins it on every
-    /// path, so the main thread is alone again before the jail.
+    /// VM over its memory file; returns this host's fingerprint too. The state is read and parsed on a helper thread while this
+    /// one maps RAM (its place in the memory file follows from the configuration) and creates
+    /// the VM, and the threads' seccomp filters compile on another (the cold path hides them
+    /// behind the image loader); the scope joins both on every path, so the main thread is
+    /// alone again before the jail. What is wrong with the state is said first, then a machine
+    /// of another shape, then a memory file that is short, then another host.
     fn map_snapshot(
         dir: &std::path::Path,
         config: &VmConfig,
         layout: &[(u64, u64)],
         timeline: &mut Timeline,
-    ) -> Result<(Vm, VmSnapshot), VmmError> {
+    ) -> Result<(Vm, VmSnapshot, HostFingerprint), VmmError> {
         std::thread::scope(|scope| {
             let filters = std::thread::Builder::new()
                 .name("husk-filters".into())
                 .spawn_scoped(scope, crate::seccomp::precompile)
                 .map_err(setup("starting the filter compiler"))?;
-            let restored = (|| {
-                let loaded = Loaded::open(dir)?;
-                timeline.mark("snapshot");
-                let memory = crate::memory::from_file(&loaded.layout(), &loaded.memory)
-                    .map_err(VmError::from)?;
+            let state = std::thread::Builder::new()
+                .name("husk-state".into())
+                .spawn_scoped(scope, || snapshot::read_state(dir))
+                .map_err(setup("starting the snapshot reader"))?;
+            let built = (|| {
+                let file = MemoryFile::open(dir, layout)?;
+                let memory =
+                    crate::memory::from_file(&file.layout, &file.file).map_err(VmError::from)?;
                 timeline.mark("memory");
                 let vm = Vm::create(memory)?;
                 let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
-                loaded.check(config, layout, &host)?;
-                Ok::<_, VmmError>((vm, loaded.snapshot))
+                timeline.mark("vm");
+                Ok::<_, VmmError>((vm, host))
             })();
+            let state = state
+                .join()
+                .map_err(|_| VmmError::HelperPanicked("reading the snapshot"))?;
             let compiled = filters
                 .join()
                 .map_err(|_| VmmError::HelperPanicked("compiling the seccomp filters"))?;
-            let (vm, snapshot) = restored?;
+            let snapshot = state?;
+            snapshot::fits(&snapshot, config, layout)?;
+            let (vm, host) = built?;
+            host.accepts(&snapshot.host).map_err(SnapshotError::from)?;
             compiled?;
-            timeline.mark("vm");
-            Ok((vm, snapshot))
+            timeline.mark("snapshot");
+            Ok((vm, snapshot, host))
         })
     }
 

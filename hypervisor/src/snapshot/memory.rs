@@ -150,6 +150,11 @@ mod tests {
             .iter()
             .map(|r| (r.guest_addr, r.len, r.file_offset))
             .collect();
+        assert_eq!(
+            layout,
+            super::super::file_layout(&[(0, 8 << 20), (16 << 20, 4 << 20)]),
+            "a restore maps RAM where it was written, knowing only the RAM layout"
+        );
         let back = crate::memory::from_file(&layout, &file).unwrap();
         assert_eq!(
             back.read_obj::<u32>(GuestAddress(0x3000)).unwrap(),

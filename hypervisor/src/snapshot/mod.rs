@@ -14,9 +14,11 @@
 //! write to) and synced; then the devices resume, so the VM can run on. A device whose backend
 //! holds state the snapshot cannot carry (a mounted virtio-fs share) refuses the snapshot.
 //!
-//! Restoring ([`Loaded::open`], then `vmm`): the state is checked before anything is built:
-//! header, checksum, the husk that wrote it, the host's CPUID and KVM capabilities, and the
-//! configuration's vCPUs, memory and device list. The devices are built from the new
+//! Restoring ([`read_state`], [`MemoryFile::open`], then `vmm`): the state is checked before
+//! the VM runs: header, checksum, the husk that wrote it, the host's CPUID and KVM
+//! capabilities ([`compat`]), and the configuration's vCPUs, memory ([`fits`]) and device
+//! list. RAM is mapped and the VM created while the state is read (the memory file's layout
+//! follows from the configuration alone). The devices are built from the new
 //! configuration (this VM's sockets, taps and shares) and resume on the saved queues; the
 //! vsock device tells the guest that its connections are gone (a transport reset).
 //!
@@ -140,87 +142,93 @@ impl SnapshotFiles {
     }
 }
 
-/// A snapshot read and checked for restore: its state, and its memory file open.
-#[derive(Debug)]
-pub struct Loaded {
-    /// The state.
-    pub snapshot: VmSnapshot,
-    /// The memory file.
-    pub memory: File,
+/// Reads `dir/state`, checking its header, checksum and writer.
+pub fn read_state(dir: &Path) -> Result<VmSnapshot, SnapshotError> {
+    let path = dir.join(STATE_FILE);
+    let mut file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+    format::read(&mut std::io::BufReader::new(&mut file))
+        .map_err(|source| SnapshotError::Format { path, source })
 }
 
-impl Loaded {
-    /// Reads `dir/state` and opens `dir/memory`, checking the header, checksum and writer,
-    /// and that the memory file holds every region the state names.
-    pub fn open(dir: &Path) -> Result<Self, SnapshotError> {
-        let path = dir.join(STATE_FILE);
-        let mut file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
-        let snapshot: VmSnapshot =
-            format::read(&mut std::io::BufReader::new(&mut file)).map_err(|source| {
-                SnapshotError::Format {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-        let mpath = dir.join(MEMORY_FILE);
-        let memory = File::open(&mpath).map_err(io(format!("opening {}", mpath.display())))?;
-        let len = memory
+/// A snapshot's memory file, open, and where each RAM region lies in it.
+#[derive(Debug)]
+pub struct MemoryFile {
+    /// The file.
+    pub file: File,
+    /// `(guest address, length, file offset)` per region.
+    pub layout: Vec<(u64, u64, u64)>,
+}
+
+/// Where [`memory::write`] puts RAM laid out as `ram` (`(guest address, length)` per region):
+/// the regions back to back from offset 0.
+pub fn file_layout(ram: &[(u64, u64)]) -> Vec<(u64, u64, u64)> {
+    let mut offset = 0u64;
+    ram.iter()
+        .map(|&(addr, len)| {
+            let at = offset;
+            offset = offset.saturating_add(len);
+            (addr, len, at)
+        })
+        .collect()
+}
+
+impl MemoryFile {
+    /// Opens `dir/memory` for RAM laid out as `ram`, which it must hold whole. The layout
+    /// follows from `ram` alone, so the file can be mapped while the state is still being
+    /// read; [`fits`] then checks that the state's regions are these.
+    pub fn open(dir: &Path, ram: &[(u64, u64)]) -> Result<Self, SnapshotError> {
+        let path = dir.join(MEMORY_FILE);
+        let file = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+        let len = file
             .metadata()
-            .map_err(io(format!("reading {}", mpath.display())))?
+            .map_err(io(format!("reading {}", path.display())))?
             .len();
-        let needed = snapshot
-            .memory
+        let layout = file_layout(ram);
+        let needed = layout
             .iter()
-            .map(|r| r.file_offset.saturating_add(r.len))
+            .map(|&(_, len, offset)| offset.saturating_add(len))
             .max()
             .unwrap_or(0);
         if len < needed {
             return Err(SnapshotError::Format {
-                path: mpath,
+                path,
                 source: format::FormatError::Truncated {
                     expected: needed,
                     found: len,
                 },
             });
         }
-        Ok(Loaded { snapshot, memory })
+        Ok(MemoryFile { file, layout })
     }
+}
 
-    /// Checks that the snapshot is of the machine `config` describes, on a host like this one
-    /// (`host`), whose RAM layout is `layout` (`(guest address, length)` per region).
-    pub fn check(
-        &self,
-        config: &husk_protocol::VmConfig,
-        layout: &[(u64, u64)],
-        host: &HostFingerprint,
-    ) -> Result<(), SnapshotError> {
-        host.accepts(&self.snapshot.host)?;
-        let s = &self.snapshot;
-        if s.vcpus.len() != usize::from(config.vcpus) {
-            return Err(SnapshotError::Mismatch(format!(
-                "{} vCPUs in the snapshot, vcpus = {} in the configuration",
-                s.vcpus.len(),
-                config.vcpus
-            )));
-        }
-        let saved: Vec<(u64, u64)> = s.memory.iter().map(|r| (r.guest_addr, r.len)).collect();
-        if s.memory_mib != config.memory_mib || saved != layout {
-            return Err(SnapshotError::Mismatch(format!(
-                "{} MiB of RAM in the snapshot, memory_mib = {} in the configuration",
-                s.memory_mib, config.memory_mib
-            )));
-        }
-        Ok(())
+/// Checks that `snapshot` is of the machine `config` describes, whose RAM layout is `ram`
+/// (`(guest address, length)` per region), with RAM where [`file_layout`] puts it.
+pub fn fits(
+    snapshot: &VmSnapshot,
+    config: &husk_protocol::VmConfig,
+    ram: &[(u64, u64)],
+) -> Result<(), SnapshotError> {
+    let s = snapshot;
+    if s.vcpus.len() != usize::from(config.vcpus) {
+        return Err(SnapshotError::Mismatch(format!(
+            "{} vCPUs in the snapshot, vcpus = {} in the configuration",
+            s.vcpus.len(),
+            config.vcpus
+        )));
     }
-
-    /// The memory file's regions as `(guest address, length, file offset)`.
-    pub fn layout(&self) -> Vec<(u64, u64, u64)> {
-        self.snapshot
-            .memory
-            .iter()
-            .map(|r| (r.guest_addr, r.len, r.file_offset))
-            .collect()
+    let saved: Vec<(u64, u64, u64)> = s
+        .memory
+        .iter()
+        .map(|r| (r.guest_addr, r.len, r.file_offset))
+        .collect();
+    if s.memory_mib != config.memory_mib || saved != file_layout(ram) {
+        return Err(SnapshotError::Mismatch(format!(
+            "{} MiB of RAM in the snapshot, memory_mib = {} in the configuration",
+            s.memory_mib, config.memory_mib
+        )));
     }
+    Ok(())
 }
 
 /// What [`take`] wrote.
