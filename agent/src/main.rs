@@ -71,7 +71,7 @@ fn guest_main() -> ExitCode {
         eprintln!("husk-agent: {e}");
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (rx, sinks) = logging::init(true, logging::cmdline_level());
+    let (rx, sinks) = logging::init(true, logging::cmdline_level(&cmdline));
     if let Err(e) = network::link_up("lo") {
         tracing::warn!("{e}");
     }

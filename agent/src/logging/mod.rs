@@ -30,9 +30,8 @@ fn filter(cmdline_level: Option<String>) -> EnvFilter {
     EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
 }
 
-/// `husk.log=<filter>` from the kernel command line.
-pub fn cmdline_level() -> Option<String> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+/// `husk.log=<filter>` from kernel command line `cmdline`.
+pub fn cmdline_level(cmdline: &str) -> Option<String> {
     cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix("husk.log="))
