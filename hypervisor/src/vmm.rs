@@ -26,9 +26,7 @@ use crate::devices::virtio::balloon::VirtioBalloon;
 use crate::devices::virtio::fs::VirtioFs;
 use crate::devices::virtio::net::VirtioNet;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
-use crate::snapshot::{
-    self, HostFingerprint, MemoryFile, SnapshotError, SnapshotFiles, VmSnapshot,
-};
+use crate::snapshot::{HostFingerprint, SnapshotError, SnapshotFiles, VmSnapshot};
 use crate::timeline::Timeline;
 use crate::vcpu::{install_kick_handler, StopReason, StopSignal, Vcpus};
 use crate::vm::{Vm, VmError};
@@ -87,6 +85,7 @@ pub enum VmmError {
 }
 
 mod answers;
+mod create;
 mod signals;
 mod wiring;
 
@@ -165,11 +164,11 @@ impl Machine {
         let (vm, images, restoring, host) = match config.restore.as_deref() {
             Some(dir) => {
                 let (vm, snapshot, host) =
-                    Self::map_snapshot(dir, &config, &layout, &mut timeline)?;
+                    create::map_snapshot(dir, &config, &layout, &mut timeline)?;
                 (vm, None, Some(snapshot), host)
             }
             None => {
-                let (vm, images) = Self::create_and_load(&config, &layout, &mut timeline)?;
+                let (vm, images) = create::create_and_load(&config, &layout, &mut timeline)?;
                 let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
                 (vm, Some(images), None, host)
             }
@@ -243,84 +242,6 @@ impl Machine {
             host,
             msr_index,
             timeline,
-        })
-    }
-
-    /// Reads the snapshot in `dir`, checks it against `config` and this host, and creates the
-    /// VM over its memory file; returns this host's fingerprint too. The state is read and parsed on a helper thread while this
-    /// one maps RAM (its place in the memory file follows from the configuration) and creates
-    /// the VM, and the threads' seccomp filters compile on another (the cold path hides them
-    /// behind the image loader); the scope joins both on every path, so the main thread is
-    /// alone again before the jail. What is wrong with the state is said first, then a machine
-    /// of another shape, then a memory file that is short, then another host.
-    fn map_snapshot(
-        dir: &std::path::Path,
-        config: &VmConfig,
-        layout: &[(u64, u64)],
-        timeline: &mut Timeline,
-    ) -> Result<(Vm, VmSnapshot, HostFingerprint), VmmError> {
-        std::thread::scope(|scope| {
-            let filters = std::thread::Builder::new()
-                .name("husk-filters".into())
-                .spawn_scoped(scope, crate::seccomp::precompile)
-                .map_err(setup("starting the filter compiler"))?;
-            let state = std::thread::Builder::new()
-                .name("husk-state".into())
-                .spawn_scoped(scope, || snapshot::read_state(dir))
-                .map_err(setup("starting the snapshot reader"))?;
-            let built = (|| {
-                let file = MemoryFile::open(dir, layout)?;
-                let memory =
-                    crate::memory::from_file(&file.layout, &file.file).map_err(VmError::from)?;
-                timeline.mark("memory");
-                let vm = Vm::create(memory)?;
-                let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
-                timeline.mark("vm");
-                Ok::<_, VmmError>((vm, host))
-            })();
-            let state = state
-                .join()
-                .map_err(|_| VmmError::HelperPanicked("reading the snapshot"))?;
-            let compiled = filters
-                .join()
-                .map_err(|_| VmmError::HelperPanicked("compiling the seccomp filters"))?;
-            let snapshot = state?;
-            snapshot::fits(&snapshot, config, layout)?;
-            let (vm, host) = built?;
-            host.accepts(&snapshot.host).map_err(SnapshotError::from)?;
-            compiled?;
-            timeline.mark("snapshot");
-            Ok((vm, snapshot, host))
-        })
-    }
-
-    /// Creates the VM and reads the kernel and initramfs into its RAM.
-    fn create_and_load(
-        config: &VmConfig,
-        layout: &[(u64, u64)],
-        timeline: &mut Timeline,
-    ) -> Result<(Vm, boot::LoadedImages), VmmError> {
-        let memory = crate::memory::create(layout).map_err(VmError::from)?;
-        // Reading the kernel and initramfs into guest RAM and creating the VM in KVM share no
-        // state, so a loader thread does the first while this thread does the second. The
-        // scope joins the loader on every path, an error included.
-        std::thread::scope(|scope| {
-            let loader = std::thread::Builder::new()
-                .name("husk-loader".into())
-                .spawn_scoped(scope, || {
-                    boot::load_images(&memory, &config.kernel, config.initramfs.as_deref())
-                })
-                .map_err(setup("starting the image loader"))?;
-            let vm = Vm::create(memory.clone());
-            // The loader takes longer than the VM: compile the threads' filters meanwhile.
-            let filters = crate::seccomp::precompile();
-            timeline.mark("vm");
-            let images = loader
-                .join()
-                .map_err(|_| VmmError::HelperPanicked("loading the kernel and initramfs"))?;
-            filters?;
-            timeline.mark("images");
-            Ok::<_, VmmError>((vm?, images?))
         })
     }
 
