@@ -10,13 +10,13 @@ use crate::snapshot::{self, HostFingerprint, MemoryFile, SnapshotError, VmSnapsh
 use crate::timeline::Timeline;
 use crate::vm::{Vm, VmError};
 
-/// Reads the snapshot in `dir`, checks it against `config` and this host, and creates the
-/// VM over its memory file; returns this host's fingerprint too. The state is read and parsed on a helper
-/// thread while this one maps RAM (its place in the memory file follows from the configuration) and creates
-/// the VM, and the threads' seccomp filters compile on another (the cold path hides them
-/// behind the image loader); the scope joins both on every path, so the main thread is
-/// alone again before the jail. What is wrong with the state is said first, then a machine
-/// of another shape, then a memory file that is short, then another host.
+/// Reads the snapshot in `dir`, checks it against `config` and this host, and creates the VM over
+/// its memory file; returns this host's fingerprint too. The state is read and parsed on a helper
+/// thread while this one maps RAM (its place in the memory file follows from the configuration) and
+/// creates the VM, and the threads' seccomp filters compile on another (the cold path hides them
+/// behind the image loader); the scope joins both on every path, so the main thread is alone again
+/// before the jail. What is wrong with the state is said first, then a machine of another shape,
+/// then a memory file that is short, then another host.
 pub(super) fn map_snapshot(
     dir: &std::path::Path,
     config: &VmConfig,
