@@ -8,17 +8,34 @@ use crate::vm::{self, Vm};
 /// come first), so that the error names the VM's end rather than the connection's.
 const VM_END_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// How the VM ended, when agent error `e` came from the VM ending under the call: a transport
+/// failure, and the VM's exit seen within [`VM_END_GRACE`] (the connection's end can come
+/// first). `None` for every other failure.
+pub async fn ended_under(vm: &Vm, e: &AgentError) -> Option<String> {
+    if !e.is_transport() {
+        return None;
+    }
+    vm::wait_gone(&vm.gone, VM_END_GRACE)
+        .await
+        .map(|gone| gone.detail)
+}
+
 /// The error of agent call `what` that failed with `e`: when the connection failed because the
 /// VM ended under the call, the VM's end (husk-vmm's exit and the console tail) is the cause
 /// the user sees, not the connection's early EOF.
 pub async fn agent_failure(vm: &Vm, what: &str, e: AgentError) -> ShimError {
-    if e.is_transport() {
-        if let Some(gone) = vm::wait_gone(&vm.gone, VM_END_GRACE).await {
-            return ShimError::FailedPrecondition(format!(
-                "{what}: the sandbox VM ended: {}",
-                gone.detail
-            ));
+    match ended_under(vm, &e).await {
+        Some(detail) => {
+            ShimError::FailedPrecondition(format!("{what}: the sandbox VM ended: {detail}"))
         }
+        None => while_running(vm, what, e),
+    }
+}
+
+/// The error of agent call `what` that failed with `e` while the VM runs (see
+/// [`ended_under`]).
+pub fn while_running(vm: &Vm, what: &str, e: AgentError) -> ShimError {
+    if e.is_transport() {
         // The VM runs but its agent connection failed: husk-vmm's log says which side ended it.
         tracing::error!(
             pid = vm.pid,

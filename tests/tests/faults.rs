@@ -12,6 +12,9 @@
 //!   the user sees it in CRI), the host charged the guest's memory to the pod and never
 //!   OOM-killed there, the agent and the pod's other container keep working, and nothing is
 //!   left (the pod's cgroup neither);
+//! - the VM ends while StopPodSandbox's kill waits on its agent (husk-vmm frozen with SIGSTOP,
+//!   then SIGKILLed): the kill reports the process finished, as runc does for an exited one,
+//!   so StopPodSandbox succeeds, and nothing is left;
 //! - husk-vmm dies half-way through a pod's boot (after the shim made the share and the pod's
 //!   network was set up): RunPodSandbox fails naming husk-vmm's end, and nothing is left;
 //! - husk's state directory's file system is full while a pod starts: RunPodSandbox fails
@@ -220,6 +223,42 @@ fn a_full_state_directory_fails_the_pod_by_name_and_leaves_nothing() {
         .unwrap();
     wait_container(&cri, &app, T, running).unwrap();
     cri.stop_and_remove_pod(&pod).unwrap();
+    cri::wait_nothing_left(&c, &netns).unwrap();
+}
+
+#[test]
+#[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
+fn a_vm_that_ends_during_the_stop_still_stops_the_pod() {
+    let (c, cri, netns) = start();
+    let (pod, _) = pod(&c, &cri, "ends-in-stop", false);
+    let vmm = vmm_of(&c, &pod);
+    // Frozen, husk-vmm answers nothing, so the sandbox container's kill waits on the agent;
+    // three seconds into that wait, the VM ends under it.
+    // SAFETY: kill(2) with a pid and a signal number.
+    assert_eq!(unsafe { libc::kill(vmm as i32, libc::SIGSTOP) }, 0);
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        // SAFETY: as above.
+        unsafe { libc::kill(vmm as i32, libc::SIGKILL) }
+    });
+    let stopped = cri.stop_pod(&pod);
+    assert_eq!(
+        killer.join().unwrap(),
+        0,
+        "husk-vmm {vmm} was there to kill"
+    );
+    stopped.unwrap_or_else(|e| {
+        panic!(
+            "StopPodSandbox must succeed when the VM ends under it: {e}\n{}",
+            c.log_tail(60)
+        )
+    });
+    assert!(
+        c.log_tail(600).contains("process already finished"),
+        "the kill reported the process finished:\n{}",
+        c.log_tail(60)
+    );
+    cri.remove_pod(&pod).unwrap();
     cri::wait_nothing_left(&c, &netns).unwrap();
 }
 

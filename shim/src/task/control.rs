@@ -16,7 +16,7 @@ use crate::agent::AgentError;
 use crate::container::Container;
 use crate::error::{Result, ShimError};
 use crate::events::TaskEvent;
-use crate::failure::{agent_failure, explained};
+use crate::failure::{ended_under, explained, while_running};
 use crate::process::ProcStatus;
 use crate::sandbox::Sandbox;
 
@@ -25,7 +25,10 @@ fn finished(what: &str) -> ShimError {
 }
 
 /// Kill: a signal to one process, or with `all` to every process of the container. A
-/// process that already exited is NotFound ("process already finished"), as with runc.
+/// process that already exited is NotFound ("process already finished"), as with runc; so is
+/// one whose VM ended under the call (every process in it ended too, and the VM's watcher
+/// publishes their exits): containerd's stop paths, StopPodSandbox among them, then wait for
+/// the exit instead of failing.
 pub async fn kill(sb: &Sandbox, req: KillRequest) -> Result<()> {
     let c = sb.container(&req.id)?;
     let p = c.process(&req.exec_id)?;
@@ -50,7 +53,13 @@ pub async fn kill(sb: &Sandbox, req: KillRequest) -> Result<()> {
             "{}: process already finished ({message})",
             p.event_id()
         ))),
-        Err(e) => Err(agent_failure(&vm, "kill", e).await),
+        Err(e) => match ended_under(&vm, &e).await {
+            Some(detail) => Err(ShimError::NotFound(format!(
+                "{}: process already finished (the sandbox VM ended: {detail})",
+                p.event_id()
+            ))),
+            None => Err(while_running(&vm, "kill", e)),
+        },
     }
 }
 
