@@ -370,12 +370,13 @@ impl Machine {
         self.virtio
             .start_workers()
             .map_err(setup("starting the device threads"))?;
+        self.timeline.mark("workers");
         if let Some(snapshot) = self.restoring.take() {
             self.virtio
                 .restore(&snapshot.devices)
                 .map_err(SnapshotError::from)?;
+            self.timeline.mark("resume");
         }
-        self.timeline.mark("workers");
 
         let control_wake =
             EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the control eventfd"))?;
