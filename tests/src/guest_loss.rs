@@ -34,6 +34,10 @@ const TRIPLE_FAULT: &str = "triple fault";
 /// carries husk-vmm's account of the end (a triple fault names itself).
 pub const VM_ENDED: &str = "the sandbox VM ended unexpectedly";
 
+/// The shim's warning for a template whose builder VM failed (shim/src/vm/template/build.rs),
+/// which carries husk-vmm's account of the builder VM's end when it did not boot.
+const TEMPLATE_BUILD_FAILED: &str = "making the template: ";
+
 /// The shim's words for a guest whose agent does not answer its health check
 /// (shim/src/vm/liveness.rs), which is what a guest stuck in the test host's fetch-fault loop
 /// looks like from a pod until the liveness timeout kills it.
@@ -59,11 +63,12 @@ pub fn names_triple_fault(text: &str) -> bool {
     text.contains(TRIPLE_FAULT)
 }
 
-/// Whether a shim logged, in `shim_log` (containerd's log), that its VM ended on a triple fault.
+/// Whether a shim logged, in `shim_log` (containerd's log), that one of its VMs (the pod's, or
+/// the builder of a template) ended on a triple fault.
 pub fn vm_ended_on_triple_fault(shim_log: &str) -> bool {
-    shim_log
-        .lines()
-        .any(|l| l.contains(VM_ENDED) && names_triple_fault(l))
+    shim_log.lines().any(|l| {
+        (l.contains(VM_ENDED) || l.contains(TEMPLATE_BUILD_FAILED)) && names_triple_fault(l)
+    })
 }
 
 /// Whether a `kvm_exit` trace line is a SHUTDOWN exit in the guest kernel's text while the
@@ -243,6 +248,14 @@ mod tests {
         ));
         assert!(!vm_ended_on_triple_fault(
             "2026Z ERROR the sandbox VM ended unexpectedly: husk-vmm stopped on signal 9\n"
+        ));
+        // A template's builder VM (CI of 2026-12-06: the test host's fetch fault under it).
+        let build = "2026Z  WARN making the template: the template VM did not boot: the guest \
+                     shut down (exit 0); husk-vmm said: husk-vmm: guest shut down (vCPU 0: \
+                     triple fault (reboot) at an unknown place) template=\"822a8efd1ecee897\"";
+        assert!(vm_ended_on_triple_fault(build));
+        assert!(!vm_ended_on_triple_fault(
+            "2026Z  WARN making the template: writing the memory file: No space left on device\n"
         ));
     }
 
