@@ -202,7 +202,9 @@ impl VirtioMmioDevices {
     }
 
     /// Puts saved transport states back, in attach order, resuming the devices the driver had
-    /// running (see [`MmioTransport::restore`]); the workers must have been started.
+    /// running (see [`MmioTransport::restore`]); the workers must have been started. Every
+    /// device's worker builds its backend at once: each activation is begun before any is
+    /// waited for.
     pub fn restore(&self, states: &[TransportState]) -> Result<(), PersistError> {
         if states.len() != self.devices.len() {
             return Err(PersistError::Device {
@@ -211,7 +213,10 @@ impl VirtioMmioDevices {
             });
         }
         for (d, state) in self.devices.iter().zip(states) {
-            lock(&d.transport).restore(state)?;
+            lock(&d.transport).begin_restore(state)?;
+        }
+        for (d, state) in self.devices.iter().zip(states) {
+            lock(&d.transport).finish_restore(state)?;
         }
         Ok(())
     }

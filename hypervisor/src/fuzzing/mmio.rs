@@ -44,7 +44,7 @@ impl VirtioDevice for Probe {
             }
         }
     }
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+    fn begin_activation(&mut self, activation: Activation) -> Result<(), ActivateError> {
         if self.active {
             return Err(ActivateError::AlreadyActive);
         }

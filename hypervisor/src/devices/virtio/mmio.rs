@@ -447,6 +447,13 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<(), MmioError> {
+        self.begin_activation()?;
+        self.finish_activation()
+    }
+
+    /// Hands the driver's queues to the device; [`MmioTransport::finish_activation`] waits
+    /// until it runs.
+    pub(super) fn begin_activation(&mut self) -> Result<(), MmioError> {
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for q in &self.queues {
@@ -468,29 +475,35 @@ impl MmioTransport {
             interrupt: self.interrupt.clone(),
             acked_features: self.driver_features,
         };
-        match self.device.activate(activation) {
-            Ok(()) => {
-                self.active = true;
-                // Once per device: a guest that resets and activates it again says nothing more.
-                if !self.announced {
-                    self.announced = true;
-                    eprintln!(
-                        "{} {}",
-                        husk_protocol::vmm::DRIVER_READY,
-                        device_name(self.device.device_type())
-                    );
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // The driver sees DEVICE_NEEDS_RESET and a config interrupt.
-                let _ = super::interrupt::VirtioInterrupt::trigger(
-                    self.interrupt.as_ref(),
-                    super::interrupt::InterruptReason::NeedsReset,
-                );
-                Err(MmioError::Activate(e.to_string()))
-            }
+        let begun = self.device.begin_activation(activation);
+        begun.map_err(|e| self.needs_reset(e))
+    }
+
+    /// Waits for the device whose activation began to run; then the transport is active.
+    pub(super) fn finish_activation(&mut self) -> Result<(), MmioError> {
+        self.device
+            .finish_activation()
+            .map_err(|e| self.needs_reset(e))?;
+        self.active = true;
+        // Once per device: a guest that resets and activates it again says nothing more.
+        if !self.announced {
+            self.announced = true;
+            eprintln!(
+                "{} {}",
+                husk_protocol::vmm::DRIVER_READY,
+                device_name(self.device.device_type())
+            );
         }
+        Ok(())
+    }
+
+    /// A failed activation: the driver sees DEVICE_NEEDS_RESET and a config interrupt.
+    fn needs_reset(&self, e: super::ActivateError) -> MmioError {
+        let _ = super::interrupt::VirtioInterrupt::trigger(
+            self.interrupt.as_ref(),
+            super::interrupt::InterruptReason::NeedsReset,
+        );
+        MmioError::Activate(e.to_string())
     }
 }
 
@@ -513,7 +526,7 @@ impl VirtioDevice for Removed {
         data.fill(0);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn activate(&mut self, _activation: Activation) -> Result<(), super::ActivateError> {
+    fn begin_activation(&mut self, _activation: Activation) -> Result<(), super::ActivateError> {
         Err(super::ActivateError::QueueCount {
             expected: 0,
             got: 0,

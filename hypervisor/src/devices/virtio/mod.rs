@@ -198,8 +198,22 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
         Ok(())
     }
 
-    /// Starts the device with the queues the driver set up.
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Starts the device with the queues the driver set up, and returns once it runs.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        self.begin_activation(activation)?;
+        self.finish_activation()
+    }
+
+    /// Starts the device with the queues the driver set up; a device whose worker thread builds
+    /// its backend may return before that is done, and [`VirtioDevice::finish_activation`]
+    /// waits for it. A restore begins every device's activation before it finishes any.
+    fn begin_activation(&mut self, activation: Activation) -> Result<(), ActivateError>;
+
+    /// Waits until the activation begun last runs: the error of building its backend, if that
+    /// failed. A device without a worker has nothing to wait for.
+    fn finish_activation(&mut self) -> Result<(), ActivateError> {
+        Ok(())
+    }
 
     /// Asks the device to write its backend's state to husk-vmm's log, for diagnosis (the
     /// control socket's `queues` does). Must not block: a device with a worker signals it.

@@ -55,6 +55,8 @@ pub struct Worker {
     jobs: Option<mpsc::Sender<Job>>,
     /// Disconnects when the current run has ended and dropped its handler.
     current: Option<mpsc::Receiver<()>>,
+    /// Whether the handler of the run submitted last was built, until [`Worker::built`] asks.
+    building: Option<mpsc::Receiver<io::Result<()>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -107,6 +109,7 @@ impl Worker {
             kill,
             jobs: Some(jobs),
             current: None,
+            building: None,
             thread: Some(thread),
         })
     }
@@ -129,15 +132,15 @@ impl Worker {
         self.current.is_some()
     }
 
-    /// Runs the handler `make` builds, for a device: if the handler fails or panics, the device
-    /// sets DEVICE_NEEDS_RESET and interrupts the driver through `interrupt`, and the VMM goes
-    /// on.
-    pub fn run_for_device<H: EpollHandler>(
+    /// Submits the handler `make` builds, for a device (see [`Worker::submit`]): if the handler
+    /// fails or panics, the device sets DEVICE_NEEDS_RESET and interrupts the driver through
+    /// `interrupt`, and the VMM goes on.
+    pub fn submit_for_device<H: EpollHandler>(
         &mut self,
         make: impl FnOnce() -> io::Result<H> + Send + 'static,
         interrupt: Arc<dyn VirtioInterrupt>,
     ) -> io::Result<()> {
-        self.run(make, move || {
+        self.submit(make, move || {
             let _ = interrupt.trigger(InterruptReason::NeedsReset);
         })
     }
@@ -146,6 +149,18 @@ impl Worker {
     /// `on_fault` runs (in the worker thread) if the handler fails or panics. Returns once the
     /// handler exists, with `make`'s error if it failed.
     pub fn run<H: EpollHandler>(
+        &mut self,
+        make: impl FnOnce() -> io::Result<H> + Send + 'static,
+        on_fault: impl FnOnce() + Send + 'static,
+    ) -> io::Result<()> {
+        self.submit(make, on_fault)?;
+        self.built()
+    }
+
+    /// [`Worker::run`] without the wait: hands the run to the thread and returns while the thread
+    /// builds the handler, so that several devices' threads build theirs at once (a restore);
+    /// [`Worker::built`] then says how that went.
+    pub fn submit<H: EpollHandler>(
         &mut self,
         make: impl FnOnce() -> io::Result<H> + Send + 'static,
         on_fault: impl FnOnce() + Send + 'static,
@@ -201,14 +216,34 @@ impl Worker {
             .ok_or_else(gone)?
             .send(job)
             .map_err(|_| gone())?;
-        made.recv().map_err(|_| gone())??;
+        self.building = Some(made);
         self.current = Some(ended);
         Ok(())
+    }
+
+    /// Waits until the handler of the run submitted last exists; `make`'s error if it failed
+    /// (then no run is current). Nothing to wait for is success.
+    pub fn built(&mut self) -> io::Result<()> {
+        let Some(made) = self.building.take() else {
+            return Ok(());
+        };
+        let outcome = made.recv().unwrap_or_else(|_| {
+            Err(io::Error::other(format!(
+                "device thread {} is gone",
+                self.name
+            )))
+        });
+        if outcome.is_err() {
+            self.current = None;
+        }
+        outcome
     }
 
     /// Ends the current run, if any, and returns once its handler is dropped. The thread stays,
     /// ready for the next run.
     pub fn stop(&mut self) {
+        // A run whose handler is still being built would take the kill below for a stale one.
+        let _ = self.built();
         if let Some(ended) = self.current.take() {
             let _ = self.kill.write(1);
             // Disconnected (not a message) when the run is over.
@@ -226,6 +261,11 @@ impl Drop for Worker {
             let _ = thread.join();
         }
     }
+}
+
+/// [`Worker::built`] for a device's worker, if it has one.
+pub fn built_in(slot: &mut Option<Worker>) -> io::Result<()> {
+    slot.as_mut().map_or(Ok(()), Worker::built)
 }
 
 fn run_loop<H: EpollHandler>(epoll: &Epoll, handler: &mut H) -> io::Result<()> {
@@ -344,6 +384,63 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.to_string(), "no backend");
         assert!(!w.is_running());
+        w.run(|| Ok(Idle), || {}).unwrap();
+        assert!(w.is_running());
+    }
+
+    /// A handler whose constructor waits for `gate` (the test's say-so) before it exists.
+    fn gated(gate: mpsc::Receiver<()>) -> impl FnOnce() -> io::Result<Idle> + Send + 'static {
+        move || {
+            gate.recv_timeout(Duration::from_secs(5))
+                .map_err(|_| io::Error::other("the test never opened the gate"))?;
+            Ok(Idle)
+        }
+    }
+
+    #[test]
+    fn submitted_runs_build_their_handlers_at_once_and_built_waits_for_each() {
+        let mut a = Worker::start("test-submit-a", || Ok(())).unwrap();
+        let mut b = Worker::start("test-submit-b", || Ok(())).unwrap();
+        let (open_a, gate_a) = mpsc::channel();
+        let (open_b, gate_b) = mpsc::channel();
+        // Both submits return while neither handler can be built yet.
+        a.submit(gated(gate_a), || {}).unwrap();
+        b.submit(gated(gate_b), || {}).unwrap();
+        assert!(a.is_running() && b.is_running());
+        assert!(a.submit(|| Ok(Idle), || {}).is_err(), "one run at a time");
+        open_b.send(()).unwrap();
+        b.built().unwrap();
+        open_a.send(()).unwrap();
+        a.built().unwrap();
+        // Asked again, there is nothing left to wait for.
+        a.built().unwrap();
+        a.stop();
+        assert!(!a.is_running());
+    }
+
+    #[test]
+    fn a_submitted_constructors_error_comes_from_built_and_stop_waits_for_the_build() {
+        let mut w = Worker::start("test-submit-err", || Ok(())).unwrap();
+        w.submit(
+            || -> io::Result<Idle> { Err(io::Error::other("no backend")) },
+            || {},
+        )
+        .unwrap();
+        assert_eq!(w.built().unwrap_err().to_string(), "no backend");
+        assert!(!w.is_running());
+
+        // Stopped while its handler is still being built: the stop waits for the build and
+        // then ends the run (a kill sent before the thread took the job would be read there as
+        // a stale one).
+        let (open, gate) = mpsc::channel();
+        w.submit(gated(gate), || {}).unwrap();
+        let opener = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            open.send(()).unwrap();
+        });
+        w.stop();
+        assert!(!w.is_running());
+        opener.join().unwrap();
         w.run(|| Ok(Idle), || {}).unwrap();
         assert!(w.is_running());
     }

@@ -15,7 +15,7 @@ use super::handler::{BalloonQueues, BalloonStats};
 use super::{
     QUEUE_SIZE, REPORTING_QUEUE, VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_REPORTING,
 };
-use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::worker::{self, Worker};
 use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_BALLOON, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -110,7 +110,7 @@ impl VirtioDevice for VirtioBalloon {
         Worker::started(&mut self.worker, THREAD_NAME, confine).map(drop)
     }
 
-    fn activate(&mut self, mut a: Activation) -> Result<(), ActivateError> {
+    fn begin_activation(&mut self, mut a: Activation) -> Result<(), ActivateError> {
         if self.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
@@ -131,8 +131,12 @@ impl VirtioDevice for VirtioBalloon {
             Ok(BalloonEventLoop::new(handler, evts))
         };
         Worker::started(&mut self.worker, THREAD_NAME, confine)
-            .and_then(|w| w.run_for_device(make, a.interrupt))
+            .and_then(|w| w.submit_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
+    }
+
+    fn finish_activation(&mut self) -> Result<(), ActivateError> {
+        worker::built_in(&mut self.worker).map_err(ActivateError::Start)
     }
 
     fn reset(&mut self) {

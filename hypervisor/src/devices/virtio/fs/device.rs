@@ -23,7 +23,7 @@ use super::backend::{confine_worker_thread, new_server};
 use super::event_loop::FsEventLoop;
 use super::handler::FsQueues;
 use super::{FsError, NUM_REQUEST_QUEUES, QUEUE_SIZE, TAG_LEN};
-use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::worker::{self, Worker};
 use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -139,7 +139,7 @@ impl VirtioDevice for VirtioFs {
         Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+    fn begin_activation(&mut self, a: Activation) -> Result<(), ActivateError> {
         if self.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
@@ -153,8 +153,12 @@ impl VirtioDevice for VirtioFs {
             Ok(FsEventLoop::new(handler, evts))
         };
         Worker::started(&mut self.worker, &self.thread_name, confine)
-            .and_then(|w| w.run_for_device(make, a.interrupt))
+            .and_then(|w| w.submit_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
+    }
+
+    fn finish_activation(&mut self) -> Result<(), ActivateError> {
+        worker::built_in(&mut self.worker).map_err(ActivateError::Start)
     }
 
     fn snapshot_blocker(&self) -> Option<String> {

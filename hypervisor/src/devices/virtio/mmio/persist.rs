@@ -125,6 +125,14 @@ impl MmioTransport {
     /// Puts `state` into this (fresh) transport and, if the driver had the device running,
     /// resumes the device on the saved queues.
     pub fn restore(&mut self, state: &TransportState) -> Result<(), PersistError> {
+        self.begin_restore(state)?;
+        self.finish_restore(state)
+    }
+
+    /// [`MmioTransport::restore`] up to the device's activation, which it begins and
+    /// [`MmioTransport::finish_restore`] finishes: several devices' threads then build their
+    /// backends at once.
+    pub fn begin_restore(&mut self, state: &TransportState) -> Result<(), PersistError> {
         let name = super::device_name(self.device.device_type());
         let invalid = |why: String| PersistError::Invalid(name.clone(), why);
         if state.device_type != self.device.device_type() || state.queues.len() != self.queues.len()
@@ -187,9 +195,20 @@ impl MmioTransport {
                 return Err(invalid(format!("running in driver state {status}")));
             }
             self.device.resuming_snapshot();
-            self.activate()
+            self.begin_activation()
                 .map_err(|e| PersistError::Activate(name.clone(), e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Waits for the device that [`MmioTransport::begin_restore`] resumed from `state`, if the
+    /// driver had it running.
+    pub fn finish_restore(&mut self, state: &TransportState) -> Result<(), PersistError> {
+        if !state.active {
+            return Ok(());
+        }
+        self.finish_activation().map_err(|e| {
+            PersistError::Activate(super::device_name(self.device.device_type()), e.to_string())
+        })
     }
 }

@@ -40,7 +40,7 @@ impl VirtioDevice for Dummy {
         }
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+    fn begin_activation(&mut self, a: Activation) -> Result<(), ActivateError> {
         if self.fail {
             return Err(ActivateError::BadQueue {
                 index: 0,

@@ -25,7 +25,7 @@ use super::handler::NetQueues;
 use super::header::tap_offloads;
 use super::tap::Tap;
 use super::{NetError, NetStats, PollableTap, TapIo, QUEUE_SIZE};
-use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::worker::{self, Worker};
 use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -160,7 +160,7 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
         Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+    fn begin_activation(&mut self, a: Activation) -> Result<(), ActivateError> {
         if self.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
@@ -173,8 +173,12 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
             Ok(NetEventLoop::new(handler, evts))
         };
         Worker::started(&mut self.worker, &self.thread_name, confine)
-            .and_then(|w| w.run_for_device(make, a.interrupt))
+            .and_then(|w| w.submit_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
+    }
+
+    fn finish_activation(&mut self) -> Result<(), ActivateError> {
+        worker::built_in(&mut self.worker).map_err(ActivateError::Start)
     }
 
     fn reset(&mut self) {

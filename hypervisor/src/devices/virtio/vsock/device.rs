@@ -20,7 +20,7 @@ use super::event_loop::{RxGate, VsockEventLoop};
 use super::handler::VsockQueues;
 use super::unix::muxer::{Muxer, PortStart};
 use super::VsockError;
-use crate::devices::virtio::worker::Worker;
+use crate::devices::virtio::worker::{self, Worker};
 use crate::devices::virtio::{
     read_config_window, ActivateError, Activation, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -118,7 +118,7 @@ impl VirtioDevice for Vsock {
         Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
     }
 
-    fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+    fn begin_activation(&mut self, a: Activation) -> Result<(), ActivateError> {
         if self.is_active() {
             return Err(ActivateError::AlreadyActive);
         }
@@ -153,8 +153,12 @@ impl VirtioDevice for Vsock {
             Ok(VsockEventLoop::new(handler, evts, log_state, gate))
         };
         Worker::started(&mut self.worker, &self.thread_name, confine)
-            .and_then(|w| w.run_for_device(make, a.interrupt))
+            .and_then(|w| w.submit_for_device(make, a.interrupt))
             .map_err(ActivateError::Start)
+    }
+
+    fn finish_activation(&mut self) -> Result<(), ActivateError> {
+        worker::built_in(&mut self.worker).map_err(ActivateError::Start)
     }
 
     fn resuming_snapshot(&mut self) {
