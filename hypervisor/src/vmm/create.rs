@@ -11,12 +11,12 @@ use crate::timeline::Timeline;
 use crate::vm::{Vm, VmError};
 
 /// Reads the snapshot in `dir`, checks it against `config` and this host, and creates the VM over
-/// its memory file; returns this host's fingerprint too. The state is read and parsed on a helper
-/// thread while this one maps RAM (its place in the memory file follows from the configuration) and
-/// creates the VM, and the threads' seccomp filters compile on another (the cold path hides them
-/// behind the image loader); the scope joins both on every path, so the main thread is alone again
-/// before the jail. What is wrong with the state is said first, then a machine of another shape,
-/// then a memory file that is short, then another host.
+/// its memory file; returns this host's fingerprint too. A helper thread reads and parses the
+/// state and takes the fingerprint while this one maps RAM (its place in the memory file follows
+/// from the configuration) and creates the VM, and the threads' seccomp filters compile on
+/// another (the cold path hides them behind the image loader); the scope joins both on every
+/// path, so the main thread is alone again before the jail. What is wrong with the state is said
+/// first, then a machine of another shape, then a memory file that is short, then another host.
 pub(super) fn map_snapshot(
     dir: &std::path::Path,
     config: &VmConfig,
@@ -30,7 +30,7 @@ pub(super) fn map_snapshot(
             .map_err(setup("starting the filter compiler"))?;
         let state = std::thread::Builder::new()
             .name("husk-state".into())
-            .spawn_scoped(scope, || snapshot::read_state(dir))
+            .spawn_scoped(scope, || (snapshot::read_state(dir), this_host()))
             .map_err(setup("starting the snapshot reader"))?;
         let built = (|| {
             let file = MemoryFile::open(dir, layout)?;
@@ -38,11 +38,10 @@ pub(super) fn map_snapshot(
                 crate::memory::from_file(&file.layout, &file.file).map_err(VmError::from)?;
             timeline.mark("memory");
             let vm = Vm::create(memory)?;
-            let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
             timeline.mark("vm");
-            Ok::<_, VmmError>((vm, host))
+            Ok::<_, VmmError>(vm)
         })();
-        let state = state
+        let (state, host) = state
             .join()
             .map_err(|_| VmmError::HelperPanicked("reading the snapshot"))?;
         let compiled = filters
@@ -50,12 +49,20 @@ pub(super) fn map_snapshot(
             .map_err(|_| VmmError::HelperPanicked("compiling the seccomp filters"))?;
         let snapshot = state?;
         snapshot::fits(&snapshot, config, layout)?;
-        let (vm, host) = built?;
+        let vm = built?;
+        let host = host?;
         host.accepts(&snapshot.host).map_err(SnapshotError::from)?;
         compiled?;
         timeline.mark("snapshot");
         Ok((vm, snapshot, host))
     })
+}
+
+/// This host's fingerprint, read through a `/dev/kvm` descriptor of its own, so that the snapshot
+/// reader takes it while the main thread creates the VM.
+fn this_host() -> Result<HostFingerprint, VmmError> {
+    let kvm = kvm_ioctls::Kvm::new().map_err(VmError::OpenKvm)?;
+    Ok(HostFingerprint::of(&kvm).map_err(SnapshotError::from)?)
 }
 
 /// Creates the VM and reads the kernel and initramfs into its RAM.
