@@ -168,9 +168,8 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
         let (tap, stats, interrupt) = (self.tap.clone(), self.stats.clone(), a.interrupt.clone());
         let (mem, queues, evts, acked) = (a.mem, a.queues, a.queue_evts, a.acked_features);
         let make = move || {
-            tap.set_offload(tap_offloads(acked))?;
             let handler = NetQueues::new(mem, queues, interrupt, tap, acked, stats);
-            Ok(NetEventLoop::new(handler, evts))
+            Ok(NetEventLoop::new(handler, evts, tap_offloads(acked)))
         };
         Worker::started(&mut self.worker, &self.thread_name, confine)
             .and_then(|w| w.submit_for_device(make, a.interrupt))

@@ -125,8 +125,9 @@ fn wrong_queues_are_refused() {
     assert!(!dev.is_active());
 }
 
-/// Frames both ways through a running worker; reset stops it and clears the offloads; a
-/// second activation (fresh queues, as after a driver reset) works again.
+/// Frames both ways through a running worker, which sets the negotiated offloads; reset stops
+/// it and clears the offloads; a second activation (fresh queues, as after a driver reset)
+/// works again.
 #[test]
 fn activate_exchange_frames_reset_and_activate_again() {
     let mem = memory();
@@ -142,10 +143,11 @@ fn activate_exchange_frames_reset_and_activate_again() {
         let (a, evts) = activation(&mem, vec![rxq.queue(), txq.queue()], &irq, acked);
         dev.activate(a).unwrap();
         assert!(dev.is_active());
-        assert_eq!(
-            dev.tap().offloads.lock().unwrap().last(),
-            Some(&(libc::TUN_F_CSUM | libc::TUN_F_TSO4))
-        );
+        // The worker sets the offloads as its loop starts, after the activation returned.
+        let negotiated = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
+        wait_for("the tap's offloads", || {
+            dev.tap().offloads.lock().unwrap().last() == Some(&negotiated)
+        });
         let (again, _e) = activation(&mem, vec![rxq.queue(), txq.queue()], &irq, acked);
         assert!(matches!(
             dev.activate(again),
