@@ -6,7 +6,8 @@
 //! virtio-fs its capabilities) before any guest-driven code runs in it, and no thread is ever
 //! created after setup: no filter in husk-vmm allows `clone`. [`Worker::run`] makes the
 //! handler in the worker thread (a backend's descriptors are opened there, under its filter)
-//! and returns once it exists; [`Worker::stop`] (or dropping the worker) ends the run and
+//! and returns once it exists ([`Worker::submit`] returns at once, and [`Worker::built`] waits
+//! later, so that several devices build theirs together); [`Worker::stop`] (or dropping the worker) ends the run and
 //! returns only once the handler, with every backend descriptor it owned, is dropped. A panic
 //! in the handler is caught: the device reports it through `on_fault` (normally
 //! DEVICE_NEEDS_RESET) instead of taking the VMM down.

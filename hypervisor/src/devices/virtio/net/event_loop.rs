@@ -36,9 +36,8 @@ pub struct NetEventLoop<T> {
 impl<T: PollableTap> NetEventLoop<T> {
     /// Glue for `queues`, notified through the rx and tx eventfds; the tap takes `offloads`
     /// (`TUNSETOFFLOAD` flags) as the loop starts. That is after the activation returned: the
-    /// first offload change of a fresh tap is the slowest step of the device's start (a third of
-    /// a millisecond natively, ~10 ms nested), and until it is made the tap hands out plain
-    /// frames, which every driver takes.
+    /// first offload change of a fresh tap is slow (344 µs natively against 6 µs for the next
+    /// ones), and until it is made the tap hands out plain frames, which every driver takes.
     pub fn new(queues: NetQueues<T>, evts: [EventFd; 2], offloads: u32) -> Self {
         NetEventLoop {
             queues,
