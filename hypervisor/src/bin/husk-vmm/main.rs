@@ -3,30 +3,12 @@
 //! Exit codes (husk_protocol::VmmExit): 0 the guest shut down, 1 VMM error, 2 usage,
 //! 128+N stopped cleanly on signal N (or a control-socket shutdown, reported as SIGTERM).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
 use husk_hypervisor::VmmExit;
 
-/// Run one husk micro-VM (one per pod), as configured by the shim.
-#[derive(Debug, Parser)]
-#[command(name = "husk-vmm", version = husk_protocol::VERSION)]
-struct Args {
-    /// The VM configuration (JSON, the `VmConfig` type of husk-protocol).
-    #[arg(long)]
-    config: PathBuf,
-    /// What a syscall outside a thread's seccomp allow-list does: `kill` the process (the
-    /// default, and the only mode for production) or `log` it to the kernel's audit log and
-    /// go on (for finding a missing entry while debugging).
-    #[arg(long, default_value = "kill")]
-    seccomp: husk_hypervisor::seccomp::Mode,
-    /// Restore the snapshot in this directory instead of booting the kernel (the
-    /// configuration's `restore`, which this overrides).
-    #[arg(long, value_name = "DIR")]
-    restore: Option<PathBuf>,
-}
+mod args;
 
 fn main() -> ExitCode {
     let started = Instant::now();
@@ -39,16 +21,22 @@ fn main() -> ExitCode {
         eprintln!("husk-vmm: error: blocking termination signals: {e}");
         return ExitCode::from(VmmExit::Error.code() as u8);
     }
-    let args = match Args::try_parse() {
-        Ok(a) => a,
+    let args = match args::parse(std::env::args_os().skip(1)) {
+        Ok(args::Command::Run(a)) => a,
+        Ok(args::Command::Help) => {
+            print!("{}", args::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(args::Command::Version) => {
+            println!("husk-vmm {}", husk_protocol::VERSION);
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            let _ = e.print();
-            let code = if e.use_stderr() {
-                VmmExit::Usage.code()
-            } else {
-                0
-            };
-            return ExitCode::from(code as u8);
+            eprintln!(
+                "husk-vmm: error: {e}\n\n{}\n\nFor more, try '--help'.",
+                args::USAGE_LINE
+            );
+            return ExitCode::from(VmmExit::Usage.code() as u8);
         }
     };
     if let Err(e) = husk_hypervisor::seccomp::enforce(args.seccomp) {
