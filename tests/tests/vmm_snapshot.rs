@@ -316,13 +316,20 @@ fn restored_memory_is_the_snapshots_and_bad_snapshots_are_refused_by_name() {
         (
             "other-build",
             {
-                let body = String::from_utf8(state[HEADER_LEN..].to_vec()).unwrap();
-                let ours = format!("\"husk {}\"", env!("CARGO_PKG_VERSION"));
-                assert!(body.contains(&ours), "the state names its writer");
-                with_header(
-                    &state,
-                    body.replacen(&ours, "\"husk 0.0.0-other\"", 1).as_bytes(),
-                )
+                // The body opens with its writer's name, a postcard string: a varint length
+                // (one byte below 128), then the bytes.
+                let body = &state[HEADER_LEN..];
+                let ours = format!("husk {}", env!("CARGO_PKG_VERSION"));
+                let len = usize::from(body[0]);
+                assert!(
+                    len < 128 && &body[1..=len] == ours.as_bytes(),
+                    "the state names its writer"
+                );
+                let other = b"husk 0.0.0-other";
+                let mut forged = vec![other.len() as u8];
+                forged.extend_from_slice(other);
+                forged.extend_from_slice(&body[1 + len..]);
+                with_header(&state, &forged)
             },
             "snapshot written by husk 0.0.0-other",
         ),

@@ -197,3 +197,73 @@ fn write_msrs(fd: &VcpuFd, msrs: &[kvm_msr_entry]) -> Result<Vec<u32>, kvm_ioctl
     }
     Ok(refused)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::format;
+
+    /// A state whose every field holds something other than zeroes.
+    fn busy_state() -> VcpuState {
+        let mut s = VcpuState {
+            cpuid: vec![kvm_cpuid_entry2 {
+                function: 0x4000_0001,
+                eax: 0x0102_0304,
+                ..Default::default()
+            }],
+            msrs: (0..40)
+                .map(|i| kvm_msr_entry {
+                    index: 0xc000_0080 + i,
+                    data: u64::MAX - u64::from(i),
+                    ..Default::default()
+                })
+                .collect(),
+            regs: kvm_regs {
+                rip: 0xffff_ffff_8100_0000,
+                rflags: 2,
+                ..Default::default()
+            },
+            sregs: kvm_sregs::default(),
+            xsave: kvm_xsave::default(),
+            xcrs: kvm_xcrs::default(),
+            debugregs: kvm_debugregs::default(),
+            lapic: kvm_lapic_state::default(),
+            mp_state: kvm_mp_state { mp_state: 3 },
+            events: kvm_vcpu_events::default(),
+            tsc_khz: Some(2_000_000),
+        };
+        s.sregs.cr3 = 0x1234_5000;
+        for (i, w) in s.xsave.region.iter_mut().enumerate() {
+            *w = (i as u32).wrapping_mul(0x9e37_79b9);
+        }
+        for (i, b) in s.lapic.regs.iter_mut().enumerate() {
+            *b = i as libc::c_char;
+        }
+        s.xcrs.nr_xcrs = 1;
+        s.xcrs.xcrs[0].value = 7;
+        s.debugregs.dr7 = 0x400;
+        s.events.exception.nr = 14;
+        s
+    }
+
+    #[test]
+    fn a_vcpus_state_survives_the_state_file_bit_for_bit() {
+        let state = busy_state();
+        let mut file = Vec::new();
+        format::write(&mut file, &state).unwrap();
+        let back: VcpuState = format::read(&mut &file[..]).unwrap();
+        let mut again = Vec::new();
+        format::write(&mut again, &back).unwrap();
+        assert_eq!(file, again);
+        assert_eq!(back.regs.rip, state.regs.rip);
+        assert_eq!(back.sregs.cr3, 0x1234_5000);
+        assert_eq!(back.xsave.region[..], state.xsave.region[..]);
+        assert_eq!(back.lapic.regs[..], state.lapic.regs[..]);
+        assert_eq!(back.msrs.len(), 40);
+        assert_eq!(back.msrs[39].data, u64::MAX - 39);
+        assert_eq!(back.tsc_khz, Some(2_000_000));
+        // The binary state is small: the XSAVE area and the LAPIC page are raw bytes.
+        let raw = std::mem::size_of::<kvm_xsave>() + std::mem::size_of::<kvm_lapic_state>();
+        assert!(file.len() < raw + 2048, "{} bytes", file.len());
+    }
+}
