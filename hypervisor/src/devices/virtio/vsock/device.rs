@@ -86,6 +86,24 @@ impl Vsock {
     }
 }
 
+/// Posts the transport reset of a resumed device on `evq` and says whether the receive queue
+/// must wait for the driver to handle it.
+fn reset_transport(
+    mem: &crate::memory::GuestMemory,
+    mut evq: virtio_queue::Queue,
+    interrupt: &dyn crate::devices::virtio::interrupt::VirtioInterrupt,
+) -> RxGate {
+    match super::transport_reset::post(mem, &mut evq, interrupt) {
+        Ok(()) => RxGate::AwaitingResetAck,
+        // The driver keeps sockets whose host ends are gone; they fail on their next packet
+        // (RST), so this is worth a warning, not the device.
+        Err(e) => {
+            crate::guest_warn!("virtio-vsock: transport reset after restore: {e}");
+            RxGate::Open
+        }
+    }
+}
+
 /// The worker's confinement: its seccomp filter.
 fn confine() -> std::io::Result<()> {
     crate::seccomp::install(ThreadKind::Vsock).map_err(std::io::Error::other)
@@ -127,27 +145,25 @@ impl VirtioDevice for Vsock {
         let socket = self.socket.0.clone();
         let (cid, ports) = (self.guest_cid, self.allowed_guest_ports.clone());
         // The queues in the spec's order; the event queue only ever carries the transport
-        // reset of a restored VM, posted here before the worker starts.
+        // reset of a restored VM, which the worker posts before its loop starts (so the posting,
+        // the restore's first touch of guest memory, overlaps the other devices' activations;
+        // the vCPUs run only once every device is built).
         const _: () = assert!(RXQ == 0 && TXQ == 1 && EVQ == 2);
-        let [rx, tx, mut evq] = a.queues;
+        let [rx, tx, evq] = a.queues;
         let resuming = std::mem::take(&mut self.resuming);
         let port_start = if resuming {
             PortStart::Restored
         } else {
             PortStart::Boot
         };
-        let mut gate = RxGate::Open;
-        if resuming {
-            match super::transport_reset::post(&a.mem, &mut evq, a.interrupt.as_ref()) {
-                Ok(()) => gate = RxGate::AwaitingResetAck,
-                // The driver keeps sockets whose host ends are gone; they fail on their next
-                // packet (RST), so this is worth a warning, not the device.
-                Err(e) => crate::guest_warn!("virtio-vsock: transport reset after restore: {e}"),
-            }
-        }
         let (mem, evts, interrupt) = (a.mem, a.queue_evts, a.interrupt.clone());
         let log_state = self.log_state.try_clone().map_err(ActivateError::Start)?;
         let make = move || {
+            let gate = if resuming {
+                reset_transport(&mem, evq, interrupt.as_ref())
+            } else {
+                RxGate::Open
+            };
             let muxer = Muxer::new(listener.try_clone()?, socket, cid, &ports, port_start)?;
             let handler = VsockQueues::new(mem, rx, tx, interrupt, muxer);
             Ok(VsockEventLoop::new(handler, evts, log_state, gate))
