@@ -25,7 +25,8 @@ cpus=()
 # the end, so such a run left none, and it runs again in a fresh test host, once, saying so.
 for attempt in 1 2; do
   rc=0
-  "$TESTHOST" "${cpus[@]}" --timeout "${HUSK_BENCH_TIMEOUT:-3000}" --rw "$repo/target/bench" -- \
+  "$TESTHOST" "${cpus[@]}" --timeout "${HUSK_BENCH_TIMEOUT:-3000}" --rw "$repo/target/bench" \
+    --env "HUSK_BENCH_LOGS=$repo/target/bench/logs" -- \
     "$repo/target/release/husk-bench --out $repo/target/bench/results.jsonl $*" || rc=$?
   [ "$rc" = 75 ] && [ "$attempt" = 1 ] || exit "$rc"
   echo "bench: *** the test host failed under the run (exit 75, output above): running it again in a fresh test host ***" >&2

@@ -132,6 +132,23 @@ fn logged_numbers(log: &str, needle: &str, field: &str) -> Vec<f64> {
         .collect()
 }
 
+/// Writes the shims' logs of the timed pods into the directory `HUSK_BENCH_LOGS` names, if it
+/// is set (`make bench` sets it to target/bench/logs), for reading a run's phases pod by pod.
+fn keep_logs(logs: &[(&str, &str)]) {
+    let Some(dir) = std::env::var_os("HUSK_BENCH_LOGS") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let kept = std::fs::create_dir_all(dir).and_then(|()| {
+        logs.iter()
+            .try_for_each(|(name, log)| std::fs::write(dir.join(name), log))
+    });
+    match kept {
+        Ok(()) => eprintln!("husk-bench: the shims' logs are in {}", dir.display()),
+        Err(e) => eprintln!("husk-bench: keeping the logs in {}: {e}", dir.display()),
+    }
+}
+
 /// Failed runs are reported and not counted; past this many the benchmark gives up. On the
 /// nested test host a few percent of guest boots die in early kernel setup under any VMM
 /// (scripts/boot-stress.sh, issue 3), and kubelet would retry such a pod.
@@ -305,6 +322,10 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             med(|p| p.container)
         );
     }
+    keep_logs(&[
+        ("cri-cold.log", &cold_log),
+        ("cri-restored.log", &template_log),
+    ]);
     let log = cold_log;
     let boots = logged_numbers(&log, "the guest agent is ready", " ms=");
     let setups = logged_numbers(&log, "vCPUs running; setup ", "setup ");
