@@ -109,8 +109,26 @@ mount --move . / || die "moving the overlay root onto / failed"
 # A heartbeat every 5 s while the command runs: husk-testhost stops a test host whose heartbeat
 # stalls (its userspace stopped: seen when nested guests hold both of its CPUs) instead of
 # waiting for the command's whole timeout.
+#
+# One idle VM (an in-kernel irqchip and one vCPU that never runs) is held for the test host's
+# whole life, so that no VM a test or bench starts is ever the first or the last one: KVM does
+# global work for the first VM (enabling SVM on every CPU by IPI, and switching on the static
+# keys of the scheduler's preempt notifiers and of a software-disabled LAPIC), undoes it after
+# the last, and redoes it for the next. Switching a static key rewrites kernel code that every
+# CPU is executing (finish_task_switch); under TCG that is the dearest thing a guest can do, and
+# a test host whose CPUs both sat in that rewrite, or whose KVM waited on the IPI of the last
+# VM's teardown, stopped for good ("wedged"). Real hosts pay microseconds for it; their pods
+# mostly start beside other VMs anyway.
+hold_kvm='$0 = "husk-testhost-kvm-holder";
+  open(my $kvm, "+<", "/dev/kvm") or die "/dev/kvm: $!\n";
+  my $fd = ioctl($kvm, 0xAE01, 0) or die "KVM_CREATE_VM: $!\n";
+  open(my $vm, "+<&=", $fd + 0) or die "the VM descriptor: $!\n";
+  ioctl($vm, 0xAE60, 0) or die "KVM_CREATE_IRQCHIP: $!\n";
+  ioctl($vm, 0xAE41, 0) or die "KVM_CREATE_VCPU: $!\n";
+  sleep;'
 exec chroot . /bin/busybox sh -c '
   cd /
+  /usr/bin/perl -e "$2" 2>&1 | sed "s/^/husk-testhost-init: holding a VM: /" &
   ( while :; do date +%s > "$1/heartbeat"; sleep 5; done ) &
   [ -r /sys/kernel/tracing/trace_pipe ] &&
     ( while read -r l; do echo "$l" >> "$1/kvm-shutdowns"; done < /sys/kernel/tracing/trace_pipe ) &
@@ -126,4 +144,4 @@ exec chroot . /bin/busybox sh -c '
   /bin/sh "$1/cmd.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
   echo $? > "$1/exit"
   sync
-  /bin/busybox poweroff -f || echo o > /proc/sysrq-trigger' husk-testhost-init "$rundir"
+  /bin/busybox poweroff -f || echo o > /proc/sysrq-trigger' husk-testhost-init "$rundir" "$hold_kvm"
