@@ -108,7 +108,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, UsageE
             "--restore" => "--restore",
             _ => return Err(UsageError::Unexpected(text.to_string())),
         };
-        let value = match inline.or_else(|| args.next()) {
+        // A value is never the next option: `--config --restore d` lacks the configuration.
+        let next = || {
+            args.next()
+                .filter(|v| !v.as_encoded_bytes().starts_with(b"--"))
+        };
+        let value = match inline.or_else(next) {
             Some(v) if !v.is_empty() => v,
             _ => return Err(UsageError::MissingValue(option)),
         };
@@ -187,6 +192,7 @@ mod tests {
         );
         assert_eq!(e(&["--config"]), "--config needs a value");
         assert_eq!(e(&["--config="]), "--config needs a value");
+        assert_eq!(e(&["--config", "--restore", "d"]), "--config needs a value");
         assert_eq!(
             e(&["--config", "a", "--config", "b"]),
             "--config given more than once"
