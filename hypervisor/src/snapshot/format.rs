@@ -92,8 +92,7 @@ pub enum FormatError {
 
 /// Writes `snapshot` with its header to `out`.
 pub fn write<T: Serialize>(out: &mut impl Write, snapshot: &T) -> Result<(), FormatError> {
-    let mut body = postcard::to_allocvec(&husk_version())?;
-    body.extend_from_slice(&postcard::to_allocvec(snapshot)?);
+    let body = postcard::to_extend(snapshot, postcard::to_allocvec(&husk_version())?)?;
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
