@@ -2,6 +2,7 @@
 
 use crate::agent::AgentError;
 use crate::error::{Result, ShimError};
+use crate::io::IoError;
 use crate::vm::{self, Vm};
 
 /// How long a failed agent call waits for the VM's exit to be seen (the connection's end can
@@ -29,6 +30,21 @@ pub async fn agent_failure(vm: &Vm, what: &str, e: AgentError) -> ShimError {
             ShimError::FailedPrecondition(format!("{what}: the sandbox VM ended: {detail}"))
         }
         None => while_running(vm, what, e),
+    }
+}
+
+/// The error of a process's stdio attach that failed with `e`: when a guest stream's connection
+/// failed because the VM ended under it, the VM's end is named with it (husk-vmm answers a
+/// connection to a dead guest as if nothing listened there).
+pub async fn stdio_failure(vm: &Vm, e: IoError) -> ShimError {
+    if !e.is_transport() {
+        return e.into();
+    }
+    match vm::wait_gone(&vm.gone, VM_END_GRACE).await {
+        Some(gone) => {
+            ShimError::FailedPrecondition(format!("{e}: the sandbox VM ended: {}", gone.detail))
+        }
+        None => e.into(),
     }
 }
 

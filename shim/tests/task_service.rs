@@ -477,6 +477,35 @@ async fn a_vm_crash_exits_every_started_task_with_137() {
 }
 
 #[tokio::test]
+async fn a_vm_that_dies_before_the_stdio_attach_is_named_as_the_cause() {
+    let mut e = env("sb8");
+    task::create(&e.sb, e.create_req("sb8", &["sleep"], "", ""))
+        .await
+        .unwrap();
+    assert_eq!(e.topics(1).await, ["/tasks/create"]);
+    e.booter.agent().die_after_next_create();
+    let out = e.path("c2.log");
+    let req = e.create_req("c2", &["sleep"], "", &format!("file://{}", out.display()));
+    let err = task::create(&e.sb, req).await.unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.code(), Code::FAILED_PRECONDITION, "{msg}");
+    assert!(msg.contains("attaching stdout of c2"), "{msg}");
+    assert!(
+        msg.contains("the sandbox VM ended: guest shut down (vCPU 0: triple fault)"),
+        "{msg}"
+    );
+    let c2_mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&*e.state_root().to_string_lossy()) && l.contains("/c2/"))
+        .map(String::from)
+        .collect();
+    assert!(c2_mounts.is_empty(), "c2's mounts left: {c2_mounts:?}");
+    task::delete(&e.sb, delete("sb8", "")).await.unwrap();
+    assert!(!mounted(&e.state_root()));
+}
+
+#[tokio::test]
 async fn a_failed_boot_leaves_nothing_behind() {
     let e = env("sb6");
     *e.booter.fail.lock().unwrap() = Some("the guest kernel /nope does not exist".into());

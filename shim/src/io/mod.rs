@@ -61,10 +61,24 @@ pub enum IoError {
         process: String,
         /// Why.
         message: String,
+        /// The connection failed (as opposed to the agent refusing the stream): the VM may
+        /// have ended under it.
+        transport: bool,
     },
 }
 
 impl IoError {
+    /// The guest stream's connection failed; the VM may have ended under it.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            IoError::Stream {
+                transport: true,
+                ..
+            }
+        )
+    }
+
     /// The ttrpc code for containerd.
     pub fn code(&self) -> Code {
         match self {

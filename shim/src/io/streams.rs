@@ -28,14 +28,16 @@ pub async fn open(
     eid: &str,
     kind: StreamKind,
 ) -> Result<UnixStream, IoError> {
+    let process = if eid.is_empty() {
+        cid.to_string()
+    } else {
+        format!("{cid}/{eid}")
+    };
     let fail = |message: String| IoError::Stream {
         kind,
-        process: if eid.is_empty() {
-            cid.to_string()
-        } else {
-            format!("{cid}/{eid}")
-        },
+        process: process.clone(),
         message,
+        transport: true,
     };
     let mut s = agent
         .stdio_connection()
@@ -57,7 +59,12 @@ pub async fn open(
             }
             _ => fail(format!("reading the answer: {e}")),
         })?;
-    stdio::parse_answer(&line).map_err(|why| fail(format!("the agent refused it: {why}")))?;
+    stdio::parse_answer(&line).map_err(|why| IoError::Stream {
+        kind,
+        process: process.clone(),
+        message: format!("the agent refused it: {why}"),
+        transport: false,
+    })?;
     Ok(s)
 }
 

@@ -14,7 +14,7 @@ use super::check_id;
 use crate::container::Container;
 use crate::error::{Result, ShimError};
 use crate::events::TaskEvent;
-use crate::failure::agent_failure;
+use crate::failure::{agent_failure, stdio_failure};
 use crate::io::{ProcessIo, StdioSpec};
 use crate::paths::SandboxPaths;
 use crate::process::Process;
@@ -115,7 +115,7 @@ async fn create_in_vm(
             r.force = true;
             let _ = vm.agent.remove_container(&r).await;
             undo_mounts();
-            return Err(e.into());
+            return Err(stdio_failure(vm, e).await);
         }
     };
     let init = Process::new(cid, "", stdio.clone(), io);

@@ -11,7 +11,7 @@ use husk_protocol::agent::api;
 use super::{check_id, process_ref};
 use crate::error::{Result, ShimError};
 use crate::events::TaskEvent;
-use crate::failure::agent_failure;
+use crate::failure::{agent_failure, stdio_failure};
 use crate::io::{ProcessIo, StdioSpec};
 use crate::process::{ExitInfo, ProcStatus, Process};
 use crate::sandbox::Sandbox;
@@ -110,7 +110,7 @@ pub async fn exec(sb: &Arc<Sandbox>, req: ExecProcessRequest) -> Result<()> {
                 .agent
                 .delete_process(&process_ref(&req.id, &req.exec_id))
                 .await;
-            return Err(e.into());
+            return Err(stdio_failure(&vm, e).await);
         }
     };
     c.add_exec(Process::new(&req.id, &req.exec_id, stdio, io))?;

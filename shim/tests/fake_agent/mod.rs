@@ -61,6 +61,10 @@ pub struct FakeAgent {
     next_pid: Mutex<u32>,
     pub seen: Mutex<Seen>,
     gone: watch::Sender<Option<VmGone>>,
+    /// The "VM" dies right after the next CreateContainer answers: stdio connections are then
+    /// closed unanswered, as husk-vmm closes them for a guest that is gone.
+    die_after_create: std::sync::atomic::AtomicBool,
+    dead: std::sync::atomic::AtomicBool,
 }
 
 fn key(cid: &str, eid: &str) -> (String, String) {
@@ -102,6 +106,12 @@ impl FakeAgent {
             },
         );
         Ok(*n)
+    }
+
+    /// Makes the "VM" triple fault right after the next CreateContainer answers.
+    pub fn die_after_next_create(&self) {
+        self.die_after_create
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Ends the "VM" as a crash would.
@@ -214,6 +224,16 @@ impl Agent for FakeAgent {
             args,
             req.stdio.clone().unwrap_or_default(),
         )?;
+        if self
+            .die_after_create
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.gone.send(Some(VmGone {
+                exit: VmmExit::GuestShutdown,
+                detail: "guest shut down (vCPU 0: triple fault)".into(),
+            }));
+        }
         let mut r = api::CreateContainerResponse::new();
         r.pid = pid;
         Ok(r)
@@ -479,6 +499,9 @@ pub async fn serve(agent: Arc<FakeAgent>, socket: &Path) {
                 let Ok(port) = hybrid::parse_connect(line.as_bytes()) else {
                     return;
                 };
+                if agent.dead.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 if s.write_all(hybrid::ok_line(7).as_bytes()).await.is_err() {
                     return;
                 }
@@ -563,6 +586,8 @@ impl Booter for FakeBooter {
             next_pid: Mutex::new(0),
             seen: Mutex::new(Seen::default()),
             gone: gone_tx,
+            die_after_create: Default::default(),
+            dead: Default::default(),
         });
         serve(agent.clone(), &req.paths.vsock()).await;
         let client = AgentClient::connect(&req.paths.vsock()).await.unwrap();
