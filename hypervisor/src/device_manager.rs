@@ -172,14 +172,21 @@ impl VirtioMmioDevices {
         }
     }
 
-    /// Starts every device's worker thread, each confined before it returns: at setup, so no
-    /// thread is created once the guest runs.
+    /// Starts every device's worker thread: at setup, so no thread is created once the guest
+    /// runs. The threads confine themselves side by side; [`Self::workers_confined`] waits for
+    /// them, and a restore's activations may be handed to them meanwhile (a thread takes work
+    /// only once confined).
     pub fn start_workers(&self) -> std::io::Result<()> {
         for d in &self.devices {
-            d.transport
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .start_worker()?;
+            lock(&d.transport).start_worker()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every device's worker thread is confined: the first failure.
+    pub fn workers_confined(&self) -> std::io::Result<()> {
+        for d in &self.devices {
+            lock(&d.transport).worker_confined()?;
         }
         Ok(())
     }

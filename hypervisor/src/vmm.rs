@@ -24,7 +24,7 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::balloon::VirtioBalloon;
 use crate::devices::virtio::fs::VirtioFs;
-use crate::devices::virtio::net::VirtioNet;
+use crate::devices::virtio::net::{Tap, VirtioNet};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::snapshot::{HostFingerprint, SnapshotError, SnapshotFiles, VmSnapshot};
 use crate::timeline::Timeline;
@@ -161,18 +161,14 @@ impl Machine {
             .as_deref()
             .map(SnapshotFiles::create)
             .transpose()?;
-        let (vm, images, restoring, host) = match config.restore.as_deref() {
-            Some(dir) => {
-                let (vm, snapshot, host) =
-                    create::map_snapshot(dir, &config, &layout, &mut timeline)?;
-                (vm, None, Some(snapshot), host)
-            }
-            None => {
-                let (vm, images) = create::create_and_load(&config, &layout, &mut timeline)?;
-                let host = HostFingerprint::of(&vm.kvm).map_err(SnapshotError::from)?;
-                (vm, Some(images), None, host)
-            }
-        };
+        let create::Made {
+            vm,
+            images,
+            restoring,
+            host,
+            taps,
+        } = create::make(&config, &layout, &mut timeline)?;
+        let mut taps = taps.into_iter();
         let msr_index: Arc<[u32]> = match &snapshot_files {
             Some(_) => vm
                 .kvm
@@ -209,7 +205,7 @@ impl Machine {
 
         let mut cmdline = kernel_cmdline(&config)?;
         let mut mmio = Bus::default();
-        let virtio = Self::attach_devices(&config, &vm, &mut mmio, &mut cmdline)?;
+        let virtio = Self::attach_devices(&config, &vm, &mut mmio, &mut cmdline, &mut taps)?;
         timeline.mark("devices");
 
         let entry = match images {
@@ -307,6 +303,7 @@ impl Machine {
         vm: &Vm,
         mmio: &mut Bus,
         cmdline: &mut Cmdline,
+        taps: &mut impl Iterator<Item = Tap>,
     ) -> Result<VirtioMmioDevices, VmmError> {
         let mut virtio = VirtioMmioDevices::default();
         if let Some(vsock) = &config.vsock {
@@ -318,7 +315,11 @@ impl Machine {
             virtio.attach(&vm.fd, &vm.memory, mmio, cmdline, device)?;
         }
         for net in &config.net {
-            let device = Box::new(VirtioNet::new(net).map_err(setup("virtio-net"))?);
+            let tap = taps.next().ok_or_else(|| VmmError::Setup {
+                step: "virtio-net",
+                source: format!("no tap opened for {}", net.tap).into(),
+            })?;
+            let device = Box::new(VirtioNet::on_tap(net, tap).map_err(setup("virtio-net"))?);
             virtio.attach(&vm.fd, &vm.memory, mmio, cmdline, device)?;
         }
         if config.balloon {
@@ -367,16 +368,20 @@ impl Machine {
             crate::affinity::restrict_current_thread(affinity)
                 .map_err(setup("restricting husk-vmm to the vCPUs' CPUs"))?;
         }
+        // The device threads confine themselves side by side; a restored VM's devices are
+        // handed to them meanwhile, so that confining and building overlap too.
         self.virtio
             .start_workers()
             .map_err(setup("starting the device threads"))?;
-        self.timeline.mark("workers");
         if let Some(snapshot) = self.restoring.take() {
             self.virtio
                 .restore(&snapshot.devices)
                 .map_err(SnapshotError::from)?;
-            self.timeline.mark("resume");
         }
+        self.virtio
+            .workers_confined()
+            .map_err(setup("starting the device threads"))?;
+        self.timeline.mark("workers");
 
         let control_wake =
             EventFd::new(libc::EFD_NONBLOCK).map_err(setup("creating the control eventfd"))?;

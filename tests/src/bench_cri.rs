@@ -377,7 +377,7 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         "husk-bench: husk-vmm restore phases, medians in ms: {}",
         phase_medians(
             &template_log,
-            &["snapshot", "memory", "vm", "devices", "jail", "workers", "resume", "vcpus"]
+            &["snapshot", "memory", "vm", "devices", "jail", "workers", "vcpus"]
         )
     );
     let t_vm_ready = logged_numbers(&template_log, "the guest agent is ready", " ms=");

@@ -221,6 +221,12 @@ impl MmioTransport {
         self.device.start_worker()
     }
 
+    /// Waits for the device's worker thread's confinement (see
+    /// [`VirtioDevice::worker_confined`]).
+    pub fn worker_confined(&mut self) -> std::io::Result<()> {
+        self.device.worker_confined()
+    }
+
     /// Asks the device to log its backend's state (see [`VirtioDevice::log_state`]).
     pub fn log_state(&self) {
         self.device.log_state();

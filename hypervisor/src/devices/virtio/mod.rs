@@ -190,11 +190,18 @@ pub trait VirtioDevice: Send + std::fmt::Debug {
     /// Writes the configuration space (read-only spaces ignore it).
     fn write_config(&mut self, offset: u64, data: &[u8]);
 
-    /// Starts the device's worker thread, if it has one, and confines it (its seccomp filter
-    /// among others). Called once at setup, after husk-vmm entered its jail and before the
-    /// guest runs, so that no thread is created later; activation calls it too, for users
-    /// of the library that never did.
+    /// Starts the device's worker thread, if it has one, which confines itself (its seccomp
+    /// filter among others) before it takes any work. Called once at setup, after husk-vmm
+    /// entered its jail and before the guest runs, so that no thread is created later;
+    /// activation calls it too, for users of the library that never did. Returns without
+    /// waiting for the confinement: [`VirtioDevice::worker_confined`] does.
     fn start_worker(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// Waits until the worker thread [`VirtioDevice::start_worker`] started is confined: the
+    /// error if that failed. A device without a worker has nothing to wait for.
+    fn worker_confined(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 

@@ -58,7 +58,19 @@ pub struct Worker {
     current: Option<mpsc::Receiver<()>>,
     /// Whether the handler of the run submitted last was built, until [`Worker::built`] asks.
     building: Option<mpsc::Receiver<io::Result<()>>>,
+    confinement: Confinement,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Where a worker thread's confinement stands, as far as its owner knows.
+#[derive(Debug)]
+enum Confinement {
+    /// The thread says how it went on this channel.
+    Pending(mpsc::Receiver<io::Result<()>>),
+    /// Confined.
+    Done,
+    /// It failed (the message); the thread has ended.
+    Failed(String),
 }
 
 /// Adds `fd` to `epoll` for input readiness under `token`.
@@ -74,6 +86,19 @@ impl Worker {
     /// Starts thread `name`, which runs `confine` first and then waits for runs. Fails if the
     /// thread cannot start or `confine` fails (then the thread has already ended).
     pub fn start(
+        name: &str,
+        confine: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> io::Result<Worker> {
+        let mut w = Worker::spawn(name, confine)?;
+        w.confined()?;
+        Ok(w)
+    }
+
+    /// [`Worker::start`] without the wait: the thread confines itself while the caller goes on
+    /// (several devices' threads then confine themselves at once), and [`Worker::confined`]
+    /// says how that went. Runs submitted meanwhile wait in the queue: the thread takes none
+    /// before it is confined, and none at all if that failed.
+    pub fn spawn(
         name: &str,
         confine: impl FnOnce() -> io::Result<()> + Send + 'static,
     ) -> io::Result<Worker> {
@@ -93,29 +118,45 @@ impl Worker {
                     }
                 }
             })?;
-        let fail = |e: io::Error| io::Error::new(e.kind(), format!("confining thread {name}: {e}"));
-        match confined.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(fail(e));
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(fail(io::Error::other("the thread panicked")));
-            }
-        }
         Ok(Worker {
             name: name.to_string(),
             kill,
             jobs: Some(jobs),
             current: None,
             building: None,
+            confinement: Confinement::Pending(confined),
             thread: Some(thread),
         })
     }
 
-    /// The worker in `slot`, started first (as [`Worker::start`] does) if there is none yet:
+    /// Waits until the thread has confined itself: its error if that failed (the thread has
+    /// then ended, and so has every run submitted to it). Later calls answer at once.
+    pub fn confined(&mut self) -> io::Result<()> {
+        let outcome = match &self.confinement {
+            Confinement::Done => return Ok(()),
+            Confinement::Failed(why) => return Err(io::Error::other(why.clone())),
+            Confinement::Pending(rx) => rx
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("the thread panicked"))),
+        };
+        match outcome {
+            Ok(()) => {
+                self.confinement = Confinement::Done;
+                Ok(())
+            }
+            Err(e) => {
+                let e = io::Error::new(e.kind(), format!("confining thread {}: {e}", self.name));
+                self.confinement = Confinement::Failed(e.to_string());
+                self.jobs = None;
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The worker in `slot`, spawned first (as [`Worker::spawn`] does) if there is none yet:
     /// a device's worker is started at setup, or at its first activation when nobody did.
     pub fn started<'a>(
         slot: &'a mut Option<Worker>,
@@ -123,7 +164,7 @@ impl Worker {
         confine: impl FnOnce() -> io::Result<()> + Send + 'static,
     ) -> io::Result<&'a mut Worker> {
         if slot.is_none() {
-            *slot = Some(Worker::start(name, confine)?);
+            *slot = Some(Worker::spawn(name, confine)?);
         }
         Ok(slot.as_mut().expect("set above"))
     }
@@ -226,8 +267,12 @@ impl Worker {
     /// (then no run is current). Nothing to wait for is success.
     pub fn built(&mut self) -> io::Result<()> {
         let Some(made) = self.building.take() else {
-            return Ok(());
+            return self.confined();
         };
+        if let Err(e) = self.confined() {
+            self.current = None;
+            return Err(e);
+        }
         let outcome = made.recv().unwrap_or_else(|_| {
             Err(io::Error::other(format!(
                 "device thread {} is gone",
@@ -267,6 +312,11 @@ impl Drop for Worker {
 /// [`Worker::built`] for a device's worker, if it has one.
 pub fn built_in(slot: &mut Option<Worker>) -> io::Result<()> {
     slot.as_mut().map_or(Ok(()), Worker::built)
+}
+
+/// [`Worker::confined`] for a device's worker, if it has one.
+pub fn confined_in(slot: &mut Option<Worker>) -> io::Result<()> {
+    slot.as_mut().map_or(Ok(()), Worker::confined)
 }
 
 fn run_loop<H: EpollHandler>(epoll: &Epoll, handler: &mut H) -> io::Result<()> {
@@ -396,6 +446,61 @@ mod tests {
                 .map_err(|_| io::Error::other("the test never opened the gate"))?;
             Ok(Idle)
         }
+    }
+
+    #[test]
+    fn spawned_threads_confine_side_by_side_and_take_work_only_once_confined() {
+        // Two threads whose confinement waits for the test: both spawn at once.
+        let (let_a, gate_a) = mpsc::channel::<()>();
+        let (let_b, gate_b) = mpsc::channel::<()>();
+        let mut a = Worker::spawn("test-spawn-a", move || {
+            gate_a.recv().map_err(|_| io::Error::other("gate dropped"))
+        })
+        .unwrap();
+        let mut b = Worker::spawn("test-spawn-b", move || {
+            gate_b
+                .recv()
+                .map_err(|_| io::Error::other("gate dropped"))?;
+            Err(io::Error::other("no filter"))
+        })
+        .unwrap();
+        // Work handed over before the confinement waits for it.
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (ran_a, ran_b) = (ran.clone(), ran.clone());
+        a.submit(
+            move || {
+                ran_a.fetch_add(1, Ordering::SeqCst);
+                Ok(Idle)
+            },
+            || {},
+        )
+        .unwrap();
+        b.submit(
+            move || {
+                ran_b.fetch_add(10, Ordering::SeqCst);
+                Ok(Idle)
+            },
+            || {},
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(ran.load(Ordering::SeqCst), 0, "no work before confinement");
+        let_b.send(()).unwrap();
+        let_a.send(()).unwrap();
+        a.built().unwrap();
+        a.confined().unwrap();
+        // A failed confinement: built says so, and the work handed over never ran.
+        let e = b.built().unwrap_err().to_string();
+        assert!(
+            e.contains("confining thread test-spawn-b: no filter"),
+            "{e}"
+        );
+        assert!(!b.is_running());
+        let again = b.confined().unwrap_err().to_string();
+        assert_eq!(again, e, "asked again, the same failure");
+        assert!(b.submit(|| Ok(Idle), || {}).is_err(), "the thread is gone");
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "only a's handler was built");
+        a.stop();
     }
 
     #[test]

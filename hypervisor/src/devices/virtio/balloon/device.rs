@@ -110,6 +110,10 @@ impl VirtioDevice for VirtioBalloon {
         Worker::started(&mut self.worker, THREAD_NAME, confine).map(drop)
     }
 
+    fn worker_confined(&mut self) -> std::io::Result<()> {
+        worker::confined_in(&mut self.worker)
+    }
+
     fn begin_activation(&mut self, mut a: Activation) -> Result<(), ActivateError> {
         if self.is_active() {
             return Err(ActivateError::AlreadyActive);

@@ -139,6 +139,10 @@ impl VirtioDevice for VirtioFs {
         Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
     }
 
+    fn worker_confined(&mut self) -> io::Result<()> {
+        worker::confined_in(&mut self.worker)
+    }
+
     fn begin_activation(&mut self, a: Activation) -> Result<(), ActivateError> {
         if self.is_active() {
             return Err(ActivateError::AlreadyActive);

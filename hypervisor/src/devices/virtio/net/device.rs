@@ -82,11 +82,16 @@ pub struct VirtioNet<T = Tap> {
 impl VirtioNet<Tap> {
     /// Opens the tap `config` names (in its network namespace) and makes the device.
     pub fn new(config: &NetConfig) -> Result<Self, NetError> {
+        let tap = Tap::open(&config.tap, config.netns.as_deref())?;
+        VirtioNet::on_tap(config, tap)
+    }
+
+    /// The device `config` describes, on its tap opened beforehand (see [`Tap::open`]).
+    pub fn on_tap(config: &NetConfig, tap: Tap) -> Result<Self, NetError> {
         let mac = parse_mac(&config.mac).ok_or_else(|| NetError::Mac {
             tap: config.tap.clone(),
             mac: config.mac.clone(),
         })?;
-        let tap = Tap::open(&config.tap, config.netns.as_deref())?;
         Ok(VirtioNet::with_tap(tap, &config.tap, mac, config.mtu))
     }
 }
@@ -158,6 +163,10 @@ impl<T: PollableTap + Sync + std::fmt::Debug> VirtioDevice for VirtioNet<T> {
 
     fn start_worker(&mut self) -> std::io::Result<()> {
         Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
+    }
+
+    fn worker_confined(&mut self) -> std::io::Result<()> {
+        worker::confined_in(&mut self.worker)
     }
 
     fn begin_activation(&mut self, a: Activation) -> Result<(), ActivateError> {

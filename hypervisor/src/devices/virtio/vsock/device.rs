@@ -136,6 +136,10 @@ impl VirtioDevice for Vsock {
         Worker::started(&mut self.worker, &self.thread_name, confine).map(drop)
     }
 
+    fn worker_confined(&mut self) -> std::io::Result<()> {
+        worker::confined_in(&mut self.worker)
+    }
+
     fn begin_activation(&mut self, a: Activation) -> Result<(), ActivateError> {
         if self.is_active() {
             return Err(ActivateError::AlreadyActive);
