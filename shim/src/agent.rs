@@ -241,15 +241,19 @@ pub async fn wait_ready(
         socket_seen: false,
         connected: false,
     };
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    let mut logged = String::new();
     loop {
+        attempt += 1;
         if socket.exists() {
             state.socket_seen = true;
         }
-        let attempt = async {
+        let connect = async {
             let agent = Agent::connect(socket).await.map_err(|e| e.to_string())?;
             Ok::<_, String>(agent)
         };
-        match tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
+        match tokio::time::timeout(CHECK_TIMEOUT, connect).await {
             Ok(Ok(agent)) => {
                 state.connected = true;
                 match agent.check().await {
@@ -263,6 +267,16 @@ pub async fn wait_ready(
             }
             Ok(Err(e)) => state.last_error = e,
             Err(_) => state.last_error = "connecting timed out".into(),
+        }
+        // Each new reason once, and a reminder every 25 attempts (a cold boot polls ~50 times).
+        if state.last_error != logged || attempt % 25 == 0 {
+            tracing::debug!(
+                attempt,
+                ms = started.elapsed().as_millis() as u64,
+                "the agent does not answer yet: {}",
+                state.last_error
+            );
+            logged.clone_from(&state.last_error);
         }
         let now = Instant::now();
         if now >= deadline {
