@@ -94,7 +94,10 @@ fn guest_main() -> ExitCode {
             let sb = serve(config, Listen::Vsock).await?;
             let ready = sb.ready_ms.load(Ordering::Relaxed);
             // The marker the boot benchmark and tests read from the console.
-            eprintln!("HUSK-AGENT ready init_ms={init_ms} ready_ms={ready} pivot_root={pivotable}");
+            eprintln!(
+                "{} init_ms={init_ms} ready_ms={ready} pivot_root={pivotable}",
+                husk_protocol::AGENT_READY_MARKER
+            );
             sb.shutdown.notified().await;
             finish(&sb).await;
             anyhow::Ok(())

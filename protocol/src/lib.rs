@@ -30,5 +30,10 @@ pub mod vmm;
 pub use vm_config::{FsCache, FsShare, NetConfig, VmConfig, VmConfigError, VsockConfig};
 pub use vmm::{ControlRequest, VmmExit};
 
+/// The start of the line the agent writes to the guest console once it serves (then
+/// `init_ms=.. ready_ms=.. pivot_root=..`): boot benchmarks read it, and a template build waits
+/// for it whole before the snapshot, so that no console output is in flight in a template.
+pub const AGENT_READY_MARKER: &str = "HUSK-AGENT ready";
+
 /// husk's version, shared so every process reports the same string.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -216,7 +216,10 @@ async fn snapshot_vm(
     };
     log.abort();
     let outcome = match ready {
-        Ok(()) => pause_and_snapshot(&paths.control()).await,
+        Ok(()) => {
+            console_settled(&process.console, deadline).await;
+            pause_and_snapshot(&paths.control()).await
+        }
         Err(why) => {
             let said = process.stderr.lock().map(|t| t.text()).unwrap_or_default();
             Err(BuildError::Boot(format!("{why}; husk-vmm said: {said}")))
@@ -225,6 +228,33 @@ async fn snapshot_vm(
     process.terminate(Duration::from_secs(5)).await;
     outcome
 }
+
+/// Waits (until `deadline`, at most [`CONSOLE_SETTLE_LIMIT`]) until the guest console has
+/// carried the agent's ready line whole. The agent writes it once it serves, so it can answer
+/// while the line's tail still waits in the guest's serial buffer; snapshotted then, every VM
+/// restored from the template would first send that tail, a port exit per register access (about
+/// fifty nested, ~5 ms of each restore). A line that never comes only costs the wait.
+async fn console_settled(console: &spawn::SharedTail, deadline: Instant) {
+    let limit = deadline.min(Instant::now() + CONSOLE_SETTLE_LIMIT);
+    let seen = || {
+        console
+            .lock()
+            .map(|t| t.contains(husk_protocol::AGENT_READY_MARKER))
+            .unwrap_or(true)
+    };
+    while !seen() {
+        if Instant::now() >= limit {
+            tracing::debug!(
+                "the template guest's ready line did not reach the console; snapshotting anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How long a template build waits for the guest console's ready line.
+const CONSOLE_SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 async fn pause_and_snapshot(control_socket: &Path) -> Result<u64, BuildError> {
     control::request(control_socket, ControlRequest::Pause).await?;
