@@ -243,7 +243,7 @@ pub async fn wait_ready(
     };
     let started = Instant::now();
     let mut attempt = 0u32;
-    let mut logged = String::new();
+    let (mut logged, mut reasons) = (String::new(), 0u32);
     loop {
         attempt += 1;
         if socket.exists() {
@@ -268,13 +268,16 @@ pub async fn wait_ready(
             Ok(Err(e)) => state.last_error = e,
             Err(_) => state.last_error = "connecting timed out".into(),
         }
-        // Each new reason once, and a reminder every 25 attempts (a cold boot polls ~50 times).
-        if state.last_error != logged || attempt % 25 == 0 {
+        // A new reason (the first few only: the guest words some of them), and a reminder every
+        // 25 attempts (a cold boot polls ~50 times); each at most 256 characters.
+        let new_reason = state.last_error != logged && reasons < 8;
+        if new_reason || attempt % 25 == 0 {
+            reasons += u32::from(new_reason);
+            let reason: String = state.last_error.chars().take(256).collect();
             tracing::debug!(
                 attempt,
                 ms = started.elapsed().as_millis() as u64,
-                "the agent does not answer yet: {}",
-                state.last_error
+                "the agent does not answer yet: {reason}"
             );
             logged.clone_from(&state.last_error);
         }
