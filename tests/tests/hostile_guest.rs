@@ -176,6 +176,15 @@ impl Attack {
             .unwrap_or_else(|e| panic!("removing {id}: {e}\n{}", self.c.log_tail(40)));
     }
 
+    /// Runs `steps` against the attack, then [`Attack::finish`]. A step that fails because the
+    /// pod's VM was lost to the nested test host's known fault (a triple fault, or a guest stuck
+    /// in the fetch fault until its health check failed) says so on its first line
+    /// ([`Containerd::naming_guest_loss`]), so the e2e rule can tell it from a product failure.
+    fn run(self, steps: impl FnOnce(&Attack)) {
+        self.c.naming_guest_loss(|| steps(&self));
+        self.finish();
+    }
+
     /// The canary is as it was, the pod is removed, and nothing is left.
     fn finish(self) {
         assert_eq!(
@@ -192,49 +201,49 @@ impl Attack {
 #[test]
 #[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
 fn share_symlink_swaps_while_the_shim_deletes_a_container_never_reach_the_host() {
-    let a = Attack::start("swap");
-    let canary = a.canary.display().to_string();
-    // Swap the victim's directories in the share for links to the canary, in a loop, while the
-    // shim deletes the victim: its rootfs contents (writable) and the share's own entries
-    // (read-only, so those attempts fail).
-    let swap_loop = |victim: &str| {
-        let d = format!("{SHARE}/{victim}");
-        format!(
-            "while :; do \
-               rm -rf {d}/rootfs/etc {d}/rootfs/tmp; ln -sfn {canary} {d}/rootfs/etc; \
-               ln -sfn {canary}/etc {d}/rootfs/tmp; rm -rf {d}/rootfs {d}/mounts {d}; \
-               ln -sfn {canary} {d}; ln -sfn {canary} {d}/rootfs; \
-             done >/dev/null 2>&1 & echo $! > /tmp/swapper"
-        )
-    };
-    for round in 0..20 {
-        let victim = a.container(&format!("victim-{round}"));
-        let (code, out) = a.sh_status(&swap_loop(&victim));
-        assert_eq!(code, 0, "round {round}: starting the swap loop: {out}");
-        std::thread::sleep(Duration::from_millis(200));
-        a.remove(&victim);
-        let (code, out) = a.sh_status("kill $(cat /tmp/swapper)");
-        assert_eq!(
-            code,
-            0,
-            "round {round}: stopping the swap loop: {out}\n{}",
-            a.c.log_tail(40)
-        );
-        let left: Vec<String> = husk_tests::containerd::mounts_below(&a.c.husk_state)
-            .into_iter()
-            .filter(|m| m.contains(&victim))
-            .collect();
-        assert!(
-            left.is_empty(),
-            "round {round}: mounts of {victim} left: {left:?}"
-        );
-        assert_eq!(
-            snapshot(&a.canary),
-            a.canary_before,
-            "round {round}: the canary changed"
-        );
-    }
-    a.finish();
+    Attack::start("swap").run(|a| {
+        let canary = a.canary.display().to_string();
+        // Swap the victim's directories in the share for links to the canary, in a loop, while the
+        // shim deletes the victim: its rootfs contents (writable) and the share's own entries
+        // (read-only, so those attempts fail).
+        let swap_loop = |victim: &str| {
+            let d = format!("{SHARE}/{victim}");
+            format!(
+                "while :; do \
+                   rm -rf {d}/rootfs/etc {d}/rootfs/tmp; ln -sfn {canary} {d}/rootfs/etc; \
+                   ln -sfn {canary}/etc {d}/rootfs/tmp; rm -rf {d}/rootfs {d}/mounts {d}; \
+                   ln -sfn {canary} {d}; ln -sfn {canary} {d}/rootfs; \
+                 done >/dev/null 2>&1 & echo $! > /tmp/swapper"
+            )
+        };
+        for round in 0..20 {
+            let victim = a.container(&format!("victim-{round}"));
+            let (code, out) = a.sh_status(&swap_loop(&victim));
+            assert_eq!(code, 0, "round {round}: starting the swap loop: {out}");
+            std::thread::sleep(Duration::from_millis(200));
+            a.remove(&victim);
+            let (code, out) = a.sh_status("kill $(cat /tmp/swapper)");
+            assert_eq!(
+                code,
+                0,
+                "round {round}: stopping the swap loop: {out}\n{}",
+                a.c.log_tail(40)
+            );
+            let left: Vec<String> = husk_tests::containerd::mounts_below(&a.c.husk_state)
+                .into_iter()
+                .filter(|m| m.contains(&victim))
+                .collect();
+            assert!(
+                left.is_empty(),
+                "round {round}: mounts of {victim} left: {left:?}"
+            );
+            assert_eq!(
+                snapshot(&a.canary),
+                a.canary_before,
+                "round {round}: the canary changed"
+            );
+        }
+    });
 }
 
 /// Free bytes of the file system holding `dir`.
@@ -255,80 +264,81 @@ fn a_container_filling_its_root_file_system_gets_enospc_and_the_host_keeps_its_s
     const LIMIT_MIB: u64 = 64;
     let mut s = cri::husk_settings();
     s.writable_limit_mib = LIMIT_MIB;
-    let a = Attack::start_with("fill", &s);
-    let other = a.container("other");
-    let writable = husk_tests::containerd::writable_dir(&a.c.husk_state);
-    let before = free_bytes(&writable);
-    // The privileged attacker writes three times the limit into its own root file system.
-    let (code, out) = a.sh_status(&format!(
-        "dd if=/dev/zero of=/fill bs=1M count={} conv=fsync; echo dd=$?; stat -c size=%s /fill",
-        3 * LIMIT_MIB
-    ));
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("No space left on device"), "{out}");
-    assert!(!out.contains("dd=0"), "dd must fail: {out}");
-    let size: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("size="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no size: {out}"));
-    assert!(size <= LIMIT_MIB << 20, "{size} bytes written: {out}");
-    let used = before.saturating_sub(free_bytes(&writable));
-    assert!(
-        used <= (LIMIT_MIB + 8) << 20,
-        "the host lost {used} bytes for a {LIMIT_MIB} MiB limit"
-    );
-    // The limit is the pod's: another container finds it full too, a new one is refused
-    // naming the setting, and the pod keeps working.
-    let refused = a.cri.create_and_start(
-        &a.pod,
-        &a.pod_cfg,
-        &container_config("late", &["sleep", "3600"]),
-    );
-    let e = refused.expect_err("a container created while the pod's writable layer is full");
-    assert!(e.to_string().contains("writable_limit_mib"), "{e}");
-    let r = a
-        .cri
-        .exec_sync(&other, &["sh", "-c", "echo x > /new; echo rc=$?"], 60)
-        .unwrap();
-    let out = String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
-    assert!(out.contains("No space left on device"), "{out}");
-    // Deleting the filler gives the space back.
-    assert_eq!(a.sh_status("rm /fill").0, 0);
-    let r = a
-        .cri
-        .exec_sync(&other, &["sh", "-c", "echo x > /new && cat /new"], 60)
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "x", "{r:?}");
-    a.remove(&other);
-    a.finish();
+    Attack::start_with("fill", &s).run(|a| {
+        let other = a.container("other");
+        let writable = husk_tests::containerd::writable_dir(&a.c.husk_state);
+        let before = free_bytes(&writable);
+        // The privileged attacker writes three times the limit into its own root file system.
+        let (code, out) = a.sh_status(&format!(
+            "dd if=/dev/zero of=/fill bs=1M count={} conv=fsync; echo dd=$?; stat -c size=%s /fill",
+            3 * LIMIT_MIB
+        ));
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("No space left on device"), "{out}");
+        assert!(!out.contains("dd=0"), "dd must fail: {out}");
+        let size: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("size="))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no size: {out}"));
+        assert!(size <= LIMIT_MIB << 20, "{size} bytes written: {out}");
+        let used = before.saturating_sub(free_bytes(&writable));
+        assert!(
+            used <= (LIMIT_MIB + 8) << 20,
+            "the host lost {used} bytes for a {LIMIT_MIB} MiB limit"
+        );
+        // The limit is the pod's: another container finds it full too, a new one is refused
+        // naming the setting, and the pod keeps working.
+        let refused = a.cri.create_and_start(
+            &a.pod,
+            &a.pod_cfg,
+            &container_config("late", &["sleep", "3600"]),
+        );
+        let e = refused.expect_err("a container created while the pod's writable layer is full");
+        assert!(e.to_string().contains("writable_limit_mib"), "{e}");
+        let r = a
+            .cri
+            .exec_sync(&other, &["sh", "-c", "echo x > /new; echo rc=$?"], 60)
+            .unwrap();
+        let out =
+            String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+        assert!(out.contains("No space left on device"), "{out}");
+        // Deleting the filler gives the space back.
+        assert_eq!(a.sh_status("rm /fill").0, 0);
+        let r = a
+            .cri
+            .exec_sync(&other, &["sh", "-c", "echo x > /new && cat /new"], 60)
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "x", "{r:?}");
+        a.remove(&other);
+    });
 }
 
 #[test]
 #[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
 fn guest_made_entries_where_the_next_container_goes_are_refused() {
-    let a = Attack::start("precreate");
-    let canary = a.canary.display().to_string();
-    // Whatever name the next container gets, the guest cannot put anything there first.
-    for attempt in [
-        format!("ln -s {canary} {SHARE}/next"),
-        format!("mkdir {SHARE}/next"),
-        format!("touch {SHARE}/next"),
-        format!("mkdir {SHARE}/$(ls {SHARE} | head -n 1)/mounts-x"),
-        format!("ln -s {canary} {SHARE}/$(ls {SHARE} | head -n 1)/rootfs-x"),
-    ] {
-        let (code, out) = a.sh_status(&attempt);
-        assert_ne!(code, 0, "{attempt} succeeded: {out}");
-        assert!(out.contains("Read-only file system"), "{attempt}: {out}");
-    }
-    let id = a.container("after");
-    let (code, out) = a.sh_status(&format!("ls {SHARE}/{id}/rootfs/bin/sh"));
-    assert_eq!(
-        code, 0,
-        "the new container's rootfs is where the shim put it: {out}"
-    );
-    a.remove(&id);
-    a.finish();
+    Attack::start("precreate").run(|a| {
+        let canary = a.canary.display().to_string();
+        // Whatever name the next container gets, the guest cannot put anything there first.
+        for attempt in [
+            format!("ln -s {canary} {SHARE}/next"),
+            format!("mkdir {SHARE}/next"),
+            format!("touch {SHARE}/next"),
+            format!("mkdir {SHARE}/$(ls {SHARE} | head -n 1)/mounts-x"),
+            format!("ln -s {canary} {SHARE}/$(ls {SHARE} | head -n 1)/rootfs-x"),
+        ] {
+            let (code, out) = a.sh_status(&attempt);
+            assert_ne!(code, 0, "{attempt} succeeded: {out}");
+            assert!(out.contains("Read-only file system"), "{attempt}: {out}");
+        }
+        let id = a.container("after");
+        let (code, out) = a.sh_status(&format!("ls {SHARE}/{id}/rootfs/bin/sh"));
+        assert_eq!(
+            code, 0,
+            "the new container's rootfs is where the shim put it: {out}"
+        );
+        a.remove(&id);
+    });
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -343,44 +353,44 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 #[ignore = "end-to-end: needs hardware KVM and husk's artifacts (make e2e)"]
 fn log_port_and_console_floods_cost_the_host_bounded_memory() {
-    let a = Attack::start("flood");
-    let sock = a.c.socket().display().to_string();
-    let shims: Vec<u32> = processes_with("containerd-shim-husk-v2")
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains(&sock))
-        .map(|(pid, _)| pid)
-        .collect();
-    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
-    let before = rss_kib(shims[0]);
-    // 1000 connections to the agent-log port, each with 1 MiB and no newline: the port took its
-    // one connection (the agent's) at boot and is closed, so every one is refused.
-    let (code, out) = a.sh_status("husk-hostile hostile vsock-flood 1026 1000 1048576");
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("connected=0 refused=1000"),
-        "a container reached the host's log port: {out}"
-    );
-    // A 64 KiB console line without a newline, straight into the serial port (the node in the
-    // container's /dev, a tmpfs: the share refuses device nodes). 16 times the bound; every
-    // byte is a port write, which the nested test host pays dearly for: 256 KiB once took the
-    // test host's own kernel down (a stack overflow in its SVM path).
-    let (code, out) = a.sh_status(
-        "mknod /dev/hostile-tty c 4 64 && head -c 65536 /dev/zero | tr '\\0' x > /dev/hostile-tty && echo done",
-    );
-    assert_eq!(code, 0, "writing the console: {out}");
-    let after = rss_kib(shims[0]);
-    eprintln!("hostile_guest: shim RSS {before} KiB -> {after} KiB");
-    assert!(
-        after < before + 16 * 1024,
-        "the shim grew by {} KiB under the floods",
-        after.saturating_sub(before)
-    );
-    // The pod still works.
-    let id = a.container("alive");
-    let r = a.cri.exec_sync(&id, &["echo", "alive"], 60).unwrap();
-    assert_eq!(r.stdout, b"alive\n");
-    a.remove(&id);
-    a.finish();
+    Attack::start("flood").run(|a| {
+        let sock = a.c.socket().display().to_string();
+        let shims: Vec<u32> = processes_with("containerd-shim-husk-v2")
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains(&sock))
+            .map(|(pid, _)| pid)
+            .collect();
+        assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+        let before = rss_kib(shims[0]);
+        // 1000 connections to the agent-log port, each with 1 MiB and no newline: the port took its
+        // one connection (the agent's) at boot and is closed, so every one is refused.
+        let (code, out) = a.sh_status("husk-hostile hostile vsock-flood 1026 1000 1048576");
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("connected=0 refused=1000"),
+            "a container reached the host's log port: {out}"
+        );
+        // A 64 KiB console line without a newline, straight into the serial port (the node in the
+        // container's /dev, a tmpfs: the share refuses device nodes). 16 times the bound; every
+        // byte is a port write, which the nested test host pays dearly for: 256 KiB once took the
+        // test host's own kernel down (a stack overflow in its SVM path).
+        let (code, out) = a.sh_status(
+            "mknod /dev/hostile-tty c 4 64 && head -c 65536 /dev/zero | tr '\\0' x > /dev/hostile-tty && echo done",
+        );
+        assert_eq!(code, 0, "writing the console: {out}");
+        let after = rss_kib(shims[0]);
+        eprintln!("hostile_guest: shim RSS {before} KiB -> {after} KiB");
+        assert!(
+            after < before + 16 * 1024,
+            "the shim grew by {} KiB under the floods",
+            after.saturating_sub(before)
+        );
+        // The pod still works.
+        let id = a.container("alive");
+        let r = a.cri.exec_sync(&id, &["echo", "alive"], 60).unwrap();
+        assert_eq!(r.stdout, b"alive\n");
+        a.remove(&id);
+    });
 }
 
 /// husk-vmm's pid for the pod.
@@ -443,77 +453,78 @@ fn garbage_in_the_virtqueues_ends_the_device_or_the_vm_never_husk_vmm() {
     use std::io::{Seek, SeekFrom, Write};
     let mut s = cri::husk_settings();
     s.liveness_timeout_secs = 20;
-    let a = Attack::start_with("garbage", &s);
-    let pid = vmm_pid(&a);
-    // The VMM the garbage goes to runs every thread without privileges but the file server's.
-    let threads = husk_tests::process::check_vmm_privileges(pid).unwrap_or_else(|e| panic!("{e}"));
-    husk_tests::process::check_vmm_jail(pid).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!(
-        "hostile_guest: husk-vmm {pid}: {} threads, privileges as documented",
-        threads.len()
-    );
-    let ctl = a.c.husk_state.join(&a.pod).join("run/ctl");
-    let queues = husk_tests::microvm::control(&ctl, "queues\n").unwrap();
-    let base = guest_ram_base(pid, u64::from(s.memory_mib) << 20);
-    let mut mem = std::fs::OpenOptions::new()
-        .write(true)
-        .open(format!("/proc/{pid}/mem"))
-        .unwrap();
-    let mut poke = |gpa: u64, bytes: &[u8]| {
-        mem.seek(SeekFrom::Start(base + gpa)).unwrap();
-        mem.write_all(bytes).unwrap();
-    };
-    // The receive queues, whose buffers the guest posted ahead (a queue the guest posts into
-    // afresh for every request heals as it goes): every descriptor points outside RAM with a
-    // huge length and chains to itself, and the available ring announces seven times the queue.
-    for (device, q) in [("vsock", 0), ("net", 0)] {
-        let ([desc, avail, _], size) =
-            rings(&queues, device, q).unwrap_or_else(|| panic!("no {device} q{q} in {queues}"));
-        for i in 0..size {
-            let mut d = Vec::with_capacity(16);
-            d.extend_from_slice(&0xdead_beef_0000u64.to_le_bytes());
-            d.extend_from_slice(&u32::MAX.to_le_bytes());
-            d.extend_from_slice(&3u16.to_le_bytes()); // NEXT | WRITE
-            d.extend_from_slice(&(i as u16).to_le_bytes()); // itself
-            poke(desc + 16 * i, &d);
-            poke(avail + 4 + 2 * i, &(i as u16).to_le_bytes());
+    Attack::start_with("garbage", &s).run(|a| {
+        let pid = vmm_pid(a);
+        // The VMM the garbage goes to runs every thread without privileges but the file server's.
+        let threads =
+            husk_tests::process::check_vmm_privileges(pid).unwrap_or_else(|e| panic!("{e}"));
+        husk_tests::process::check_vmm_jail(pid).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!(
+            "hostile_guest: husk-vmm {pid}: {} threads, privileges as documented",
+            threads.len()
+        );
+        let ctl = a.c.husk_state.join(&a.pod).join("run/ctl");
+        let queues = husk_tests::microvm::control(&ctl, "queues\n").unwrap();
+        let base = guest_ram_base(pid, u64::from(s.memory_mib) << 20);
+        let mut mem = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .unwrap();
+        let mut poke = |gpa: u64, bytes: &[u8]| {
+            mem.seek(SeekFrom::Start(base + gpa)).unwrap();
+            mem.write_all(bytes).unwrap();
+        };
+        // The receive queues, whose buffers the guest posted ahead (a queue the guest posts into
+        // afresh for every request heals as it goes): every descriptor points outside RAM with a
+        // huge length and chains to itself, and the available ring announces seven times the queue.
+        for (device, q) in [("vsock", 0), ("net", 0)] {
+            let ([desc, avail, _], size) =
+                rings(&queues, device, q).unwrap_or_else(|| panic!("no {device} q{q} in {queues}"));
+            for i in 0..size {
+                let mut d = Vec::with_capacity(16);
+                d.extend_from_slice(&0xdead_beef_0000u64.to_le_bytes());
+                d.extend_from_slice(&u32::MAX.to_le_bytes());
+                d.extend_from_slice(&3u16.to_le_bytes()); // NEXT | WRITE
+                d.extend_from_slice(&(i as u16).to_le_bytes()); // itself
+                poke(desc + 16 * i, &d);
+                poke(avail + 4 + 2 * i, &(i as u16).to_le_bytes());
+            }
+            poke(avail + 2, &(size as u16).wrapping_mul(7).to_le_bytes());
         }
-        poke(avail + 2, &(size as u16).wrapping_mul(7).to_le_bytes());
-    }
-    eprintln!("hostile_guest: garbage written into vsock q0 and net q0 of husk-vmm {pid}");
-    // Guest traffic makes the devices look: an exec goes over vsock, a file over virtio-fs.
-    let _ = a
-        .cri
-        .exec_sync(&a.attacker, &["ls", &format!("{SHARE}/")], 20);
-    let st = wait_container(&a.cri, &a.attacker, T, exited)
-        .unwrap_or_else(|e| panic!("the pod's task never ended: {e}\n{}", a.c.log_tail(60)));
-    assert_eq!(st.exit_code, 137, "{st:?}");
-    let log = a.c.log_tail(2000);
-    let end = log
-        .lines()
-        .find(|l| l.contains("the sandbox VM ended unexpectedly"))
-        .unwrap_or_else(|| {
-            panic!(
-                "the shim never reported the VM's end:\n{}",
-                a.c.log_tail(80)
-            )
-        });
-    for crash in [
-        "signal 4",
-        "signal 6",
-        "signal 7",
-        "signal 8",
-        "signal 11",
-        "signal 31",
-    ] {
-        assert!(!end.contains(crash), "husk-vmm crashed: {end}");
-    }
-    eprintln!(
-        "hostile_guest: {}",
-        &end[end.find("the sandbox VM").unwrap_or(0)..]
-            .chars()
-            .take(300)
-            .collect::<String>()
-    );
-    a.finish();
+        eprintln!("hostile_guest: garbage written into vsock q0 and net q0 of husk-vmm {pid}");
+        // Guest traffic makes the devices look: an exec goes over vsock, a file over virtio-fs.
+        let _ = a
+            .cri
+            .exec_sync(&a.attacker, &["ls", &format!("{SHARE}/")], 20);
+        let st = wait_container(&a.cri, &a.attacker, T, exited)
+            .unwrap_or_else(|e| panic!("the pod's task never ended: {e}\n{}", a.c.log_tail(60)));
+        assert_eq!(st.exit_code, 137, "{st:?}");
+        let log = a.c.log_tail(2000);
+        let end = log
+            .lines()
+            .find(|l| l.contains("the sandbox VM ended unexpectedly"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the shim never reported the VM's end:\n{}",
+                    a.c.log_tail(80)
+                )
+            });
+        for crash in [
+            "signal 4",
+            "signal 6",
+            "signal 7",
+            "signal 8",
+            "signal 11",
+            "signal 31",
+        ] {
+            assert!(!end.contains(crash), "husk-vmm crashed: {end}");
+        }
+        eprintln!(
+            "hostile_guest: {}",
+            &end[end.find("the sandbox VM").unwrap_or(0)..]
+                .chars()
+                .take(300)
+                .collect::<String>()
+        );
+    });
 }
