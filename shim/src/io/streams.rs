@@ -28,17 +28,18 @@ pub async fn open(
     eid: &str,
     kind: StreamKind,
 ) -> Result<UnixStream, IoError> {
-    let process = if eid.is_empty() {
-        cid.to_string()
-    } else {
-        format!("{cid}/{eid}")
-    };
-    let fail = |message: String| IoError::Stream {
+    // A connection that failed (`transport`) may be the VM's end; a refusal is the agent's.
+    let failed = |message: String, transport: bool| IoError::Stream {
         kind,
-        process: process.clone(),
+        process: if eid.is_empty() {
+            cid.to_string()
+        } else {
+            format!("{cid}/{eid}")
+        },
         message,
-        transport: true,
+        transport,
     };
+    let fail = |message: String| failed(message, true);
     let mut s = agent
         .stdio_connection()
         .await
@@ -59,12 +60,8 @@ pub async fn open(
             }
             _ => fail(format!("reading the answer: {e}")),
         })?;
-    stdio::parse_answer(&line).map_err(|why| IoError::Stream {
-        kind,
-        process: process.clone(),
-        message: format!("the agent refused it: {why}"),
-        transport: false,
-    })?;
+    stdio::parse_answer(&line)
+        .map_err(|why| failed(format!("the agent refused it: {why}"), false))?;
     Ok(s)
 }
 
