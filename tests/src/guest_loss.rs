@@ -250,10 +250,19 @@ mod tests {
             "2026Z ERROR the sandbox VM ended unexpectedly: husk-vmm stopped on signal 9\n"
         ));
         // A template's builder VM (CI of 2026-12-06: the test host's fetch fault under it).
+        // husk-vmm's last words are quoted on the warning's own line, joined by " | ".
         let build = "2026Z  WARN making the template: the template VM did not boot: the guest \
-                     shut down (exit 0); husk-vmm said: husk-vmm: guest shut down (vCPU 0: \
-                     triple fault (reboot) at an unknown place) template=\"822a8efd1ecee897\"";
+                     shut down (exit 0); husk-vmm said: husk-vmm: vCPUs running; setup 727 ms \
+                     | husk-vmm: guest shut down (vCPU 0: triple fault (reboot) at an unknown \
+                     place) template=\"822a8efd1ecee897\"";
         assert!(vm_ended_on_triple_fault(build));
+        // As the shim wrote it before (the second CI of 2026-12-06): the cause on a line of its
+        // own is not the warning's, so it cannot be told from another VM's.
+        assert!(!vm_ended_on_triple_fault(
+            "2026Z  WARN making the template: the template VM did not boot: the guest shut down \
+             (exit 0); husk-vmm said: husk-vmm: vCPUs running; setup 727 ms\n\
+             husk-vmm: guest shut down (vCPU 0: triple fault (reboot))\n"
+        ));
         assert!(!vm_ended_on_triple_fault(
             "2026Z  WARN making the template: writing the memory file: No space left on device\n"
         ));

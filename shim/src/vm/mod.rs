@@ -469,13 +469,7 @@ impl VmmBooter {
                 tokio::spawn(async move {
                     let exit = end.await.map(|e| e.exit).unwrap_or(VmmExit::Error);
                     // husk-vmm's last words name a reset's vCPU state or a fault's cause.
-                    let said = stderr
-                        .lock()
-                        .map(|t| {
-                            let lines: Vec<&str> = t.lines().collect();
-                            lines[lines.len().saturating_sub(3)..].join(" | ")
-                        })
-                        .unwrap_or_default();
+                    let said = stderr.lock().map(|t| t.last_words(3)).unwrap_or_default();
                     let detail = format!(
                         "{} (husk-vmm: {said}); guest console tail:\n{}",
                         VmmEnd { exit },

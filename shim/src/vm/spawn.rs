@@ -78,12 +78,34 @@ impl Tail {
         self.milestones.iter().any(|l| l.starts_with(prefix))
     }
 
-    /// The kept lines, newline-separated; `(nothing)` when empty.
+    /// The kept lines, newline-separated, each indented by two spaces; `(nothing)` when empty.
+    /// The indent keeps a kept line (which the guest may have written) from starting a line of
+    /// the log or message it is put in: none of them can pose as a log record of the host's.
     pub fn text(&self) -> String {
         if self.lines.is_empty() {
             return "(nothing)".into();
         }
-        self.lines.iter().cloned().collect::<Vec<_>>().join("\n")
+        self.lines
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The last `n` kept lines on one line, joined by ` | `; `(nothing)` when empty. For a
+    /// warning or an error that must stay one log line (the e2e rule and log readers match a
+    /// cause, such as a triple fault, on the line that names what failed).
+    pub fn last_words(&self, n: usize) -> String {
+        if self.lines.is_empty() {
+            return "(nothing)".into();
+        }
+        let skip = self.lines.len().saturating_sub(n);
+        self.lines
+            .iter()
+            .skip(skip)
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
     /// Whether any kept line contains `needle`.
@@ -275,9 +297,30 @@ mod tests {
         for i in 0..(TAIL_LINES + 5) {
             t.push(format!("line {i}"));
         }
-        assert!(!t.contains("line 4\n") && !t.text().starts_with("line 0"));
+        assert!(!t.contains("line 4\n") && t.text().starts_with("  line 5\n"));
         assert!(t.text().ends_with(&format!("line {}", TAIL_LINES + 4)));
         assert_eq!(t.find("line 10"), Some("line 10".into()));
+    }
+
+    #[test]
+    fn a_tail_never_starts_a_line_of_what_it_is_put_in() {
+        let mut t = Tail::default();
+        assert_eq!(t.last_words(3), "(nothing)");
+        // A guest console line that poses as one of the shim's own log records.
+        let forged = "2026-12-06T19:41:23.855652Z ERROR the sandbox VM ended unexpectedly";
+        t.push("booting".into());
+        t.push(forged.into());
+        t.push("husk-vmm: guest shut down (vCPU 0: triple fault (reboot))".into());
+        let text = t.text();
+        assert!(text.lines().all(|l| l.starts_with("  ")), "{text}");
+        assert!(text.contains(forged));
+        let words = t.last_words(2);
+        assert_eq!(words.lines().count(), 1, "{words}");
+        assert_eq!(
+            words,
+            format!("{forged} | husk-vmm: guest shut down (vCPU 0: triple fault (reboot))")
+        );
+        assert_eq!(t.last_words(10).matches(" | ").count(), 2);
     }
 
     #[tokio::test]

@@ -221,7 +221,13 @@ async fn snapshot_vm(
             pause_and_snapshot(&paths.control()).await
         }
         Err(why) => {
-            let said = process.stderr.lock().map(|t| t.text()).unwrap_or_default();
+            // One line: the warning that carries it is matched line by line (a triple fault
+            // of the builder VM is the nested test host's known loss, tests/src/guest_loss.rs).
+            let said = process
+                .stderr
+                .lock()
+                .map(|t| t.last_words(SAID_LINES))
+                .unwrap_or_default();
             Err(BuildError::Boot(format!("{why}; husk-vmm said: {said}")))
         }
     };
@@ -255,6 +261,10 @@ async fn console_settled(console: &spawn::SharedTail, deadline: Instant) {
 
 /// How long a template build waits for the guest console's ready line.
 const CONSOLE_SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// husk-vmm's last stderr lines quoted when the builder VM did not boot: its setup timeline,
+/// its warnings, and how the guest ended.
+const SAID_LINES: usize = 4;
 
 async fn pause_and_snapshot(control_socket: &Path) -> Result<u64, BuildError> {
     control::request(control_socket, ControlRequest::Pause).await?;
