@@ -20,13 +20,17 @@ echo "bench: containerd $("${HUSK_CONTAINERD_BIN:-/usr/bin}/containerd" --versio
 # test host's kernel dies of an IPI to a CPU in guest mode); runc and husk share it alike.
 cpus=()
 [ "$*" != churn ] || cpus=(--cpus 1)
+# HUSK_BENCH_TRACE=1: cri records each restored pod's start (tests/src/bench_cri/trace.rs) into
+# target/bench/trace, for scripts/probe/trace-restore.py; a diagnostic that slows what it records.
+trace=()
+[ "${HUSK_BENCH_TRACE:-}" != 1 ] || trace=(--env "HUSK_BENCH_TRACE=$repo/target/bench/trace")
 # husk-testhost exits 75 when the test host itself failed under the run (it wedged, or its kernel
 # died: the nested host's known failures, docs/testing.md); husk-bench writes its records only at
 # the end, so such a run left none, and it runs again in a fresh test host, once, saying so.
 for attempt in 1 2; do
   rc=0
   "$TESTHOST" "${cpus[@]}" --timeout "${HUSK_BENCH_TIMEOUT:-3000}" --rw "$repo/target/bench" \
-    --env "HUSK_BENCH_LOGS=$repo/target/bench/logs" -- \
+    --env "HUSK_BENCH_LOGS=$repo/target/bench/logs" "${trace[@]}" -- \
     "$repo/target/release/husk-bench --out $repo/target/bench/results.jsonl $*" || rc=$?
   [ "$rc" = 75 ] && [ "$attempt" = 1 ] || exit "$rc"
   echo "bench: *** the test host failed under the run (exit 75, output above): running it again in a fresh test host ***" >&2

@@ -10,6 +10,8 @@
 # Usage (outside): scripts/probe/trace-restore.sh IMAGE_TAR ROUNDS PREFIX OUT
 #   runs itself inside a fresh test host (target/release/husk-testhost, built by `make testhost`),
 #   with OUT's parent directory writable there; then: scripts/probe/trace-restore.py OUT
+# HUSK_TRACE_TEMPLATE_TMPFS=OPTIONS puts the template directory on a tmpfs of its own mounted
+#   with those options (e.g. huge=within_size: the memory file's page cache in 2 MiB pages).
 set -uo pipefail
 
 if [ "${HUSK_TRACE_INSIDE:-}" != 1 ]; then
@@ -24,6 +26,10 @@ fi
 image=$1 rounds=$2 prefix=$3 out=$4
 rm -f "$out"/trace-*.txt "$out"/log.txt "$out"/offset
 base=$(mktemp -d /run/husk-trace.XXXXXX)
+if [ -n "${HUSK_TRACE_TEMPLATE_TMPFS:-}" ]; then
+  mkdir -p "$base/templates"
+  mount -t tmpfs -o "mode=0700,$HUSK_TRACE_TEMPLATE_TMPFS" husk-templates "$base/templates"
+fi
 cat >"$base/config.toml" <<EOC
 version = 2
 root = "$base/root"
@@ -65,5 +71,10 @@ for r in $(seq 1 "$rounds"); do
   echo "round $r: $(wc -l <"$out/trace-$r.txt") events"
 done
 for e in $events; do echo 0 >$T/events/$e/enable; done
+{ echo "templates: $(findmnt -no FSTYPE,OPTIONS -T "$base/templates")"
+  for f in "$base"/templates/*/memory; do
+    echo "memory file: $(du -k --apparent-size "$f" | cut -f1) KiB apparent, $(du -k "$f" | cut -f1) KiB allocated"
+  done
+  grep -E "Shmem|FilePmd|AnonHuge" /proc/meminfo; } | tee "$out/memory.txt"
 rmdir $T 2>/dev/null || true
 grep -E "husk-vmm started|vCPUs running|guest agent is ready" "$base/containerd.log" | cut -c1-400 >"$out/log.txt"

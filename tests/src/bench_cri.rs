@@ -33,6 +33,7 @@ use crate::cri::{self, container_config, pod_config, running, wait_container, Cr
 
 mod balloon;
 mod template;
+mod trace;
 
 /// Fewest measured runs per side.
 pub const MIN_RUNS: usize = 10;
@@ -250,6 +251,7 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
         }
     }
     let sides = template::Sides::prepare(&c, &settings)?;
+    let mut trace = trace::Trace::from_env();
     let (mut h, mut r, mut s, mut t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // husk-vmm started → agent answering of each restored pod (the shim's log).
     // The log of the cold husk runs alone, for the boot figures below: a restored VM logs
@@ -275,7 +277,10 @@ pub fn run(runs: usize) -> anyhow::Result<Vec<Record>> {
             let name = format!("{}-{attempt}", side.label());
             let from = c.log_len();
             let got = match side {
-                Side::Template => template::pod_ready(&c, &cri, &logs, &sides, &name),
+                Side::Template => match trace.as_mut() {
+                    Some(t) => t.around(&c, || template::pod_ready(&c, &cri, &logs, &sides, &name)),
+                    None => template::pod_ready(&c, &cri, &logs, &sides, &name),
+                },
                 _ => pod_ready(&cri, &logs, side.label(), &name),
             };
             match side {
