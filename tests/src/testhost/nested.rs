@@ -85,6 +85,22 @@ impl Follower {
 /// test host's kernel (a stack overflow in KVM's shadow-paging path). So the defaults stay.
 const KVM_AMD_PARAMS: &str = "";
 
+/// The size of QEMU's translated-code cache for the test host, in MiB: QEMU's largest (its
+/// default is 1 GiB), unless `HUSK_TESTHOST_TB_MIB` says otherwise.
+///
+/// QEMU empties the whole cache when it is full. Under `make bench BENCH=cri` the 1 GiB cache
+/// filled every ~65 s (QEMU's `info jit`, read over a monitor socket, 2026-12-06), and each
+/// VM restored from a template after such a flush ran its first 100 ms of guest code at about
+/// 2.5x the guest-mode time of one restored before the next flush (which reuses the code of
+/// the template's shared pages translated for the pod before): ten rounds out of ten followed
+/// that rule (docs/performance.md). A cold boot translates afresh either way (its guest RAM is
+/// new pages). Hardware has no such cache; a larger one makes the nested figures nearer it.
+const TB_MIB: &str = "2048";
+
+fn tb_mib() -> String {
+    std::env::var("HUSK_TESTHOST_TB_MIB").unwrap_or_else(|_| TB_MIB.into())
+}
+
 /// QEMU's TCG threading for the test host: `multi` (one host thread per vCPU) unless
 /// `HUSK_TESTHOST_TCG` says `single`.
 fn tcg_threads() -> String {
@@ -122,7 +138,7 @@ fn qemu_command(spec: &RunSpec, assets: &Assets, rundir: &Path, rw: &[PathBuf]) 
         cmdline.push_str(&format!(" husk.rw={}", list.join(",")));
     }
     let mut cmd = Command::new("qemu-system-x86_64");
-    let accel = format!("tcg,thread={}", tcg_threads());
+    let accel = format!("tcg,thread={},tb-size={}", tcg_threads(), tb_mib());
     cmd.args(["-accel", &accel, "-M", "q35", "-cpu", "max"])
         .args([
             "-smp",
@@ -156,6 +172,11 @@ fn qemu_command(spec: &RunSpec, assets: &Assets, rundir: &Path, rw: &[PathBuf]) 
             "local,path={},mount_tag=rw{i},security_model=none,multidevs=remap",
             dir.display()
         ));
+    }
+    // Extra QEMU arguments, for experiments (e.g. `-monitor unix:/tmp/m.sock,server,nowait` to
+    // read `info jit`); split at whitespace.
+    if let Ok(extra) = std::env::var("HUSK_TESTHOST_QEMU_ARGS") {
+        cmd.args(extra.split_whitespace());
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
